@@ -1,0 +1,94 @@
+package grpcguard
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/grpcguard/grpcguard/internal/faultproxy"
+	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// startServer serves srv on 127.0.0.1 until the test ends.
+func startServer(t testing.TB, srv *testsvc.Server, opts ...grpc.ServerOption) string {
+	t.Helper()
+	addr, stop, err := testsvc.Serve(srv, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return addr
+}
+
+// startProxy puts a fault proxy in front of target until the test ends.
+func startProxy(t testing.TB, target string, cfg faultproxy.Config) *faultproxy.Proxy {
+	t.Helper()
+	p, err := faultproxy.Start(target, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// newClient dials target with grpc.NewClient; it is closed when the test ends.
+func newClient(t testing.TB, target string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	cc, err := grpc.NewClient("passthrough:///"+target, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// guardedClient dials target through a new Dialer with its interceptors.
+func guardedClient(t testing.TB, target string, opts ...Option) (*grpc.ClientConn, *Dialer) {
+	t.Helper()
+	d := NewDialer(opts...)
+	t.Cleanup(func() { d.Close() })
+	cc := newClient(t, target,
+		grpc.WithContextDialer(d.DialContext),
+		grpc.WithChainUnaryInterceptor(d.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(d.StreamClientInterceptor()))
+	return cc, d
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func staleCount(m *Metrics, r StaleReason) int {
+	return int(testutil.ToFloat64(m.staleBy[r]))
+}
+
+func staleTotal(m *Metrics) int {
+	n := 0
+	for r := StaleReason(0); r < numStaleReasons; r++ {
+		n += staleCount(m, r)
+	}
+	return n
+}

@@ -1,0 +1,204 @@
+package grpcguard
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+)
+
+// Metrics counts what grpcguard sees and does. It is a prometheus.Collector:
+// register it on your own registry. A nil *Metrics counts nothing, so code
+// paths never check whether metrics are configured.
+//
+// Series:
+//
+//	grpcguard_stale_connections_total{reason}   reason: peer_closed, reset, error
+//	grpcguard_probes_total{result}              result: alive, stale
+//	grpcguard_dials_total{result}               result: ok, error
+//	grpcguard_connections_open
+//	grpcguard_retries_total{grpc_service,grpc_method,grpc_code}
+//	grpcguard_retries_throttled_total{grpc_service,grpc_method}
+//	grpcguard_retries_unprocessed_total{grpc_service,grpc_method}
+//	grpcguard_hedges_total{grpc_service,grpc_method}
+//	grpcguard_hedge_wins_total{grpc_service,grpc_method}
+//	grpcguard_hedges_throttled_total{grpc_service,grpc_method}
+//	grpcguard_hedge_delay_seconds{grpc_service,grpc_method}
+type Metrics struct {
+	stale           *prometheus.CounterVec
+	probes          *prometheus.CounterVec
+	dials           *prometheus.CounterVec
+	open            prometheus.Gauge
+	retries         *prometheus.CounterVec
+	retryThrottled  *prometheus.CounterVec
+	retryUnprocessd *prometheus.CounterVec
+	hedges          *prometheus.CounterVec
+	hedgeWins       *prometheus.CounterVec
+	hedgeThrottled  *prometheus.CounterVec
+	hedgeDelay      *prometheus.GaugeVec
+
+	// Children resolved once: the per-write and per-probe paths must not hash
+	// label values.
+	staleBy   [numStaleReasons]prometheus.Counter
+	probeAliv prometheus.Counter
+	probeStal prometheus.Counter
+	dialOK    prometheus.Counter
+	dialErr   prometheus.Counter
+}
+
+// MetricsOption configures NewMetrics.
+type MetricsOption func(*metricsConfig)
+
+type metricsConfig struct {
+	constLabels prometheus.Labels
+}
+
+// WithConstLabels adds labels to every series, for example to tell apart the
+// clients of one process that share a registry.
+func WithConstLabels(labels prometheus.Labels) MetricsOption {
+	return func(c *metricsConfig) { c.constLabels = labels }
+}
+
+// NewMetrics returns a collector of every grpcguard series. Register it with
+// prometheus.Registerer.Register or MustRegister.
+func NewMetrics(opts ...MetricsOption) *Metrics {
+	var mc metricsConfig
+	for _, o := range opts {
+		if o != nil {
+			o(&mc)
+		}
+	}
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "grpcguard", Name: name, Help: help, ConstLabels: mc.constLabels,
+		}, labels)
+	}
+	method := []string{"grpc_service", "grpc_method"}
+	m := &Metrics{
+		stale: counter("stale_connections_total",
+			"Connections found closed or broken by the peer: by a probe, a refused write, or the reader.", "reason"),
+		probes: counter("probes_total", "Socket probes of idle connections, by result.", "result"),
+		dials:  counter("dials_total", "Connections dialed, by result.", "result"),
+		open: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "grpcguard", Name: "connections_open", Help: "Connections made by grpcguard dialers and not yet closed.",
+			ConstLabels: mc.constLabels,
+		}),
+		retries: counter("retries_total",
+			"Retries sent, by the status code of the attempt being retried.", append(method, "grpc_code")...),
+		retryThrottled:  counter("retries_throttled_total", "Retries refused because the retry budget was exhausted.", method...),
+		retryUnprocessd: counter("retries_unprocessed_total", "Retries allowed because the failed attempt provably never left the client.", method...),
+		hedges:          counter("hedges_total", "Hedged attempts sent (beyond the original).", method...),
+		hedgeWins:       counter("hedge_wins_total", "Calls won by a hedged attempt rather than the original.", method...),
+		hedgeThrottled:  counter("hedges_throttled_total", "Hedged attempts not sent because the hedge budget was exhausted.", method...),
+		hedgeDelay: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "grpcguard", Name: "hedge_delay_seconds", Help: "Current hedging delay per method (adaptive or fixed).",
+			ConstLabels: mc.constLabels,
+		}, method),
+	}
+	for r := StaleReason(0); r < numStaleReasons; r++ {
+		m.staleBy[r] = m.stale.WithLabelValues(r.String())
+	}
+	m.probeAliv = m.probes.WithLabelValues("alive")
+	m.probeStal = m.probes.WithLabelValues("stale")
+	m.dialOK = m.dials.WithLabelValues("ok")
+	m.dialErr = m.dials.WithLabelValues("error")
+	return m
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.stale, m.probes, m.dials, m.open, m.retries, m.retryThrottled,
+		m.retryUnprocessd, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay}
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.collectors() {
+		c.Collect(ch)
+	}
+}
+
+func (m *Metrics) staleConn(r StaleReason) {
+	if m != nil {
+		m.staleBy[r].Inc()
+	}
+}
+
+func (m *Metrics) probed(stale bool) {
+	if m == nil {
+		return
+	}
+	if stale {
+		m.probeStal.Inc()
+	} else {
+		m.probeAliv.Inc()
+	}
+}
+
+func (m *Metrics) dialed(err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.dialErr.Inc()
+		return
+	}
+	m.dialOK.Inc()
+	m.open.Inc()
+}
+
+func (m *Metrics) connClosed() {
+	if m != nil {
+		m.open.Dec()
+	}
+}
+
+func (m *Metrics) retried(fullMethod string, code codes.Code, unprocessed bool) {
+	if m == nil {
+		return
+	}
+	service, method := splitMethod(fullMethod)
+	m.retries.WithLabelValues(service, method, code.String()).Inc()
+	if unprocessed {
+		m.retryUnprocessd.WithLabelValues(service, method).Inc()
+	}
+}
+
+func (m *Metrics) retryThrottledFor(fullMethod string) {
+	if m != nil {
+		service, method := splitMethod(fullMethod)
+		m.retryThrottled.WithLabelValues(service, method).Inc()
+	}
+}
+
+func (m *Metrics) hedged(fullMethod string) {
+	if m != nil {
+		service, method := splitMethod(fullMethod)
+		m.hedges.WithLabelValues(service, method).Inc()
+	}
+}
+
+func (m *Metrics) hedgeWon(fullMethod string) {
+	if m != nil {
+		service, method := splitMethod(fullMethod)
+		m.hedgeWins.WithLabelValues(service, method).Inc()
+	}
+}
+
+func (m *Metrics) hedgeThrottledFor(fullMethod string) {
+	if m != nil {
+		service, method := splitMethod(fullMethod)
+		m.hedgeThrottled.WithLabelValues(service, method).Inc()
+	}
+}
+
+func (m *Metrics) hedgeDelaySet(fullMethod string, seconds float64) {
+	if m != nil {
+		service, method := splitMethod(fullMethod)
+		m.hedgeDelay.WithLabelValues(service, method).Set(seconds)
+	}
+}

@@ -1,0 +1,521 @@
+package grpcguard
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/retry"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+)
+
+// ErrInvalidOption is wrapped by every error that reports an invalid option
+// value. The message names the option and the value.
+var ErrInvalidOption = errors.New("grpcguard: invalid option")
+
+// Option configures a Dialer, the retry and hedging interceptors and
+// DialOptions. Every constructor accepts every Option and ignores the ones that
+// do not concern it.
+//
+// An Option is also a grpc.CallOption: the retry and hedging options
+// (WithMaxAttempts, WithRetryDisabled, WithPerAttemptTimeout, WithHedgeDelay,
+// ...) passed to a single call override the interceptor's configuration for
+// that call only. Dialer options passed to a call are ignored.
+type Option struct {
+	grpc.EmptyCallOption
+	apply func(*config) error
+}
+
+// Defaults. Each is documented on the option that changes it.
+const (
+	DefaultProbeAfterIdle    = 100 * time.Millisecond
+	DefaultKeepAliveIdle     = 15 * time.Second
+	DefaultKeepAliveInterval = 5 * time.Second
+	DefaultKeepAliveCount    = 3
+	DefaultUserTimeout       = 20 * time.Second
+
+	DefaultMaxAttempts       = 3
+	DefaultInitialBackoff    = 50 * time.Millisecond
+	DefaultMaxBackoff        = 5 * time.Second
+	DefaultBackoffMultiplier = 2.0
+	DefaultRetryBufferBytes  = 256 << 10
+
+	DefaultBudgetRatio        = 0.1
+	DefaultBudgetMinPerSecond = 10
+	DefaultBudgetWindow       = 10 * time.Second
+	DefaultHedgeBudgetRatio   = 0.1
+
+	DefaultHedgeQuantile = 0.95
+	DefaultHedgeMinDelay = 5 * time.Millisecond
+	DefaultHedgeMaxDelay = 1 * time.Second
+)
+
+// maxAttemptsLimit bounds WithMaxAttempts: gRFC A6 clamps to 5 by default;
+// we allow more for users who ask, but not an unbounded number.
+const maxAttemptsLimit = 10
+
+// config is the resolved configuration shared by every constructor.
+type config struct {
+	// Dialer.
+	probeAfterIdle    time.Duration
+	sweepInterval     time.Duration
+	keepAliveIdle     time.Duration
+	keepAliveInterval time.Duration
+	keepAliveCount    int
+	userTimeout       time.Duration
+	metrics           *Metrics
+
+	// Retry.
+	maxAttempts       int
+	retryable         codeSet
+	idempotent        *methodSet
+	initialBackoff    time.Duration
+	maxBackoff        time.Duration
+	backoffMultiplier float64
+	backoffFunc       retry.BackoffFunc
+	perAttemptTimeout time.Duration
+	retryDisabled     bool
+	retryBufferBytes  int
+	budget            budgetConfig
+
+	// Hedging.
+	hedgeDelay       time.Duration // 0: adaptive
+	hedgeQuantile    float64
+	hedgeMinDelay    time.Duration
+	hedgeMaxDelay    time.Duration
+	nonFatal         codeSet
+	hedgeBudgetRatio float64
+	hedgeDisabled    bool
+}
+
+// budgetConfig selects and sizes the retry budget.
+type budgetConfig struct {
+	ratio        float64
+	minPerSecond float64
+	window       time.Duration
+	// tokenBucket, when maxTokens > 0, replaces the ratio budget with gRFC A6
+	// retry throttling.
+	maxTokens  float64
+	tokenRatio float64
+}
+
+func defaultConfig() config {
+	return config{
+		probeAfterIdle:    DefaultProbeAfterIdle,
+		keepAliveIdle:     DefaultKeepAliveIdle,
+		keepAliveInterval: DefaultKeepAliveInterval,
+		keepAliveCount:    DefaultKeepAliveCount,
+		userTimeout:       DefaultUserTimeout,
+
+		maxAttempts:       DefaultMaxAttempts,
+		retryable:         codeSetOf(codes.Unavailable),
+		idempotent:        &methodSet{},
+		initialBackoff:    DefaultInitialBackoff,
+		maxBackoff:        DefaultMaxBackoff,
+		backoffMultiplier: DefaultBackoffMultiplier,
+		retryBufferBytes:  DefaultRetryBufferBytes,
+		budget: budgetConfig{
+			ratio:        DefaultBudgetRatio,
+			minPerSecond: DefaultBudgetMinPerSecond,
+			window:       DefaultBudgetWindow,
+		},
+
+		hedgeQuantile:    DefaultHedgeQuantile,
+		hedgeMinDelay:    DefaultHedgeMinDelay,
+		hedgeMaxDelay:    DefaultHedgeMaxDelay,
+		nonFatal:         codeSetOf(codes.Unavailable),
+		hedgeBudgetRatio: DefaultHedgeBudgetRatio,
+	}
+}
+
+// newConfig applies opts over the defaults. It returns every invalid option,
+// joined, so a user fixes them all at once.
+func newConfig(opts []Option) (config, error) {
+	c := defaultConfig()
+	var errs []error
+	for _, o := range opts {
+		if o.apply == nil {
+			continue
+		}
+		if err := o.apply(&c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// withCallOptions returns c overridden by the grpcguard Options found among a
+// call's options, and whether there were any. It allocates only when there
+// are.
+func (c *config) withCallOptions(opts []grpc.CallOption) (*config, error) {
+	var cc *config
+	for _, o := range opts {
+		g, ok := o.(Option)
+		if !ok || g.apply == nil {
+			continue
+		}
+		if cc == nil {
+			copied := *c
+			cc = &copied
+		}
+		if err := g.apply(cc); err != nil {
+			return c, err
+		}
+	}
+	if cc == nil {
+		return c, nil
+	}
+	return cc, nil
+}
+
+func invalid(option string, value any, reason string) error {
+	return fmt.Errorf("%w: %s(%v): %s", ErrInvalidOption, option, value, reason)
+}
+
+func option(f func(*config) error) Option { return Option{apply: f} }
+
+// WithProbeAfterIdle sets how long a connection must have been idle (no read
+// or write completed) before it is probed: by the interceptors before an RPC
+// picks a transport, and by the connection itself before its next Write.
+//
+// The default, 100ms, probes only connections that something could have closed
+// for idleness: load balancers, NATs and proxies time out idle connections
+// after seconds to hours, so 100ms catches every such close with a wide margin,
+// while a busy connection is never probed and a quiet one at most ten times a
+// second (a probe costs about one microsecond). 0 probes before every RPC and
+// every Write. A negative value is invalid.
+func WithProbeAfterIdle(d time.Duration) Option {
+	return option(func(c *config) error {
+		if d < 0 {
+			return invalid("WithProbeAfterIdle", d, "must not be negative")
+		}
+		c.probeAfterIdle = d
+		return nil
+	})
+}
+
+// WithSweepInterval starts, for each Dialer, one background goroutine that
+// every d probes the connections idle at least the probe-after-idle time and
+// closes the stale ones, so that grpc redials before the next RPC needs the
+// connection. Off (0) by default: the probe before the pick already covers
+// RPCs; the sweep also frees sockets and reports stale connections on clients
+// that rarely call. Dialer.Close stops it. A negative value is invalid.
+func WithSweepInterval(d time.Duration) Option {
+	return option(func(c *config) error {
+		if d < 0 {
+			return invalid("WithSweepInterval", d, "must not be negative")
+		}
+		c.sweepInterval = d
+		return nil
+	})
+}
+
+// WithKeepAlive sets TCP keepalive on every TCP connection the Dialer makes:
+// the first probe after idle of quiet time, then one every interval, and the
+// connection is dropped after count unanswered probes. The defaults, 15s, 5s
+// and 3, find a peer that vanished silently on an idle connection within 30s.
+// TCP keepalive is answered by the peer's kernel, so unlike HTTP/2 keepalive
+// pings it never trips a server's too_many_pings enforcement. idle = 0
+// disables TCP keepalive; otherwise every value must be positive.
+func WithKeepAlive(idle, interval time.Duration, count int) Option {
+	return option(func(c *config) error {
+		switch {
+		case idle < 0:
+			return invalid("WithKeepAlive", idle, "idle must not be negative")
+		case idle > 0 && interval <= 0:
+			return invalid("WithKeepAlive", interval, "interval must be positive")
+		case idle > 0 && count <= 0:
+			return invalid("WithKeepAlive", count, "count must be positive")
+		}
+		c.keepAliveIdle, c.keepAliveInterval, c.keepAliveCount = idle, interval, count
+		return nil
+	})
+}
+
+// WithUserTimeout sets TCP_USER_TIMEOUT (Linux): a connection whose sent data
+// stays unacknowledged this long is dropped with ETIMEDOUT instead of
+// retransmitting for the kernel's default of about 15 minutes. The default,
+// 20s, equals grpc-go's default keepalive timeout, which grpc would set itself
+// on an unwrapped connection when keepalive is on. 0 leaves the kernel
+// default. A negative value is invalid. Ignored on other platforms.
+func WithUserTimeout(d time.Duration) Option {
+	return option(func(c *config) error {
+		if d < 0 {
+			return invalid("WithUserTimeout", d, "must not be negative")
+		}
+		if d > math.MaxInt32*time.Millisecond {
+			return invalid("WithUserTimeout", d, "must fit in 32-bit milliseconds")
+		}
+		c.userTimeout = d
+		return nil
+	})
+}
+
+// WithMetrics reports to m. Without it nothing is counted and nothing costs.
+// The same Metrics may be shared by a Dialer and interceptors.
+func WithMetrics(m *Metrics) Option {
+	return option(func(c *config) error {
+		c.metrics = m
+		return nil
+	})
+}
+
+// WithMaxAttempts sets the maximum number of attempts of one call, including
+// the original: for retry, attempts in sequence; for hedging, attempts in
+// flight at once. Default 3, the SRE book's advice. Valid range 1 to 10; 1
+// disables retrying and hedging. Also a per-call option.
+func WithMaxAttempts(n int) Option {
+	return option(func(c *config) error {
+		if n < 1 || n > maxAttemptsLimit {
+			return invalid("WithMaxAttempts", n, fmt.Sprintf("must be between 1 and %d", maxAttemptsLimit))
+		}
+		c.maxAttempts = n
+		return nil
+	})
+}
+
+// WithRetryDisabled turns retrying off. Most useful as a per-call option.
+func WithRetryDisabled() Option {
+	return option(func(c *config) error {
+		c.retryDisabled = true
+		return nil
+	})
+}
+
+// WithRetryableCodes sets the status codes that may be retried. Default
+// Unavailable only: it is the one code that says the server could not take
+// the call. Only the listed codes are retried, and only when the retry is safe
+// (see UnaryClientRetry). OK is invalid.
+func WithRetryableCodes(cs ...codes.Code) Option {
+	return option(func(c *config) error {
+		set, err := newCodeSet("WithRetryableCodes", cs)
+		if err != nil {
+			return err
+		}
+		c.retryable = set
+		return nil
+	})
+}
+
+// WithIdempotentMethods declares methods safe to run more than once, so that
+// they may be retried after the request may have reached the server and may
+// be hedged. Names are full method names, "/pkg.Service/Method", or a whole
+// service, "/pkg.Service/*". Methods whose protobuf descriptor declares
+// idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS need not be listed. Repeated
+// uses add up.
+func WithIdempotentMethods(methods ...string) Option {
+	return option(func(c *config) error {
+		set := c.idempotent.clone()
+		for _, m := range methods {
+			if err := set.add(m); err != nil {
+				return invalid("WithIdempotentMethods", fmt.Sprintf("%q", m), err.Error())
+			}
+		}
+		c.idempotent = set
+		return nil
+	})
+}
+
+// WithBackoff sets the exponential backoff between retries of failures that
+// the server returned: before retry n the wait is random in
+// [0, min(initial*multiplier^(n-1), max)] (gRFC A6 full jitter). Defaults 50ms,
+// 5s and 2. Failures of a stale connection are retried at once, without
+// backoff. initial and max must be positive, initial <= max, multiplier >= 1.
+func WithBackoff(initial, max time.Duration, multiplier float64) Option {
+	return option(func(c *config) error {
+		switch {
+		case initial <= 0:
+			return invalid("WithBackoff", initial, "initial must be positive")
+		case max < initial:
+			return invalid("WithBackoff", max, "max must be at least initial")
+		case !(multiplier >= 1) || math.IsInf(multiplier, 0):
+			return invalid("WithBackoff", multiplier, "multiplier must be a finite number >= 1")
+		}
+		c.initialBackoff, c.maxBackoff, c.backoffMultiplier = initial, max, multiplier
+		c.backoffFunc = nil
+		return nil
+	})
+}
+
+// WithBackoffFunc uses a go-grpc-middleware/v2 retry.BackoffFunc instead of
+// the built-in backoff; attempt is 1 before the first retry. Pushback and
+// deadlines still apply. nil is invalid.
+func WithBackoffFunc(f retry.BackoffFunc) Option {
+	return option(func(c *config) error {
+		if f == nil {
+			return invalid("WithBackoffFunc", "nil", "must not be nil")
+		}
+		c.backoffFunc = f
+		return nil
+	})
+}
+
+// WithPerAttemptTimeout bounds each attempt. An attempt that runs out of its
+// own time is retried (if the method may be retried); the caller's deadline or
+// cancellation is never retried. 0 (the default) means no per-attempt bound.
+// A negative value is invalid. Also a per-call option.
+func WithPerAttemptTimeout(d time.Duration) Option {
+	return option(func(c *config) error {
+		if d < 0 {
+			return invalid("WithPerAttemptTimeout", d, "must not be negative")
+		}
+		c.perAttemptTimeout = d
+		return nil
+	})
+}
+
+// WithRetryBufferSize sets how many bytes of sent messages a client or bidi
+// stream keeps for replay on retry. Past it the stream commits to its current
+// attempt and is no longer retried. Default 256 KiB, as grpc-go. A negative
+// value is invalid.
+func WithRetryBufferSize(bytes int) Option {
+	return option(func(c *config) error {
+		if bytes < 0 {
+			return invalid("WithRetryBufferSize", bytes, "must not be negative")
+		}
+		c.retryBufferBytes = bytes
+		return nil
+	})
+}
+
+// WithRetryBudget caps retries at ratio times the calls of the last window,
+// plus minPerSecond retries per second that are always allowed, so that a
+// client never multiplies the load of a failing server. The defaults, 0.1, 10
+// and 10s, follow the SRE book (retries under 10% of requests) and Finagle
+// (10 retries per second floor over a 10 s window). Retries and hedges of one
+// interceptor share it. An exhausted budget refuses new retries only. ratio
+// must be in [0, 1], minPerSecond >= 0, window >= 1s.
+func WithRetryBudget(ratio, minPerSecond float64, window time.Duration) Option {
+	return option(func(c *config) error {
+		switch {
+		case !(ratio >= 0 && ratio <= 1):
+			return invalid("WithRetryBudget", ratio, "ratio must be in [0, 1]")
+		case !(minPerSecond >= 0) || math.IsInf(minPerSecond, 0):
+			return invalid("WithRetryBudget", minPerSecond, "minPerSecond must be a finite number >= 0")
+		case window < time.Second:
+			return invalid("WithRetryBudget", window, "window must be at least 1s")
+		}
+		c.budget = budgetConfig{ratio: ratio, minPerSecond: minPerSecond, window: window}
+		return nil
+	})
+}
+
+// WithRetryThrottling replaces the ratio budget with gRFC A6 retry throttling:
+// a token bucket of maxTokens that every failed attempt drains by 1 and every
+// success refills by tokenRatio; retries stop while it holds half or less.
+// maxTokens must be in (0, 1000], tokenRatio in (0, 1000].
+func WithRetryThrottling(maxTokens, tokenRatio float64) Option {
+	return option(func(c *config) error {
+		switch {
+		case !(maxTokens > 0 && maxTokens <= 1000):
+			return invalid("WithRetryThrottling", maxTokens, "maxTokens must be in (0, 1000]")
+		case !(tokenRatio > 0 && tokenRatio <= 1000):
+			return invalid("WithRetryThrottling", tokenRatio, "tokenRatio must be in (0, 1000]")
+		}
+		c.budget = budgetConfig{maxTokens: maxTokens, tokenRatio: tokenRatio}
+		return nil
+	})
+}
+
+// WithHedgeDelay sets a fixed delay after which each further hedged attempt
+// starts if no attempt has finished. By default (no WithHedgeDelay) the delay
+// is adaptive: see WithAdaptiveHedgeDelay. 0 selects the adaptive delay; a
+// negative value is invalid. Also a per-call option.
+func WithHedgeDelay(d time.Duration) Option {
+	return option(func(c *config) error {
+		if d < 0 {
+			return invalid("WithHedgeDelay", d, "must not be negative")
+		}
+		c.hedgeDelay = d
+		return nil
+	})
+}
+
+// WithAdaptiveHedgeDelay hedges each method after the quantile of its recent
+// latencies, kept within [min, max]. It is the default, with quantile 0.95,
+// min 5ms and max 1s: hedging at the p95 sends about 5% more attempts (The
+// Tail at Scale). A method is not hedged until enough of its calls were seen.
+// quantile must be in (0, 1), min > 0 and min <= max.
+func WithAdaptiveHedgeDelay(quantile float64, min, max time.Duration) Option {
+	return option(func(c *config) error {
+		switch {
+		case !(quantile > 0 && quantile < 1):
+			return invalid("WithAdaptiveHedgeDelay", quantile, "quantile must be in (0, 1)")
+		case min <= 0:
+			return invalid("WithAdaptiveHedgeDelay", min, "min must be positive")
+		case max < min:
+			return invalid("WithAdaptiveHedgeDelay", max, "max must be at least min")
+		}
+		c.hedgeDelay, c.hedgeQuantile, c.hedgeMinDelay, c.hedgeMaxDelay = 0, quantile, min, max
+		return nil
+	})
+}
+
+// WithNonFatalCodes sets the codes after which hedging sends the next hedge at
+// once instead of ending the call. Default Unavailable. OK is invalid.
+func WithNonFatalCodes(cs ...codes.Code) Option {
+	return option(func(c *config) error {
+		set, err := newCodeSet("WithNonFatalCodes", cs)
+		if err != nil {
+			return err
+		}
+		c.nonFatal = set
+		return nil
+	})
+}
+
+// WithHedgeBudget caps hedged attempts at ratio times the calls of the retry
+// budget's window. Default 0.1. ratio must be in [0, 1].
+func WithHedgeBudget(ratio float64) Option {
+	return option(func(c *config) error {
+		if !(ratio >= 0 && ratio <= 1) {
+			return invalid("WithHedgeBudget", ratio, "ratio must be in [0, 1]")
+		}
+		c.hedgeBudgetRatio = ratio
+		return nil
+	})
+}
+
+// WithHedgingDisabled turns hedging off. Most useful as a per-call option.
+func WithHedgingDisabled() Option {
+	return option(func(c *config) error {
+		c.hedgeDisabled = true
+		return nil
+	})
+}
+
+// codeSet is a set of gRPC status codes (codes 0-16) as a bitmask.
+type codeSet uint32
+
+func codeSetOf(cs ...codes.Code) codeSet {
+	var s codeSet
+	for _, c := range cs {
+		s |= 1 << c
+	}
+	return s
+}
+
+func newCodeSet(option string, cs []codes.Code) (codeSet, error) {
+	var s codeSet
+	for _, c := range cs {
+		if c == codes.OK || c > codes.Unauthenticated {
+			return 0, invalid(option, c, "must be a non-OK gRPC status code")
+		}
+		s |= 1 << c
+	}
+	return s, nil
+}
+
+func (s codeSet) has(c codes.Code) bool { return c < 32 && s&(1<<c) != 0 }
+
+// splitMethod splits "/pkg.Service/Method" into its service and method names.
+func splitMethod(fullMethod string) (service, method string) {
+	name := strings.TrimPrefix(fullMethod, "/")
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[:i], name[i+1:]
+	}
+	return "unknown", name
+}
