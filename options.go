@@ -81,7 +81,15 @@ type config struct {
 	retryBufferBytes  int
 	budget            budgetConfig
 
+	// callTimeout, when positive, bounds the whole call (service config
+	// "timeout"); the caller's earlier deadline wins.
+	callTimeout time.Duration
+	// policyRetryable: a service config retryPolicy covers this method, which
+	// is the user's statement that it may run more than once.
+	policyRetryable bool
+
 	// Hedging.
+	hedgeEnabled     bool          // set by the hedging options; DialOptions installs hedging only then
 	hedgeDelay       time.Duration // 0: adaptive
 	hedgeQuantile    float64
 	hedgeMinDelay    time.Duration
@@ -89,6 +97,18 @@ type config struct {
 	nonFatal         codeSet
 	hedgeBudgetRatio float64
 	hedgeDisabled    bool
+
+	// Per-method policies from a gRFC A6 service config; nil when none.
+	serviceConfig *serviceConfig
+}
+
+// forMethod returns the configuration for one method: c itself, or c with the
+// matching service config methodConfig applied.
+func (c *config) forMethod(fullMethod string) *config {
+	if c.serviceConfig == nil {
+		return c
+	}
+	return c.serviceConfig.forMethod(c, fullMethod)
 }
 
 // budgetConfig selects and sizes the retry budget.
@@ -430,6 +450,7 @@ func WithHedgeDelay(d time.Duration) Option {
 			return invalid("WithHedgeDelay", d, "must not be negative")
 		}
 		c.hedgeDelay = d
+		c.hedgeEnabled = true
 		return nil
 	})
 }
@@ -450,6 +471,7 @@ func WithAdaptiveHedgeDelay(quantile float64, min, max time.Duration) Option {
 			return invalid("WithAdaptiveHedgeDelay", max, "max must be at least min")
 		}
 		c.hedgeDelay, c.hedgeQuantile, c.hedgeMinDelay, c.hedgeMaxDelay = 0, quantile, min, max
+		c.hedgeEnabled = true
 		return nil
 	})
 }
