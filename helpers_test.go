@@ -2,6 +2,7 @@ package grpcguard
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -91,4 +92,27 @@ func staleTotal(m *Metrics) int {
 		n += staleCount(m, r)
 	}
 	return n
+}
+
+// serveOn serves srv on ln until the test ends.
+func serveOn(t testing.TB, srv *testsvc.Server, ln net.Listener) {
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+}
+
+// newClientTarget dials a full grpc target through d and its interceptors.
+func newClientTarget(t testing.TB, target string, d *Dialer) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(d.DialContext),
+		grpc.WithChainUnaryInterceptor(d.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(d.StreamClientInterceptor()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
