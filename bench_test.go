@@ -1,0 +1,117 @@
+package grpcguard
+
+import (
+	"context"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The probe against the floor of one syscall, in the same run:
+//
+//	go test -run '^$' -bench 'Probe|Getpid' -benchmem -count 5 . | benchstat -
+func BenchmarkGetpid(b *testing.B) {
+	for b.Loop() {
+		syscall.Getpid()
+	}
+}
+
+func BenchmarkProbe(b *testing.B) {
+	d := NewDialer()
+	defer d.Close()
+	c, _ := benchPair(b, d)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := Probe(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A 4 KiB Write on a busy conn (never idle, so never probed), wrapped and
+// plain, in the same run:
+//
+//	go test -run '^$' -bench 'Write4K' -benchmem -count 10 . | benchstat -
+func BenchmarkWrite4KPlain(b *testing.B) {
+	c, _ := benchTCPPair(b)
+	benchWrite(b, c)
+}
+
+func BenchmarkWrite4KWrapped(b *testing.B) {
+	d := NewDialer(WithProbeAfterIdle(time.Hour))
+	defer d.Close()
+	c, _ := benchPair(b, d)
+	benchWrite(b, c)
+}
+
+func benchWrite(b *testing.B, c net.Conn) {
+	buf := make([]byte, 4096)
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The per-RPC cost of the probe before the pick when nothing is idle: three
+// live conns, none probed.
+func BenchmarkProbeBeforePickBusy(b *testing.B) {
+	d := NewDialer(WithProbeAfterIdle(time.Hour))
+	defer d.Close()
+	for range 3 {
+		benchPair(b, d)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		d.probeBeforePick(ctx)
+	}
+}
+
+// benchPair dials a loopback listener through d; the far end discards.
+func benchPair(b *testing.B, d *Dialer) (net.Conn, net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := d.DialContext(context.Background(), ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	discard(b, c, s)
+	return c, s
+}
+
+func benchTCPPair(b *testing.B) (net.Conn, net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	discard(b, c, s)
+	return c, s
+}
+
+// discard drains s until the benchmark ends, then closes both ends.
+func discard(b *testing.B, c, s net.Conn) {
+	done := make(chan struct{})
+	go func() { defer close(done); io.Copy(io.Discard, s) }()
+	b.Cleanup(func() { c.Close(); s.Close(); <-done })
+}
