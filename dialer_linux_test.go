@@ -53,4 +53,3 @@ func TestDialerDefaultsSetKeepAliveAndUserTimeout(t *testing.T) {
 		t.Fatalf("SO_KEEPALIVE = %d, TCP_USER_TIMEOUT = %d; want 1 and %d", ka, ut, DefaultUserTimeout.Milliseconds())
 	}
 }
-
