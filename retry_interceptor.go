@@ -2,7 +2,6 @@ package grpcguard
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"time"
 
@@ -132,9 +131,12 @@ func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *
 		c.a.reset()
 		c.trailer = nil
 		err := invoker(attemptCtx, method, req, reply, cc, attemptOpts...)
-		attemptTimedOut := false
+		// Deadlines are read from the clock, not only from Err: grpc may report
+		// DeadlineExceeded before the context's own timer has fired.
+		callerDone := err != nil && expired(ctx)
+		attemptExpiry := false
 		if cancel != nil {
-			attemptTimedOut = errors.Is(attemptCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+			attemptExpiry = err != nil && !callerDone && expired(attemptCtx)
 			cancel()
 		}
 		if err == nil {
@@ -151,8 +153,8 @@ func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *
 		neverLeft, connDied := c.a.unaryOutcome()
 		f := failure{
 			code:          code,
-			callerDone:    ctx.Err() != nil,
-			attemptExpiry: attemptTimedOut && code == codes.DeadlineExceeded,
+			callerDone:    callerDone,
+			attemptExpiry: attemptExpiry && code == codes.DeadlineExceeded,
 			neverLeft:     neverLeft || grpcUnprocessed(err),
 		}
 		ok, unprocessed := mayRetry(cfg, f, r.idempotent(cfg, method))
@@ -259,6 +261,15 @@ func (r *retrier) wait(ctx context.Context, cfg *config, n int, trailer metadata
 		return 0, true
 	}
 	return wait, false
+}
+
+// expired reports whether ctx has ended or its deadline has passed.
+func expired(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // sleep waits d or until ctx ends, whichever is first, and leaves no timer

@@ -212,7 +212,7 @@ func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
 	}
 	f := failure{
 		code:          code,
-		callerDone:    s.ctx.Err() != nil,
+		callerDone:    expired(s.ctx),
 		attemptExpiry: sa.timedOut.Load(),
 		neverLeft:     neverLeft || grpcUnprocessed(err),
 	}
