@@ -71,9 +71,10 @@ func (r *retrier) callConfig(method string, opts []grpc.CallOption) (*config, er
 // and disable grpc-go's own retry with grpc.WithDisableRetry(): it runs
 // beneath interceptors, so both together multiply attempts (3 x 3 = 9).
 // grpc-go still retries transparently, with or without it, a stream that
-// never reached the wire (grpc@v1.85.0 stream.go:814-828, csAttempt.shouldRetry:
-// the checks of allowTransparentRetry and Unprocessed come before the
-// disableRetry check at line 829); that never duplicates a call.
+// never reached the server: in grpc@v1.85.0 stream.go, csAttempt.shouldRetry
+// returns true for allowTransparentRetry at line 816 and for a first attempt
+// that is Unprocessed at line 825, before it checks disableRetry at line 829.
+// That never duplicates a call, and stays on.
 //
 // grpcguard Options given to a call override the interceptor's for that call:
 // for example grpc.CallOption(grpcguard.WithMaxAttempts(5)) or
@@ -91,7 +92,10 @@ func UnaryClientRetry(opts ...Option) grpc.UnaryClientInterceptor {
 type unaryCall struct {
 	a       attempt
 	trailer metadata.MD
-	opts    [8]grpc.CallOption // the caller's options plus grpc.Trailer, if they fit
+	opts    [4]grpc.CallOption // the caller's options plus grpc.Trailer, if they fit
+	// dialerOpts backs attempt.opts, where the Dialer's interceptor adds
+	// grpc.Peer to opts, so that it needs no allocation of its own.
+	dialerOpts [5]grpc.CallOption
 }
 
 func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -116,6 +120,7 @@ func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *
 	r.budget.call()
 
 	c := &unaryCall{}
+	c.a.opts = c.dialerOpts[:0]
 	// grpc fills the caller's own Header and Trailer options too, at each
 	// attempt, so they end up holding the final attempt's values.
 	attemptOpts := append(append(c.opts[:0], opts...), grpc.Trailer(&c.trailer))

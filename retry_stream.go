@@ -36,7 +36,8 @@ import (
 // stream ends, so no attempt outlives the stream.
 //
 // Install it outside the Dialer's stream interceptor, and pass
-// grpc.WithDisableRetry() (see UnaryClientRetry).
+// grpc.WithDisableRetry(): grpc-go's own retry would replay streams beneath
+// this one (see UnaryClientRetry for what grpc-go still retries then).
 func StreamClientRetry(opts ...Option) grpc.StreamClientInterceptor {
 	r := newRetrier(opts)
 	return r.stream
@@ -233,6 +234,16 @@ func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
 	return sleep(s.ctx, wait) == nil
 }
 
+// attemptResultLocked feeds the final attempt's outcome to the budget: err is
+// io.EOF for a stream that ended well.
+func (s *retryStream) attemptResultLocked(err error) {
+	if err == io.EOF {
+		s.r.budget.result(false)
+	} else if s.cfg.retryable.has(status.Code(err)) {
+		s.r.budget.result(true)
+	}
+}
+
 // commitLocked makes the current attempt final: the replay buffer is dropped
 // and the per-attempt timeout no longer applies.
 func (s *retryStream) commitLocked() {
@@ -319,7 +330,9 @@ func (s *retryStream) RecvMsg(m any) error {
 				s.commitLocked()
 			}
 			if !s.desc.ServerStreams {
-				s.finishLocked(io.EOF) // grpc has read the status: the stream is over
+				// grpc has read the status: the stream is over, and succeeded.
+				s.attemptResultLocked(io.EOF)
+				s.finishLocked(io.EOF)
 			}
 			s.mu.Unlock()
 			return nil
@@ -329,12 +342,14 @@ func (s *retryStream) RecvMsg(m any) error {
 			continue
 		}
 		if err != io.EOF && !s.committed {
-			ok, lastErr := s.retryLocked(sa, err)
+			ok, lastErr := s.retryLocked(sa, err) // feeds the budget itself
 			if ok {
 				s.mu.Unlock()
 				continue
 			}
 			err = lastErr
+		} else {
+			s.attemptResultLocked(err)
 		}
 		s.finishLocked(err)
 		s.mu.Unlock()

@@ -254,9 +254,17 @@ func TestRetryResetFirstBytesAfterIdle(t *testing.T) {
 		}
 		return 10 * time.Millisecond
 	}
+	// A failure of the connection is retried at once: the backoff is never
+	// asked for one (the default backoff would add up to 50ms to the p99).
+	var backoffs atomic.Int32
+	noBackoff := WithBackoffFunc(func(context.Context, uint) time.Duration {
+		backoffs.Add(1)
+		return DefaultInitialBackoff
+	})
+	m := NewMetrics()
 	run := func(mode faultproxy.Mode, method string, calls int) (lat []time.Duration, fails int, p *faultproxy.Proxy) {
 		p = startProxy(t, addr, faultproxy.Config{Mode: mode, Idle: idle})
-		cc := retryClient(t, p.Addr(), NewMetrics(), nil)
+		cc := retryClient(t, p.Addr(), m, nil, noBackoff)
 		for i := range calls {
 			time.Sleep(gap(i)) // the gap is the scenario
 			start := time.Now()
@@ -285,6 +293,9 @@ func TestRetryResetFirstBytesAfterIdle(t *testing.T) {
 	}
 	if get.p.Stats().RSTs == 0 {
 		t.Error("the proxy reset nothing: the scenario did not happen")
+	}
+	if n := retriedCount(m, testsvc.Get, codes.Unavailable); n == 0 || backoffs.Load() != 0 {
+		t.Errorf("Get: %d retries with %d backoffs, want retries, all at once", n, backoffs.Load())
 	}
 	if n := srv.MaxRuns(testsvc.Echo); n > 1 {
 		t.Errorf("non-idempotent Echo ran %d times for one request, want at most 1", n)
@@ -480,6 +491,15 @@ func BenchmarkRetryHappyPath(b *testing.B) {
 	passThrough := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
+	// The Dialer's interceptor inside the retry one, as installed; its
+	// invoker is built once, so the chaining itself costs nothing here.
+	retry, dialer := UnaryClientRetry(), NewDialer().UnaryClientInterceptor()
+	dialerInvoker := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return dialer(ctx, method, req, reply, cc, invoker, opts...)
+	}
+	retryOverDialer := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, _ grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return retry(ctx, method, req, reply, cc, dialerInvoker, opts...)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	for _, bc := range []struct {
@@ -488,6 +508,7 @@ func BenchmarkRetryHappyPath(b *testing.B) {
 	}{
 		{"pass-through", passThrough},
 		{"retry", UnaryClientRetry()},
+		{"retry+dialer", retryOverDialer},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -497,5 +518,18 @@ func BenchmarkRetryHappyPath(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func TestRetryThrottlingTokenBucket(t *testing.T) {
+	srv := &testsvc.Server{Unary: failFirst(1<<30, codes.Unavailable)}
+	cc := retryClient(t, startServer(t, srv), NewMetrics(), nil, WithRetryThrottling(10, 0.1))
+	for range 10 {
+		testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "a")
+	}
+	// Each failure drains a token from 10; retries stop once 5 or fewer are
+	// left: 3 attempts (10 -> 7), 2 (-> 5), then 1 per call.
+	if n := srv.Calls(); n != 13 {
+		t.Errorf("server saw %d attempts for 10 calls, want 13", n)
 	}
 }
