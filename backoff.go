@@ -1,0 +1,79 @@
+package grpcguard
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+)
+
+// pushbackKey is the trailer by which a server tells the client when to retry
+// (gRFC A6): a non-negative integer is the wait in milliseconds before the
+// next attempt, anything else means "do not retry".
+const pushbackKey = "grpc-retry-pushback-ms"
+
+// previousAttemptsKey is the metadata a retry carries (gRFC A6): the number of
+// attempts made before this one.
+const previousAttemptsKey = "grpc-previous-rpc-attempts"
+
+// backoffCap returns the upper bound of the wait before retry n (n >= 1):
+// min(initial*multiplier^(n-1), max).
+func backoffCap(initial, max time.Duration, multiplier float64, n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	f := float64(initial) * math.Pow(multiplier, float64(n-1))
+	if !(f < float64(max)) { // also catches +Inf and NaN
+		return max
+	}
+	return time.Duration(f)
+}
+
+// fullJitter returns a wait drawn uniformly from [0, cap] (gRFC A6, and AWS's
+// "full jitter": contending clients spread out instead of retrying in step).
+// draw returns a uniform value in [0, n); it is rand.Int64N outside tests.
+func fullJitter(cap time.Duration, draw func(n int64) int64) time.Duration {
+	if cap <= 0 {
+		return 0
+	}
+	return time.Duration(draw(int64(cap) + 1))
+}
+
+// backoff returns the wait before retry n (n = 1 before the first retry) of a
+// failure the server returned, from the user's BackoffFunc if set.
+func (c *config) backoff(ctx context.Context, n int) time.Duration {
+	if c.backoffFunc != nil {
+		return max(c.backoffFunc(ctx, uint(n)), 0)
+	}
+	return fullJitter(backoffCap(c.initialBackoff, c.maxBackoff, c.backoffMultiplier, n), rand.Int64N)
+}
+
+// pushback reads the server's retry pushback from an attempt's trailer. found
+// is false when the trailer does not carry one. stop is true when it says not
+// to retry: a negative or unparsable value, or more than one value (as
+// grpc-go's own retry treats them). Otherwise wait is the exact wait before
+// the next attempt.
+func pushback(trailer metadata.MD) (wait time.Duration, found, stop bool) {
+	if len(trailer) == 0 {
+		return 0, false, false
+	}
+	vs := trailer[pushbackKey] // metadata keys are lower case
+	switch len(vs) {
+	case 0:
+		return 0, false, false
+	case 1:
+	default:
+		return 0, true, true
+	}
+	ms, err := strconv.ParseInt(vs[0], 10, 64)
+	if err != nil || ms < 0 {
+		return 0, true, true
+	}
+	if ms > int64(math.MaxInt64/time.Millisecond) {
+		ms = int64(math.MaxInt64 / time.Millisecond)
+	}
+	return time.Duration(ms) * time.Millisecond, true, false
+}

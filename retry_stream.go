@@ -1,0 +1,377 @@
+package grpcguard
+
+import (
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// StreamClientRetry returns an interceptor that retries streams with the same
+// safety rules, backoff, pushback, budget and options as UnaryClientRetry.
+//
+// A stream is retried when its creation fails, or when it fails before the
+// first response message reached the caller; the new attempt replays what the
+// caller had sent, CloseSend included. Once a response message has been
+// delivered the stream is committed and never retried, so the application
+// never sees a message twice. Client and bidi streams keep the messages they
+// send for replay up to WithRetryBufferSize bytes (256 KiB by default,
+// measured with proto.Size; a message that is not a proto.Message cannot be
+// measured and commits the stream); past it the stream commits to its current
+// attempt. WithPerAttemptTimeout bounds each attempt until the stream commits.
+//
+// Header, Trailer and Context are those of the current attempt, which after
+// commit is the final one. As with grpc-go, Header returns nil and no error if
+// the current attempt fails before its headers; RecvMsg then retries it.
+// Every abandoned attempt's context is cancelled, and the last one's when the
+// stream ends, so no attempt outlives the stream.
+//
+// Install it outside the Dialer's stream interceptor, and pass
+// grpc.WithDisableRetry(): grpc-go's own retry would replay streams beneath
+// this one (see UnaryClientRetry for what grpc-go still retries then).
+func StreamClientRetry(opts ...Option) grpc.StreamClientInterceptor {
+	r := newRetrier(opts)
+	return r.stream
+}
+
+func (r *retrier) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	if attemptFrom(ctx) != nil {
+		return streamer(ctx, desc, cc, method, opts...) // hedging owns the attempts
+	}
+	cfg, err := r.callConfig(method, opts)
+	if err != nil {
+		return nil, err
+	}
+	disabled := cfg.retryDisabled || cfg.maxAttempts <= 1
+	if disabled && cfg.callTimeout <= 0 {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	s := &retryStream{r: r, cfg: cfg, method: method, desc: desc, cc: cc, streamer: streamer, opts: opts}
+	if disabled {
+		copied := *cfg
+		copied.maxAttempts = 1 // only the call timeout applies
+		s.cfg = &copied
+	}
+	s.ctx = ctx
+	if cfg.callTimeout > 0 {
+		s.ctx, s.cancelCall = context.WithTimeout(ctx, cfg.callTimeout)
+	}
+	r.budget.call()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sa, err := s.start()
+	if err != nil {
+		if ok, lastErr := s.retryLocked(sa, err); !ok {
+			s.finishLocked(lastErr)
+			return nil, lastErr
+		}
+	} else {
+		s.cur = sa
+	}
+	return s, nil
+}
+
+// retryStream is a client stream whose attempts the retry interceptor
+// replaces until it commits.
+type retryStream struct {
+	r        *retrier
+	cfg      *config
+	method   string
+	desc     *grpc.StreamDesc
+	cc       *grpc.ClientConn
+	streamer grpc.Streamer
+	opts     []grpc.CallOption
+
+	ctx        context.Context // the call's: the caller's, bounded by the call timeout
+	cancelCall context.CancelFunc
+
+	// mu guards what follows. It is held while an attempt is replaced,
+	// backoff included, so a SendMsg waits for the replay to finish.
+	mu        sync.Mutex
+	cur       *streamAttempt
+	n         int // attempts started
+	committed bool
+	buf       []any // sent messages kept for replay, until commit
+	bufBytes  int
+	closeSent bool
+	done      bool
+	finalErr  error
+	idem      bool
+	idemKnown bool
+}
+
+// streamAttempt is one attempt of a retried stream. Each attempt has its own,
+// so that grpc finishing an abandoned attempt never writes into the next one.
+type streamAttempt struct {
+	a        attempt
+	cs       grpc.ClientStream // nil if creation failed
+	cancel   context.CancelFunc
+	timer    *time.Timer // per-attempt timeout, until commit
+	timedOut atomic.Bool
+}
+
+// stop cancels the attempt's context and its timer.
+func (sa *streamAttempt) stop() {
+	if sa.timer != nil {
+		sa.timer.Stop()
+	}
+	sa.cancel()
+}
+
+// start creates attempt s.n+1 and replays the buffered messages and CloseSend
+// into it. A replay that fails is not an error here: the attempt's RecvMsg
+// reports its status. Called with mu held.
+func (s *retryStream) start() (*streamAttempt, error) {
+	s.n++
+	sa := &streamAttempt{}
+	ctx, cancel := context.WithCancel(s.ctx)
+	sa.cancel = cancel
+	ctx = withAttempt(ctx, &sa.a)
+	if s.n > 1 {
+		ctx = metadata.AppendToOutgoingContext(ctx, previousAttemptsKey, strconv.Itoa(s.n-1))
+	}
+	if d := s.cfg.perAttemptTimeout; d > 0 && !s.committed {
+		sa.timer = time.AfterFunc(d, func() {
+			sa.timedOut.Store(true)
+			cancel()
+		})
+	}
+	cs, err := s.streamer(ctx, s.desc, s.cc, s.method, s.opts...)
+	if err != nil {
+		sa.stop()
+		return sa, err
+	}
+	sa.cs = cs
+	for _, m := range s.buf {
+		if cs.SendMsg(m) != nil {
+			return sa, nil
+		}
+	}
+	if s.closeSent {
+		cs.CloseSend()
+	}
+	return sa, nil
+}
+
+// retryLocked decides, after attempt sa failed with err, whether the stream
+// may be retried and, if so, waits and starts attempts until one is created.
+// ok reports that s.cur is a new live attempt; otherwise lastErr is the
+// error to return. Called with mu held.
+func (s *retryStream) retryLocked(sa *streamAttempt, err error) (ok bool, lastErr error) {
+	for {
+		if !s.mayRetryLocked(sa, err) {
+			return false, err
+		}
+		next, cerr := s.start()
+		if cerr == nil {
+			s.cur = next
+			return true, nil
+		}
+		sa, err = next, cerr
+	}
+}
+
+// mayRetryLocked applies mayRetry, the attempt limit, pushback, the deadline
+// and the budget to the failure of sa, and waits before the retry. It cancels
+// sa's context whatever it decides.
+func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
+	defer sa.stop()
+	cfg, r := s.cfg, s.r
+	code := status.Code(err)
+	if cfg.retryable.has(code) {
+		r.budget.result(true)
+	}
+	if s.committed || s.n >= cfg.maxAttempts {
+		return false
+	}
+	var local net.Addr
+	var trailer metadata.MD
+	if sa.cs != nil {
+		if p, ok := peer.FromContext(sa.cs.Context()); ok {
+			local = p.LocalAddr
+		}
+		trailer = sa.cs.Trailer()
+	} else {
+		local = sa.a.peer.LocalAddr // empty when grpc gave the attempt no transport
+	}
+	neverLeft, connDied := sa.a.outcome(local)
+	if !s.idemKnown {
+		s.idem, s.idemKnown = r.idempotent(cfg, s.method), true
+	}
+	f := failure{
+		code:          code,
+		callerDone:    expired(s.ctx),
+		attemptExpiry: sa.timedOut.Load(),
+		neverLeft:     neverLeft || grpcUnprocessed(err),
+	}
+	ok, unprocessed := mayRetry(cfg, f, s.idem)
+	if !ok {
+		return false
+	}
+	wait, stop := r.wait(s.ctx, cfg, s.n, trailer, connDied)
+	if stop {
+		return false
+	}
+	if !r.budget.allow() {
+		cfg.metrics.retryThrottledFor(s.method)
+		return false
+	}
+	cfg.metrics.retried(s.method, code, unprocessed)
+	sa.stop()
+	return sleep(s.ctx, wait) == nil
+}
+
+// attemptResultLocked feeds the final attempt's outcome to the budget: err is
+// io.EOF for a stream that ended well.
+func (s *retryStream) attemptResultLocked(err error) {
+	if err == io.EOF {
+		s.r.budget.result(false)
+	} else if s.cfg.retryable.has(status.Code(err)) {
+		s.r.budget.result(true)
+	}
+}
+
+// commitLocked makes the current attempt final: the replay buffer is dropped
+// and the per-attempt timeout no longer applies.
+func (s *retryStream) commitLocked() {
+	s.committed = true
+	s.buf, s.bufBytes = nil, 0
+	if s.cur != nil && s.cur.timer != nil {
+		s.cur.timer.Stop()
+	}
+}
+
+// finishLocked ends the stream with err: the last attempt's context and the
+// call timeout are released.
+func (s *retryStream) finishLocked(err error) {
+	if s.done {
+		return
+	}
+	s.done, s.finalErr = true, err
+	s.buf, s.bufBytes = nil, 0
+	if s.cur != nil {
+		s.cur.stop()
+	}
+	if s.cancelCall != nil {
+		s.cancelCall()
+	}
+}
+
+func (s *retryStream) current() *streamAttempt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// SendMsg sends m on the current attempt and keeps it for replay until the
+// stream commits. If the attempt has failed, the error is left to RecvMsg,
+// which retries it and replays m.
+func (s *retryStream) SendMsg(m any) error {
+	s.mu.Lock()
+	if !s.committed && !s.done {
+		size, ok := messageSize(m)
+		if !ok || s.bufBytes+size > s.cfg.retryBufferBytes {
+			s.commitLocked()
+		} else {
+			s.buf = append(s.buf, m)
+			s.bufBytes += size
+		}
+	}
+	sa, replayable := s.cur, !s.committed && !s.done
+	s.mu.Unlock()
+	err := sa.cs.SendMsg(m)
+	if err == io.EOF && replayable {
+		return nil
+	}
+	return err
+}
+
+// CloseSend closes the sending side of the current attempt, and of every
+// attempt that replaces it.
+func (s *retryStream) CloseSend() error {
+	s.mu.Lock()
+	s.closeSent = true
+	sa := s.cur
+	s.mu.Unlock()
+	return sa.cs.CloseSend()
+}
+
+// RecvMsg receives the next message. A failure before the first message is
+// retried (see StreamClientRetry); the first message commits the stream.
+func (s *retryStream) RecvMsg(m any) error {
+	for {
+		s.mu.Lock()
+		if s.done {
+			err := s.finalErr
+			s.mu.Unlock()
+			return err
+		}
+		sa := s.cur
+		s.mu.Unlock()
+
+		err := sa.cs.RecvMsg(m)
+
+		s.mu.Lock()
+		if err == nil {
+			if !s.committed {
+				s.commitLocked()
+			}
+			if !s.desc.ServerStreams {
+				// grpc has read the status: the stream is over, and succeeded.
+				s.attemptResultLocked(io.EOF)
+				s.finishLocked(io.EOF)
+			}
+			s.mu.Unlock()
+			return nil
+		}
+		if sa != s.cur {
+			s.mu.Unlock() // replaced meanwhile
+			continue
+		}
+		if err != io.EOF && !s.committed {
+			ok, lastErr := s.retryLocked(sa, err) // feeds the budget itself
+			if ok {
+				s.mu.Unlock()
+				continue
+			}
+			err = lastErr
+		} else {
+			s.attemptResultLocked(err)
+		}
+		s.finishLocked(err)
+		s.mu.Unlock()
+		return err
+	}
+}
+
+// Header returns the current attempt's header metadata.
+func (s *retryStream) Header() (metadata.MD, error) { return s.current().cs.Header() }
+
+// Trailer returns the current attempt's trailer metadata.
+func (s *retryStream) Trailer() metadata.MD { return s.current().cs.Trailer() }
+
+// Context returns the current attempt's context.
+func (s *retryStream) Context() context.Context { return s.current().cs.Context() }
+
+// messageSize is the size a message takes in the replay buffer: its encoded
+// size. ok is false for a message it cannot measure.
+func messageSize(m any) (size int, ok bool) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return 0, false
+	}
+	return proto.Size(pm), true
+}
