@@ -349,7 +349,10 @@ func TestHedgeInvalidOptionsFailEveryCall(t *testing.T) {
 	icpt := UnaryClientHedge(WithMaxAttempts(0), WithHedgeBudget(2))
 	invoked := false
 	err := icpt(context.Background(), testsvc.Get, wrapperspb.String("x"), new(wrapperspb.StringValue), nil,
-		func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { invoked = true; return nil })
+		func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			invoked = true
+			return nil
+		})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "WithMaxAttempts") ||
 		!strings.Contains(err.Error(), "WithHedgeBudget") {
 		t.Errorf("got %v, want InvalidArgument naming both options", err)
