@@ -239,7 +239,7 @@ func (hc *hedgeCall) run() error {
 					c.metrics.hedgeWon(hc.method)
 				}
 				if adaptive {
-					win.record(time.Duration(at.end-hc.start), c.hedgeQuantile)
+					win.record(time.Duration(at.end-hc.start), at.n > 0, c.hedgeQuantile)
 				}
 				proto.Reset(hc.reply)
 				proto.Merge(hc.reply, at.reply)

@@ -23,8 +23,10 @@ import (
 //
 // What is recorded is the time from the original attempt's start to the
 // call's success. When a hedge wins, that is a lower bound of the original's
-// latency, but one above the delay in use, which is all a tail quantile needs:
-// it lands in the tail, so hedging cannot drag its own delay down.
+// latency (a censored sample), but one above the delay in use, which is all
+// a tail quantile needs: it lands in the tail, so hedging cannot drag its own
+// delay down. Samples are flagged as censored so that a hedge rate within
+// noise of 1-q does not raise the delay (see record).
 
 const (
 	// hedgeWindow is the number of recent latencies kept per method: enough
@@ -39,6 +41,8 @@ const (
 )
 
 // latencyWindow is one method's recent latencies and current quantile.
+// A sample is stored as ns<<1 | censored: sorting the encoded values sorts
+// by latency and keeps the flag.
 type latencyWindow struct {
 	n        atomic.Uint64 // samples recorded so far
 	quantile atomic.Int64  // ns; 0 until warm
@@ -46,25 +50,50 @@ type latencyWindow struct {
 	samples  [hedgeWindow]atomic.Int64
 }
 
-// record adds one latency and, now and then, recomputes the quantile q.
-func (w *latencyWindow) record(d time.Duration, q float64) {
+// record adds one call's latency and, now and then, recomputes the quantile
+// q. censored says a hedge won: d is then only a lower bound of what the
+// original attempt would have taken.
+func (w *latencyWindow) record(d time.Duration, censored bool, q float64) {
+	v := max(int64(d), 1) << 1
+	if censored {
+		v |= 1
+	}
 	n := w.n.Add(1)
-	w.samples[(n-1)%hedgeWindow].Store(int64(d))
+	w.samples[(n-1)%hedgeWindow].Store(v)
 	if n < hedgeWarmup || (n != hedgeWarmup && n%hedgeRecomputeEvery != 0) {
 		return
 	}
-	m := min(n, hedgeWindow)
+	m := int(min(n, hedgeWindow))
 	var buf [hedgeWindow]int64
+	censoredN := 0
 	for i := range m {
+		// A slot not yet stored by a concurrent recorder reads as 0; it
+		// can only pull the quantile down by one rank until the next
+		// recompute.
 		buf[i] = w.samples[i].Load()
+		censoredN += int(buf[i] & 1)
 	}
 	s := buf[:m]
 	slices.Sort(s)
-	i := int(math.Ceil(q*float64(m))) - 1
-	i = max(0, min(i, int(m)-1))
-	// A sample not yet stored by a concurrent recorder reads as 0; it can
-	// only pull the quantile down by one rank, and the next recompute heals.
-	w.quantile.Store(max(s[i], 1))
+	i := max(0, min(int(math.Ceil(q*float64(m)))-1, m-1))
+	v = s[i]
+	// A censored sample at the quantile says more than 1-q of the calls
+	// were hedged: the delay is too short, and the lower bound moves it
+	// up. But within the sampling noise of the target rate (three standard
+	// deviations) that is no evidence, and with a latency cliff at the
+	// quantile (5% of calls 20x slower) the noise alone would walk the
+	// delay up the cliff a hedge latency at a time. So near the target the
+	// delay is the largest latency of an original attempt that won, which
+	// keeps it where it is.
+	if v&1 == 1 && float64(censoredN) <= (1-q)*float64(m)+3*math.Sqrt(float64(m)*q*(1-q)) {
+		for j := i - 1; j >= 0; j-- {
+			if s[j]&1 == 0 {
+				v = s[j]
+				break
+			}
+		}
+	}
+	w.quantile.Store(max(v>>1, 1))
 }
 
 // delay returns the hedge delay for a call configured by c: the quantile

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -466,13 +467,13 @@ func TestHedgeDelayWindow(t *testing.T) {
 	c := defaultConfig()
 	var w latencyWindow
 	for i := 1; i < hedgeWarmup; i++ {
-		w.record(time.Duration(i)*time.Millisecond, c.hedgeQuantile)
+		w.record(time.Duration(i)*time.Millisecond, false, c.hedgeQuantile)
 	}
 	if d := w.delay(&c); d != 0 {
 		t.Fatalf("delay %v before warm-up, want 0", d)
 	}
 	for i := hedgeWarmup; i <= 100; i++ {
-		w.record(time.Duration(i)*time.Millisecond, c.hedgeQuantile)
+		w.record(time.Duration(i)*time.Millisecond, false, c.hedgeQuantile)
 	}
 	// Recomputed at sample 96: the p95 of 1..96 ms.
 	if d := w.delay(&c); d != 92*time.Millisecond {
@@ -480,16 +481,55 @@ func TestHedgeDelayWindow(t *testing.T) {
 	}
 	// The ring forgets: 256 samples of 2ms replace the old ones.
 	for range hedgeWindow {
-		w.record(2*time.Millisecond, c.hedgeQuantile)
+		w.record(2*time.Millisecond, false, c.hedgeQuantile)
 	}
 	if d := w.delay(&c); d != 5*time.Millisecond {
 		t.Errorf("delay %v, want the 5ms minimum", d)
 	}
 	for range hedgeWindow {
-		w.record(time.Minute, c.hedgeQuantile)
+		w.record(time.Minute, false, c.hedgeQuantile)
 	}
 	if d := w.delay(&c); d != time.Second {
 		t.Errorf("delay %v, want the 1s maximum", d)
+	}
+}
+
+// A latency cliff at the quantile: 5% of calls are 20x slower and were won
+// by a hedge sent at the current delay. The delay must stay below the cliff
+// instead of drifting up it; a clearly too high hedge rate must raise it.
+func TestHedgeDelayWindowCliff(t *testing.T) {
+	c := defaultConfig()
+	c.hedgeMinDelay = time.Millisecond
+	rng := rand.New(rand.NewPCG(3, 4))
+	var w latencyWindow
+	high := 0
+	const calls = 40 * hedgeWindow
+	for range calls {
+		if d := w.delay(&c); d > 3*time.Millisecond {
+			high++
+		}
+		fast := time.Duration(float64(2*time.Millisecond) * (0.75 + 0.5*rng.Float64()))
+		if rng.Float64() < 0.05 {
+			// The original was slow; a hedge sent at the delay won.
+			w.record(max(w.delay(&c), 2500*time.Microsecond)+fast, true, c.hedgeQuantile)
+			continue
+		}
+		w.record(fast, false, c.hedgeQuantile)
+	}
+	if high > calls/100 {
+		t.Errorf("the delay was above the cliff for %d of %d calls", high, calls)
+	}
+	// 20% of calls hedged, far above 5%: the delay rises.
+	before := w.delay(&c)
+	for i := range hedgeWindow {
+		if i%5 == 0 {
+			w.record(before+2*time.Millisecond, true, c.hedgeQuantile)
+		} else {
+			w.record(2*time.Millisecond, false, c.hedgeQuantile)
+		}
+	}
+	if after := w.delay(&c); after <= before {
+		t.Errorf("delay %v after a 20%% hedge rate, want above %v", after, before)
 	}
 }
 
