@@ -118,7 +118,8 @@ func (h *hedger) intercept(ctx context.Context, method string, req, reply any, c
 	// outer interceptor owns the attempts: hedging under it would multiply
 	// them.
 	if c.hedgeDisabled || c.maxAttempts < 2 || attemptFrom(ctx) != nil ||
-		!(idempotency{declared: c.idempotent, cache: h.idem}).of(method) {
+		(c.hedgeOnlyByPolicy && !c.hedgeEnabled) ||
+		!(c.policyRetryable || (idempotency{declared: c.idempotent, cache: h.idem}).of(method)) {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
 	// Each attempt needs its own reply; only proto messages can be made anew.

@@ -97,6 +97,9 @@ type config struct {
 	nonFatal         codeSet
 	hedgeBudgetRatio float64
 	hedgeDisabled    bool
+	// hedgeOnlyByPolicy limits hedging to methods whose service config has a
+	// hedgingPolicy: DialOptions sets it when hedging was asked for only there.
+	hedgeOnlyByPolicy bool
 
 	// Per-method policies from a gRFC A6 service config; nil when none.
 	serviceConfig *serviceConfig

@@ -1,0 +1,47 @@
+package grpcguard
+
+import (
+	"google.golang.org/grpc"
+)
+
+// DialOptions returns everything grpcguard adds to a client, for
+// grpc.NewClient(target, append(opts, creds)...):
+//
+//   - a Dialer (grpc.WithContextDialer) whose connections are probed and
+//     refuse to write when stale;
+//   - the unary chain hedging (only when configured: WithHedgeDelay,
+//     WithAdaptiveHedgeDelay or a service config hedgingPolicy) -> retry ->
+//     the Dialer's probe before the pick, and the stream chain retry -> probe,
+//     so that every attempt, original, retry or hedge, is probed before it
+//     picks a transport and the retry can tell whether it left the client;
+//   - grpc.WithDisableRetry, so that grpc-go's own retry policy, which runs
+//     beneath interceptors, does not multiply attempts. grpc-go's transparent
+//     retry of streams that never reached the server stays on: it is not
+//     affected by WithDisableRetry.
+//
+// Invalid options are returned as an error matching ErrInvalidOption that
+// names each option and value; nothing panics. The Dialer runs no goroutine
+// while it has no connection, so closing the grpc.ClientConn is all the
+// clean-up there is. Use one DialOptions result per grpc.ClientConn.
+func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	d := NewDialer(opts...)
+	unary := []grpc.UnaryClientInterceptor{UnaryClientRetry(opts...), d.UnaryClientInterceptor()}
+	switch {
+	case cfg.hedgeEnabled:
+		unary = append([]grpc.UnaryClientInterceptor{UnaryClientHedge(opts...)}, unary...)
+	case cfg.serviceConfig != nil && cfg.serviceConfig.hedges():
+		onlyByPolicy := option(func(c *config) error { c.hedgeOnlyByPolicy = true; return nil })
+		hedge := UnaryClientHedge(append(append([]Option(nil), opts...), onlyByPolicy)...)
+		unary = append([]grpc.UnaryClientInterceptor{hedge}, unary...)
+	}
+	return []grpc.DialOption{
+		grpc.WithContextDialer(d.DialContext),
+		grpc.WithChainUnaryInterceptor(unary...),
+		grpc.WithChainStreamInterceptor(StreamClientRetry(opts...), d.StreamClientInterceptor()),
+		grpc.WithDisableRetry(),
+	}, nil
+}

@@ -1,0 +1,164 @@
+package grpcguard
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grpcguard/grpcguard/internal/faultproxy"
+	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+)
+
+// bundleClient dials target with DialOptions(opts...).
+func bundleClient(t *testing.T, target string, opts ...Option) *grpc.ClientConn {
+	t.Helper()
+	dopts, err := DialOptions(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newClient(t, target, dopts...)
+}
+
+func TestDialOptionsRejectsInvalidOptions(t *testing.T) {
+	_, err := DialOptions(WithMaxAttempts(0), WithProbeAfterIdle(-time.Second), WithServiceConfig(`{"methodConfig":[{"name":[{}],"retryPolicy":{"maxAttempts":1}}]}`))
+	if !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("DialOptions error = %v, want ErrInvalidOption", err)
+	}
+	for _, want := range []string{"WithMaxAttempts(0)", "WithProbeAfterIdle(-1s)", "maxAttempts"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+}
+
+// TestDialOptionsResetFirstBytes: a middlebox resets the first bytes after
+// idle. Idempotent calls never fail, non-idempotent ones never run twice.
+func TestDialOptionsResetFirstBytes(t *testing.T) {
+	srv := &testsvc.Server{}
+	p := startProxy(t, startServer(t, srv), faultproxy.Config{Mode: faultproxy.ResetFirstBytesAfterIdle, Idle: proxyIdle})
+	m := NewMetrics()
+	cc := bundleClient(t, p.Addr(), WithMetrics(m), WithProbeAfterIdle(10*time.Millisecond))
+	getFailed, echoFailed := 0, 0
+	for round := range 2 {
+		for i, gap := range idleGaps {
+			time.Sleep(gap) // the scenario: the client is quiet this long
+			ctx := ctxTimeout(t, 5*time.Second)
+			if _, err := testsvc.Call(ctx, cc, testsvc.Get, "g"); err != nil {
+				getFailed++
+				t.Errorf("round %d Get %d after %v idle: %v", round, i, gap, err)
+			}
+			time.Sleep(gap)
+			req := "e" + string(rune('a'+round*len(idleGaps)+i))
+			if _, err := testsvc.Call(ctx, cc, testsvc.Echo, req); err != nil {
+				echoFailed++
+			}
+		}
+	}
+	if n := srv.MaxRuns(testsvc.Echo); n > 1 {
+		t.Fatalf("a non-idempotent Echo ran %d times", n)
+	}
+	t.Logf("reset-first-bytes via DialOptions: Get failed %d/%d, Echo failed %d/%d (never ran twice); proxy %+v",
+		getFailed, 2*len(idleGaps), echoFailed, 2*len(idleGaps), p.Stats())
+}
+
+// TestDialOptionsServiceConfigHedging: a hedgingPolicy in the service config
+// hedges its method, whatever its descriptor says; others are untouched.
+func TestDialOptionsServiceConfigHedging(t *testing.T) {
+	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
+		if req == "slow-first" && srvCallsFor(ctx) {
+			select {
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+			}
+		}
+		return req, nil
+	}}
+	m := NewMetrics()
+	cc := bundleClient(t, startServer(t, srv), WithMetrics(m), WithHedgeBudget(1), WithServiceConfig(`{"methodConfig":[{
+		"name":[{"service":"grpcguard.testing.Echo","method":"Echo"}],
+		"hedgingPolicy":{"maxAttempts":2,"hedgingDelay":"0.03s"}}]}`))
+	start := time.Now()
+	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "slow-first"); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 1500*time.Millisecond {
+		t.Fatalf("call took %v: the hedge did not win", el)
+	}
+	if n := srv.Runs(testsvc.Echo, "slow-first"); n != 2 {
+		t.Fatalf("Echo ran %d times, want 2 (original + hedge)", n)
+	}
+	// Get has no hedging policy: one attempt.
+	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "once"); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Runs(testsvc.Get, "once"); n != 1 {
+		t.Fatalf("Get ran %d times, want 1", n)
+	}
+}
+
+// srvCallsFor reports whether this is the first attempt of a call (no
+// grpc-previous-rpc-attempts).
+func srvCallsFor(ctx context.Context) bool {
+	return previousAttempts(ctx) == 0
+}
+
+// TestDialOptionsNoLeakAfterClose: under every fault mode, a client made
+// with DialOptions leaves no goroutine behind once closed.
+func TestDialOptionsNoLeakAfterClose(t *testing.T) {
+	for _, mode := range []faultproxy.Mode{faultproxy.Pass, faultproxy.FINAfterIdle, faultproxy.RSTAfterIdle,
+		faultproxy.HalfCloseAfterIdle, faultproxy.ResetFirstBytesAfterIdle, faultproxy.Blackhole} {
+		t.Run(mode.String(), func(t *testing.T) {
+			before := goleak.IgnoreCurrent()
+			srv := &testsvc.Server{}
+			addr, stopServer, err := testsvc.Serve(srv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := faultproxy.Start(addr, faultproxy.Config{Mode: mode, Idle: 20 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dopts, err := DialOptions(WithSweepInterval(5*time.Millisecond), WithAdaptiveHedgeDelay(0.9, time.Millisecond, 50*time.Millisecond),
+				WithPerAttemptTimeout(200*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc, err := grpc.NewClient("passthrough:///"+p.Addr(), append(dopts, grpc.WithTransportCredentials(insecureCreds()))...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 4 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				testsvc.Call(ctx, cc, testsvc.Get, "x")
+				if i%2 == 1 {
+					time.Sleep(30 * time.Millisecond) // past the proxy's idle time
+				}
+				cancel()
+			}
+			cc.Close()
+			p.Close()
+			stopServer()
+			goleak.VerifyNone(t, before)
+		})
+	}
+}
+
+// previousAttempts reads grpc-previous-rpc-attempts from a server context.
+func previousAttempts(ctx context.Context) int {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("grpc-previous-rpc-attempts"); len(v) > 0 {
+		n, _ := strconv.Atoi(v[0])
+		return n
+	}
+	return 0
+}
+
+func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }
