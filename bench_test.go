@@ -2,6 +2,8 @@ package grpcguard
 
 import (
 	"context"
+	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"google.golang.org/grpc"
 	"io"
 	"net"
 	"syscall"
@@ -114,4 +116,33 @@ func discard(b *testing.B, c, s net.Conn) {
 	done := make(chan struct{})
 	go func() { defer close(done); io.Copy(io.Discard, s) }()
 	b.Cleanup(func() { c.Close(); s.Close(); <-done })
+}
+
+// Unary Echo over loopback, plain grpc-go against a client made with
+// DialOptions, in the same run:
+//
+//	go test -run '^$' -bench 'Echo' -benchmem -count 10 . | benchstat -
+func BenchmarkEchoPlain(b *testing.B) {
+	benchEcho(b, newClient(b, startServer(b, &testsvc.Server{})))
+}
+
+func BenchmarkEchoDialOptions(b *testing.B) {
+	opts, err := DialOptions()
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchEcho(b, newClient(b, startServer(b, &testsvc.Server{}), opts...))
+}
+
+func benchEcho(b *testing.B, cc *grpc.ClientConn) {
+	ctx := context.Background()
+	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "warm"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "x"); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
