@@ -12,9 +12,11 @@ import (
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // bundleClient dials target with DialOptions(opts...).
@@ -162,3 +164,35 @@ func previousAttempts(ctx context.Context) int {
 }
 
 func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }
+
+// TestDialOptionsHedgeAndRetryDoNotMultiply: with hedging over retry, a
+// method that always fails sends maxAttempts attempts in all, not
+// maxAttempts squared: hedging owns the attempts and retry passes them on.
+func TestDialOptionsHedgeAndRetryDoNotMultiply(t *testing.T) {
+	srv := &testsvc.Server{Unary: func(_ context.Context, _, req string) (string, error) {
+		if req == "ok" {
+			return req, nil
+		}
+		return "", status.Error(codes.Unavailable, "always")
+	}}
+	cc := bundleClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithMaxAttempts(3), WithHedgeBudget(1))
+	for range 2 { // calls earn the hedge budget its room for two hedges
+		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "ok"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "x")
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("call = %v, want Unavailable", err)
+	}
+	if n := srv.Runs(testsvc.Get, "x"); n != 3 {
+		t.Fatalf("server saw %d attempts, want 3 (hedge -> retry -> dialer must not multiply)", n)
+	}
+	// A non-idempotent method is neither hedged nor retried after it ran.
+	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "y"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Echo = %v", err)
+	}
+	if n := srv.Runs(testsvc.Echo, "y"); n != 1 {
+		t.Fatalf("Echo ran %d times, want 1", n)
+	}
+}

@@ -96,6 +96,7 @@ func UnaryClientHedge(opts ...Option) grpc.UnaryClientInterceptor {
 		cfg:    &cfg,
 		idem:   &idempotencyCache{},
 		budget: newBudget(budgetConfig{ratio: cfg.hedgeBudgetRatio, window: window}),
+		resend: newBudget(cfg.budget),
 	}
 	return h.intercept
 }
@@ -104,7 +105,12 @@ func UnaryClientHedge(opts ...Option) grpc.UnaryClientInterceptor {
 type hedger struct {
 	cfg    *config
 	idem   *idempotencyCache
-	budget *budget
+	budget *budget // attempts started by the hedge delay
+	// resend pays for attempts started because another failed with a
+	// non-fatal code: they are retries, and a burst of failures must not
+	// exhaust the hedge budget (which has no floor) and fail idempotent calls
+	// that a retry would have saved. It is sized as the retry budget.
+	resend *budget
 	delays hedgeDelays
 }
 
@@ -179,6 +185,7 @@ type hedgeAttempt struct {
 func (hc *hedgeCall) run() error {
 	h, c := hc.h, hc.c
 	h.budget.call()
+	h.resend.call()
 	win := h.delays.get(hc.method)
 	delay := c.hedgeDelay
 	adaptive := delay == 0
@@ -214,15 +221,30 @@ func (hc *hedgeCall) run() error {
 			timer.Stop()
 		}
 	}()
-	// hedge starts the next attempt if the budget allows.
+	// hedge starts the next attempt if the budget allows. failed is the
+	// attempt whose non-fatal failure asks for it, nil when the delay does:
+	// such a resend is also a retry, paid for and counted as one.
+	var failed *hedgeAttempt
 	hedge := func() bool {
 		if stopped || len(hc.attempts) >= c.maxAttempts {
 			return false
 		}
-		if !h.budget.allow() {
+		b := h.budget
+		if failed != nil {
+			b = h.resend
+		}
+		if !b.allow() {
 			stopped = true
-			c.metrics.hedgeThrottledFor(hc.method)
+			if failed != nil {
+				c.metrics.retryThrottledFor(hc.method)
+			} else {
+				c.metrics.hedgeThrottledFor(hc.method)
+			}
 			return false
+		}
+		if failed != nil {
+			c.metrics.retried(hc.method, status.Code(failed.err), false)
+			failed = nil
 		}
 		c.metrics.hedged(hc.method)
 		hc.launch()
@@ -253,9 +275,10 @@ func (hc *hedgeCall) run() error {
 				hc.copyOut(at)
 				return at.err
 			}
+			failed = at
 			switch {
 			case present && wait > 0:
-				arm(wait)
+				arm(wait) // the resend waits for the server's word
 			case hedge():
 				arm(delay)
 			}
