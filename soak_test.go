@@ -97,12 +97,10 @@ func TestSoak(t *testing.T) {
 	var ccs []*grpc.ClientConn
 	for _, p := range proxies {
 		dopts, err := DialOptions(WithMetrics(m), WithProbeAfterIdle(idle/4),
-			WithAdaptiveHedgeDelay(0.95, 2*time.Millisecond, 100*time.Millisecond),
-			// Hedging owns the attempts of Get and Put, so its budget is
-			// also what resends them after a reset; the default 10% (no
-			// floor) is too small for 32 callers failing at once early in
-			// the run (see the report).
-			WithHedgeBudget(0.5))
+			// Default budgets: resends after a reset are paid from the
+			// retry-sized budget, so 32 callers failing at once early in the
+			// run do not exhaust the 10% hedge budget.
+			WithAdaptiveHedgeDelay(0.95, 2*time.Millisecond, 100*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
