@@ -270,7 +270,7 @@ func (hc *hedgeCall) run() error {
 				return nil
 			}
 			last = at
-			wait, present, stop := parseHedgePushback(at.trailer)
+			wait, present, stop := pushback(at.trailer)
 			if stop || !c.nonFatal.has(status.Code(at.err)) {
 				hc.copyOut(at)
 				return at.err
@@ -380,21 +380,3 @@ func (hc *hedgeCall) cancelAll() {
 	}
 }
 
-// parseHedgePushback reads the server's grpc-retry-pushback-ms trailer (gRFC
-// A6): present reports whether there is one; stop, that it is negative or
-// unparsable, which means "send nothing more"; otherwise wait is how long to
-// hold the next attempt.
-func parseHedgePushback(md metadata.MD) (wait time.Duration, present, stop bool) {
-	v := md.Get("grpc-retry-pushback-ms")
-	if len(v) == 0 {
-		return 0, false, false
-	}
-	if len(v) > 1 {
-		return 0, true, true
-	}
-	ms, err := strconv.ParseInt(v[0], 10, 64)
-	if err != nil || ms < 0 {
-		return 0, true, true
-	}
-	return time.Duration(min(ms, int64(time.Duration(1<<62)/time.Millisecond))) * time.Millisecond, true, false
-}
