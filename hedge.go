@@ -379,4 +379,3 @@ func (hc *hedgeCall) cancelAll() {
 		at.cancel()
 	}
 }
-
