@@ -271,12 +271,8 @@ func testHedgeLanding(t *testing.T) {
 	// The first attempt of every "slow-" request hangs; hedges answer at once.
 	b := startBackends(t, func(_ int, ctx context.Context, method, req string) (string, error) {
 		if strings.HasPrefix(req, "slow-") && previousAttempts(ctx) == 0 {
-			tm := time.NewTimer(2 * time.Second)
-			defer tm.Stop()
-			select {
-			case <-tm.C:
-			case <-ctx.Done():
-				return "", ctx.Err()
+			if err := hold(ctx, 2*time.Second); err != nil {
+				return "", err
 			}
 		}
 		return req, nil

@@ -23,7 +23,7 @@ func BenchmarkGetpid(b *testing.B) {
 func BenchmarkProbe(b *testing.B) {
 	d := NewDialer()
 	defer d.Close()
-	c, _ := benchPair(b, d)
+	c := benchPair(b, d.DialContext)
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := Probe(c); err != nil {
@@ -37,14 +37,14 @@ func BenchmarkProbe(b *testing.B) {
 //
 //	go test -run '^$' -bench 'Write4K' -benchmem -count 10 . | benchstat -
 func BenchmarkWrite4KPlain(b *testing.B) {
-	c, _ := benchTCPPair(b)
+	c := benchPair(b, dialTCP)
 	benchWrite(b, c)
 }
 
 func BenchmarkWrite4KWrapped(b *testing.B) {
 	d := NewDialer(WithProbeAfterIdle(time.Hour))
 	defer d.Close()
-	c, _ := benchPair(b, d)
+	c := benchPair(b, d.DialContext)
 	benchWrite(b, c)
 }
 
@@ -65,7 +65,7 @@ func BenchmarkProbeBeforePickBusy(b *testing.B) {
 	d := NewDialer(WithProbeAfterIdle(time.Hour))
 	defer d.Close()
 	for range 3 {
-		benchPair(b, d)
+		benchPair(b, d.DialContext)
 	}
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -74,41 +74,11 @@ func BenchmarkProbeBeforePickBusy(b *testing.B) {
 	}
 }
 
-// benchPair dials a loopback listener through d; the far end discards.
-func benchPair(b *testing.B, d *Dialer) (net.Conn, net.Conn) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := d.DialContext(context.Background(), ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		b.Fatal(err)
-	}
+// benchPair dials a loopback listener through dial; the far end discards.
+func benchPair(b *testing.B, dial func(context.Context, string) (net.Conn, error)) net.Conn {
+	c, s := loopbackPair(b, dial)
 	discard(b, c, s)
-	return c, s
-}
-
-func benchTCPPair(b *testing.B) (net.Conn, net.Conn) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		b.Fatal(err)
-	}
-	discard(b, c, s)
-	return c, s
+	return c
 }
 
 // discard drains s until the benchmark ends, then closes both ends.

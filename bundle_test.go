@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"context"
 	"errors"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -75,11 +73,8 @@ func TestDialOptionsResetFirstBytes(t *testing.T) {
 // hedges its method, whatever its descriptor says; others are untouched.
 func TestDialOptionsServiceConfigHedging(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
-		if req == "slow-first" && srvCallsFor(ctx) {
-			select {
-			case <-time.After(2 * time.Second):
-			case <-ctx.Done():
-			}
+		if req == "slow-first" && previousAttempts(ctx) == 0 {
+			hold(ctx, 2*time.Second)
 		}
 		return req, nil
 	}}
@@ -104,12 +99,6 @@ func TestDialOptionsServiceConfigHedging(t *testing.T) {
 	if n := srv.Runs(testsvc.Get, "once"); n != 1 {
 		t.Fatalf("Get ran %d times, want 1", n)
 	}
-}
-
-// srvCallsFor reports whether this is the first attempt of a call (no
-// grpc-previous-rpc-attempts).
-func srvCallsFor(ctx context.Context) bool {
-	return previousAttempts(ctx) == 0
 }
 
 // TestDialOptionsNoLeakAfterClose: under every fault mode, a client made
@@ -151,16 +140,6 @@ func TestDialOptionsNoLeakAfterClose(t *testing.T) {
 			goleak.VerifyNone(t, before)
 		})
 	}
-}
-
-// previousAttempts reads grpc-previous-rpc-attempts from a server context.
-func previousAttempts(ctx context.Context) int {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("grpc-previous-rpc-attempts"); len(v) > 0 {
-		n, _ := strconv.Atoi(v[0])
-		return n
-	}
-	return 0
 }
 
 func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }

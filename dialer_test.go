@@ -19,22 +19,8 @@ import (
 
 // dialPair dials a raw loopback listener through d and returns both ends.
 func dialPair(t *testing.T, d *Dialer) (*conn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := d.DialContext(context.Background(), ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*conn), s.(*net.TCPConn)
+	c, s := loopbackPair(t, d.DialContext)
+	return c.(*conn), s
 }
 
 // waitPeerGone waits until the kernel has the peer's FIN or RST for c,

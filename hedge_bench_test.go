@@ -43,12 +43,7 @@ func BenchmarkHedgeLongTail(b *testing.B) {
 			d = tail
 		}
 		mu.Unlock()
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
+		hold(ctx, d)
 		return req, nil
 	}}
 	addr := startServer(b, srv)

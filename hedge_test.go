@@ -37,15 +37,6 @@ func hedgedClient(t testing.TB, addr string, opts ...Option) (*grpc.ClientConn, 
 }
 
 // attemptNumber is the grpc-previous-rpc-attempts a server call carries.
-func attemptNumber(ctx context.Context) int {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("grpc-previous-rpc-attempts"); len(v) > 0 {
-		n, _ := strconv.Atoi(v[0])
-		return n
-	}
-	return 0
-}
-
 func hedgeCount(m *Metrics, method string) (hedges, wins, throttled int) {
 	s, n := splitMethod(method)
 	return int(testutil.ToFloat64(m.hedges.WithLabelValues(s, n))),
@@ -66,15 +57,13 @@ func waitClosed(t *testing.T, ch <-chan struct{}, d time.Duration, what string) 
 func TestHedgeBeatsSlowAttemptAndCancelsLoser(t *testing.T) {
 	cancelled := make(chan struct{})
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
-		if attemptNumber(ctx) == 0 {
-			select {
-			case <-time.After(2 * time.Second):
-			case <-ctx.Done():
+		if previousAttempts(ctx) == 0 {
+			if err := hold(ctx, 2*time.Second); err != nil {
 				close(cancelled)
-				return "", ctx.Err()
+				return "", err
 			}
 		}
-		return req + "-" + strconv.Itoa(attemptNumber(ctx)), nil
+		return req + "-" + strconv.Itoa(previousAttempts(ctx)), nil
 	}}
 	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(30*time.Millisecond), WithHedgeBudget(1))
 
@@ -124,7 +113,7 @@ func TestHedgeNonIdempotentSentOnce(t *testing.T) {
 func TestHedgeFatalCodeEndsCall(t *testing.T) {
 	cancelled := make(chan struct{})
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
-		if attemptNumber(ctx) == 0 {
+		if previousAttempts(ctx) == 0 {
 			<-ctx.Done() // the original hangs until cancelled
 			close(cancelled)
 			return "", ctx.Err()
@@ -166,10 +155,10 @@ func warmBudget(t *testing.T, cc *grpc.ClientConn, n int) {
 
 func TestHedgeNonFatalCodeHedgesAtOnce(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
-		if req == "flaky" && attemptNumber(ctx) < 2 {
+		if req == "flaky" && previousAttempts(ctx) < 2 {
 			return "", status.Error(codes.Unavailable, "busy")
 		}
-		return req + "-" + strconv.Itoa(attemptNumber(ctx)), nil
+		return req + "-" + strconv.Itoa(previousAttempts(ctx)), nil
 	}}
 	// The delay is far longer than the test: only the failures can start
 	// the hedges.
@@ -193,7 +182,7 @@ func TestHedgeNonFatalCodeHedgesAtOnce(t *testing.T) {
 func TestHedgeAllNonFatalReturnsLastError(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		if req == "down" {
-			return "", status.Errorf(codes.Unavailable, "attempt %d", attemptNumber(ctx))
+			return "", status.Errorf(codes.Unavailable, "attempt %d", previousAttempts(ctx))
 		}
 		return req, nil
 	}}
@@ -239,7 +228,7 @@ func TestHedgePushbackDelaysNextHedge(t *testing.T) {
 		mu.Lock()
 		seen = append(seen, time.Now())
 		mu.Unlock()
-		if attemptNumber(ctx) == 0 {
+		if previousAttempts(ctx) == 0 {
 			grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", strconv.Itoa(int(pushback/time.Millisecond))))
 			return "", status.Error(codes.Unavailable, "later")
 		}
@@ -263,7 +252,7 @@ func TestHedgePushbackDelaysNextHedge(t *testing.T) {
 
 func TestHedgeCopiesWinnersHeaderTrailerPeer(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
-		n := strconv.Itoa(attemptNumber(ctx))
+		n := strconv.Itoa(previousAttempts(ctx))
 		grpc.SetHeader(ctx, metadata.Pairs("attempt", n))
 		grpc.SetTrailer(ctx, metadata.Pairs("attempt-trailer", n))
 		if n == "0" {
@@ -387,7 +376,7 @@ func TestHedgeCallerCancelStopsAttempts(t *testing.T) {
 // with its own marker, stamp it, and give it a peer.
 func TestHedgeComposesWithDialer(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
-		if attemptNumber(ctx) == 0 {
+		if previousAttempts(ctx) == 0 {
 			<-ctx.Done()
 			return "", ctx.Err()
 		}
@@ -559,11 +548,8 @@ func TestHedgeConcurrentCallersRace(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		grpc.SetHeader(ctx, metadata.Pairs("req", req))
 		grpc.SetTrailer(ctx, metadata.Pairs("req", req))
-		if attemptNumber(ctx) == 0 && len(req)%3 == 0 {
-			select { // the scenario: a third of originals are slow
-			case <-time.After(20 * time.Millisecond):
-			case <-ctx.Done():
-			}
+		if previousAttempts(ctx) == 0 && len(req)%3 == 0 {
+			hold(ctx, 20*time.Millisecond) // the scenario: a third of originals are slow
 		}
 		return req, nil
 	}}

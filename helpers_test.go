@@ -2,7 +2,9 @@ package grpcguard
 
 import (
 	"context"
+	"google.golang.org/grpc/metadata"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -115,4 +117,55 @@ func newClientTarget(t testing.TB, target string, d *Dialer) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { cc.Close() })
 	return cc
+}
+
+// previousAttempts reads grpc-previous-rpc-attempts in a server handler: 0
+// for an original attempt.
+func previousAttempts(ctx context.Context) int {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("grpc-previous-rpc-attempts"); len(v) > 0 {
+		n, _ := strconv.Atoi(v[0])
+		return n
+	}
+	return 0
+}
+
+// hold is a server handler taking d, or less if its call is cancelled, in
+// which case it returns the context's error.
+func hold(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// loopbackPair dials a fresh 127.0.0.1 listener with dial and returns the
+// client conn and the accepted server conn, both closed when the test ends.
+func loopbackPair(t testing.TB, dial func(context.Context, string) (net.Conn, error)) (net.Conn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := dial(context.Background(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s.(*net.TCPConn)
+}
+
+// dialTCP dials addr over TCP without grpcguard.
+func dialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	return new(net.Dialer).DialContext(ctx, "tcp", addr)
 }

@@ -20,22 +20,8 @@ import (
 
 // tcpPair returns a connected client and server TCP conn on loopback.
 func tcpPair(t testing.TB) (client, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
+	c, s := loopbackPair(t, dialTCP)
+	return c.(*net.TCPConn), s
 }
 
 // staleReasonOf returns the reason of a stale Probe result, or fails.
@@ -246,23 +232,9 @@ func TestProbeClosedConnReportsClosed(t *testing.T) {
 }
 
 func TestProbeDialerConnAllocatesNothing(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	d := NewDialer()
 	defer d.Close()
-	c, err := d.DialContext(context.Background(), ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, s := dialPair(t, d)
 	if n := testing.AllocsPerRun(100, func() { Probe(c) }); n != 0 {
 		t.Fatalf("Probe of a dialer conn allocates %v times, want 0", n)
 	}

@@ -64,12 +64,8 @@ func TestSoak(t *testing.T) {
 		// The scenario: a slow tail, only on first attempts so that a
 		// hedge is fast.
 		if method != testsvc.Echo && len(req) > 0 && req[0] == 's' && previousAttempts(ctx) == 0 {
-			tm := time.NewTimer(slowFor)
-			defer tm.Stop()
-			select {
-			case <-tm.C:
-			case <-ctx.Done():
-				return "", ctx.Err()
+			if err := hold(ctx, slowFor); err != nil {
+				return "", err
 			}
 		}
 		return req, nil
