@@ -373,5 +373,5 @@ func parseHedgePushback(md metadata.MD) (wait time.Duration, present, stop bool)
 	if err != nil || ms < 0 {
 		return 0, true, true
 	}
-	return time.Duration(min(ms, int64(time.Duration(1<<62)/time.Millisecond))) * time.Millisecond, true, false
+	return time.Duration(min(ms, int64(time.Duration(1<<63-1)/time.Millisecond))) * time.Millisecond, true, false
 }
