@@ -37,8 +37,8 @@ import (
 // blackholeNet is a pair of namespaces made by one test.
 type blackholeNet struct {
 	client, server string // namespace names
-	serverDev          string // the server's veth end, inside the server namespace
-	serverIP           string
+	serverDev      string // the server's veth end, inside the server namespace
+	serverIP       string
 }
 
 // ipCmd runs ip with args and returns its combined output on failure.
