@@ -251,4 +251,3 @@ func TestOptionKeepAliveDisabledByZeroIdle(t *testing.T) {
 		t.Fatalf("keepalive still on: %+v %+v", d.nd.KeepAlive, d.nd.KeepAliveConfig)
 	}
 }
-
