@@ -39,7 +39,7 @@ func fullJitter(cap time.Duration, draw func(n int64) int64) time.Duration {
 	if cap <= 0 {
 		return 0
 	}
-	return time.Duration(draw(int64(cap) + 1))
+	return time.Duration(draw(int64(min(cap, math.MaxInt64-1)) + 1)) // +1 must not overflow
 }
 
 // backoff returns the wait before retry n (n = 1 before the first retry) of a
