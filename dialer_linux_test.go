@@ -53,3 +53,15 @@ func TestDialerDefaultsSetKeepAliveAndUserTimeout(t *testing.T) {
 		t.Fatalf("SO_KEEPALIVE = %d, TCP_USER_TIMEOUT = %d; want 1 and %d", ka, ut, DefaultUserTimeout.Milliseconds())
 	}
 }
+
+func TestUserTimeoutRoundsUpToAMillisecond(t *testing.T) {
+	d := NewDialer(WithUserTimeout(500 * time.Microsecond))
+	defer d.Close()
+	c, _ := dialPair(t, d)
+	rc, _ := c.SyscallConn()
+	var ut int
+	rc.Control(func(fd uintptr) { ut, _ = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, 18) })
+	if ut != 1 {
+		t.Fatalf("TCP_USER_TIMEOUT = %d ms for 500µs, want 1 (0 would mean the kernel's ~15 minutes)", ut)
+	}
+}

@@ -53,6 +53,14 @@ const (
 	DefaultHedgeMaxDelay = 1 * time.Second
 )
 
+// The kernel's limits for TCP keepalive (Linux: TCP_KEEPIDLE and
+// TCP_KEEPINTVL at most 32767 s, TCP_KEEPCNT at most 127); beyond them it
+// refuses the setting and the OS default silently stays.
+const (
+	maxKeepAliveTime  = 32767 * time.Second
+	maxKeepAliveCount = 127
+)
+
 // maxAttemptsLimit bounds WithMaxAttempts: gRFC A6 clamps to 5 by default;
 // we allow more for users who ask, but not an unbounded number.
 const maxAttemptsLimit = 10
@@ -239,7 +247,9 @@ func WithSweepInterval(d time.Duration) Option {
 // WithKeepAlive sets TCP keepalive on every TCP connection the Dialer makes:
 // the first probe after idle of quiet time, then one every interval, and the
 // connection is dropped after count unanswered probes. The defaults, 15s, 5s
-// and 3, find a peer that vanished silently on an idle connection within 30s.
+// and 3, give up on a silent peer of an idle connection after 30s; with the
+// default TCP_USER_TIMEOUT, which also bounds unanswered probes, after 20s.
+// Valid: idle and interval up to 32767s, count up to 127 (the kernel's limits).
 // TCP keepalive is answered by the peer's kernel, so unlike HTTP/2 keepalive
 // pings it never trips a server's too_many_pings enforcement. idle = 0
 // disables TCP keepalive; otherwise every value must be positive.
@@ -252,6 +262,12 @@ func WithKeepAlive(idle, interval time.Duration, count int) Option {
 			return invalid("WithKeepAlive", interval, "interval must be positive")
 		case idle > 0 && count <= 0:
 			return invalid("WithKeepAlive", count, "count must be positive")
+		case idle > maxKeepAliveTime:
+			return invalid("WithKeepAlive", idle, "idle must be at most 32767s")
+		case idle > 0 && interval > maxKeepAliveTime:
+			return invalid("WithKeepAlive", interval, "interval must be at most 32767s")
+		case idle > 0 && count > maxKeepAliveCount:
+			return invalid("WithKeepAlive", count, "count must be at most 127")
 		}
 		c.keepAliveIdle, c.keepAliveInterval, c.keepAliveCount = idle, interval, count
 		return nil
@@ -262,8 +278,11 @@ func WithKeepAlive(idle, interval time.Duration, count int) Option {
 // stays unacknowledged this long is dropped with ETIMEDOUT instead of
 // retransmitting for the kernel's default of about 15 minutes. The default,
 // 20s, equals grpc-go's default keepalive timeout, which grpc would set itself
-// on an unwrapped connection when keepalive is on. 0 leaves the kernel
-// default. A negative value is invalid. Ignored on other platforms.
+// on an unwrapped connection when keepalive is on; through a real blackhole a
+// call in flight then failed with Unavailable after 21.3s. 0 leaves the
+// kernel default. The value is rounded up to whole milliseconds and may be at
+// most 2^31-1 ms (about 24 days); a negative value is invalid. Ignored on
+// other platforms.
 func WithUserTimeout(d time.Duration) Option {
 	return option(func(c *config) error {
 		if d < 0 {
@@ -410,7 +429,7 @@ func WithRetryBufferSize(bytes int) Option {
 // and 10s, follow the SRE book (retries under 10% of requests) and Finagle
 // (10 retries per second floor over a 10 s window). Retries and hedges of one
 // interceptor share it. An exhausted budget refuses new retries only. ratio
-// must be in [0, 1], minPerSecond >= 0, window >= 1s.
+// must be in [0, 1], minPerSecond >= 0, window in [1s, 1h] (one bucket per second).
 func WithRetryBudget(ratio, minPerSecond float64, window time.Duration) Option {
 	return option(func(c *config) error {
 		switch {
@@ -418,8 +437,8 @@ func WithRetryBudget(ratio, minPerSecond float64, window time.Duration) Option {
 			return invalid("WithRetryBudget", ratio, "ratio must be in [0, 1]")
 		case !(minPerSecond >= 0) || math.IsInf(minPerSecond, 0):
 			return invalid("WithRetryBudget", minPerSecond, "minPerSecond must be a finite number >= 0")
-		case window < time.Second:
-			return invalid("WithRetryBudget", window, "window must be at least 1s")
+		case window < time.Second || window > time.Hour:
+			return invalid("WithRetryBudget", window, "window must be between 1s and 1h")
 		}
 		c.budget = budgetConfig{ratio: ratio, minPerSecond: minPerSecond, window: window}
 		return nil

@@ -12,7 +12,7 @@ import (
 func setUserTimeout(rc syscall.RawConn, d time.Duration) error {
 	var serr error
 	err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int((d+time.Millisecond-1)/time.Millisecond))
 	})
 	if err != nil {
 		return err
