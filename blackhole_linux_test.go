@@ -171,27 +171,14 @@ func startNetnsServer(t *testing.T, n *blackholeNet, srv *testsvc.Server) string
 	return ln.Addr().String()
 }
 
-// guardOptions mirrors DialOptions (bundle.go) with the Dialer's DialContext
-// wrapped to dial from the client namespace: DialOptions does not expose its
-// Dialer, and the interceptors must see the Dialer that made the conns.
+// guardOptions is DialOptions with the Dialer dialing from namespace ns.
 func guardOptions(t *testing.T, ns string, opts ...Option) []grpc.DialOption {
 	t.Helper()
-	cfg, err := newConfig(opts)
+	dopts, err := dialOptions(opts, func(dial dialFunc) dialFunc { return nsDialer(ns, dial) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := NewDialer(opts...)
-	t.Cleanup(func() { d.Close() })
-	unary := []grpc.UnaryClientInterceptor{UnaryClientRetry(opts...), d.UnaryClientInterceptor()}
-	if cfg.hedgeEnabled {
-		unary = append([]grpc.UnaryClientInterceptor{UnaryClientHedge(opts...)}, unary...)
-	}
-	return []grpc.DialOption{
-		grpc.WithContextDialer(nsDialer(ns, d.DialContext)),
-		grpc.WithChainUnaryInterceptor(unary...),
-		grpc.WithChainStreamInterceptor(StreamClientRetry(opts...), d.StreamClientInterceptor()),
-		grpc.WithDisableRetry(),
-	}
+	return dopts
 }
 
 // nsClient connects to addr with opts; the first RPC must succeed.

@@ -1,8 +1,13 @@
 package grpcguard
 
 import (
+	"context"
+	"net"
+
 	"google.golang.org/grpc"
 )
+
+type dialFunc = func(context.Context, string) (net.Conn, error)
 
 // DialOptions returns everything grpcguard adds to a client, for
 // grpc.NewClient(target, append(opts, creds)...):
@@ -24,11 +29,21 @@ import (
 // while it has no connection, so closing the grpc.ClientConn is all the
 // clean-up there is. Use one DialOptions result per grpc.ClientConn.
 func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
+	return dialOptions(opts, nil)
+}
+
+// dialOptions is DialOptions with the Dialer's dial function optionally
+// wrapped, for tests that must dial from another network namespace.
+func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOption, error) {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return nil, err
 	}
 	d := NewDialer(opts...)
+	dial := dialFunc(d.DialContext)
+	if wrapDial != nil {
+		dial = wrapDial(dial)
+	}
 	unary := []grpc.UnaryClientInterceptor{UnaryClientRetry(opts...), d.UnaryClientInterceptor()}
 	switch {
 	case cfg.hedgeEnabled:
@@ -39,7 +54,7 @@ func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
 		unary = append([]grpc.UnaryClientInterceptor{hedge}, unary...)
 	}
 	return []grpc.DialOption{
-		grpc.WithContextDialer(d.DialContext),
+		grpc.WithContextDialer(dial),
 		grpc.WithChainUnaryInterceptor(unary...),
 		grpc.WithChainStreamInterceptor(StreamClientRetry(opts...), d.StreamClientInterceptor()),
 		grpc.WithDisableRetry(),
