@@ -103,3 +103,35 @@ func BenchmarkHedgeLongTail(b *testing.B) {
 		})
 	}
 }
+
+// The hedging interceptor's happy path against a pass-through interceptor,
+// in one run: a method it does not hedge, and an idempotent one answered
+// before the hedge delay (one goroutine, one timer, per call):
+//
+//	go test -run '^$' -bench HedgeHappyPath -benchmem .
+func BenchmarkHedgeHappyPath(b *testing.B) {
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	passThrough := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	hedge := UnaryClientHedge(WithHedgeDelay(time.Hour))
+	req, reply := wrapperspb.String("x"), new(wrapperspb.StringValue)
+	ctx := context.Background()
+	for _, bc := range []struct {
+		name, method string
+		ic           grpc.UnaryClientInterceptor
+	}{
+		{"pass-through", testsvc.Get, passThrough},
+		{"hedge/not-idempotent", testsvc.Echo, hedge},
+		{"hedge/idempotent", testsvc.Get, hedge},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.ic(ctx, bc.method, req, reply, nil, invoker); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
