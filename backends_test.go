@@ -271,7 +271,7 @@ func testHedgeLanding(t *testing.T) {
 	// The first attempt of every "slow-" request hangs; hedges answer at once.
 	b := startBackends(t, func(_ int, ctx context.Context, method, req string) (string, error) {
 		if strings.HasPrefix(req, "slow-") && previousAttempts(ctx) == 0 {
-			if err := hold(ctx, 2*time.Second); err != nil {
+			if err := sleep(ctx, 2*time.Second); err != nil {
 				return "", err
 			}
 		}

@@ -74,7 +74,7 @@ func TestDialOptionsResetFirstBytes(t *testing.T) {
 func TestDialOptionsServiceConfigHedging(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		if req == "slow-first" && previousAttempts(ctx) == 0 {
-			hold(ctx, 2*time.Second)
+			sleep(ctx, 2*time.Second)
 		}
 		return req, nil
 	}}

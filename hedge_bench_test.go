@@ -43,7 +43,7 @@ func BenchmarkHedgeLongTail(b *testing.B) {
 			d = tail
 		}
 		mu.Unlock()
-		hold(ctx, d)
+		sleep(ctx, d)
 		return req, nil
 	}}
 	addr := startServer(b, srv)

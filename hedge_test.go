@@ -58,7 +58,7 @@ func TestHedgeBeatsSlowAttemptAndCancelsLoser(t *testing.T) {
 	cancelled := make(chan struct{})
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		if previousAttempts(ctx) == 0 {
-			if err := hold(ctx, 2*time.Second); err != nil {
+			if err := sleep(ctx, 2*time.Second); err != nil {
 				close(cancelled)
 				return "", err
 			}
@@ -549,7 +549,7 @@ func TestHedgeConcurrentCallersRace(t *testing.T) {
 		grpc.SetHeader(ctx, metadata.Pairs("req", req))
 		grpc.SetTrailer(ctx, metadata.Pairs("req", req))
 		if previousAttempts(ctx) == 0 && len(req)%3 == 0 {
-			hold(ctx, 20*time.Millisecond) // the scenario: a third of originals are slow
+			sleep(ctx, 20*time.Millisecond) // the scenario: a third of originals are slow
 		}
 		return req, nil
 	}}

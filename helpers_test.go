@@ -130,19 +130,6 @@ func previousAttempts(ctx context.Context) int {
 	return 0
 }
 
-// hold is a server handler taking d, or less if its call is cancelled, in
-// which case it returns the context's error.
-func hold(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // loopbackPair dials a fresh 127.0.0.1 listener with dial and returns the
 // client conn and the accepted server conn, both closed when the test ends.
 func loopbackPair(t testing.TB, dial func(context.Context, string) (net.Conn, error)) (net.Conn, *net.TCPConn) {

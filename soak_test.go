@@ -64,7 +64,7 @@ func TestSoak(t *testing.T) {
 		// The scenario: a slow tail, only on first attempts so that a
 		// hedge is fast.
 		if method != testsvc.Echo && len(req) > 0 && req[0] == 's' && previousAttempts(ctx) == 0 {
-			if err := hold(ctx, slowFor); err != nil {
+			if err := sleep(ctx, slowFor); err != nil {
 				return "", err
 			}
 		}
