@@ -7,7 +7,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 func TestBackoffCap(t *testing.T) {
@@ -109,23 +108,6 @@ func TestRetryDecisionTable(t *testing.T) {
 		ok, unprocessed := mayRetry(&cfg, tc.f, tc.idempotent)
 		if ok != tc.ok || unprocessed != tc.unprocessed {
 			t.Errorf("%s: mayRetry = %v %v, want %v %v", tc.name, ok, unprocessed, tc.ok, tc.unprocessed)
-		}
-	}
-}
-
-func TestRetryGRPCUnprocessedErrors(t *testing.T) {
-	for _, tc := range []struct {
-		err  error
-		want bool
-	}{
-		{status.Error(codes.Unavailable, "the connection is draining"), true},
-		{status.Error(codes.Unavailable, "stream terminated by RST_STREAM with error code: REFUSED_STREAM"), true},
-		{status.Error(codes.Unavailable, "error reading from server: EOF"), false},
-		{status.Error(codes.Internal, "the connection is draining"), false},
-		{context.Canceled, false},
-	} {
-		if got := grpcUnprocessed(tc.err); got != tc.want {
-			t.Errorf("grpcUnprocessed(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

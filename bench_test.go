@@ -70,7 +70,7 @@ func BenchmarkProbeBeforePickBusy(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		d.probeBeforePick(ctx)
+		d.beforePick(ctx)
 	}
 }
 

@@ -11,58 +11,94 @@ import (
 	"time"
 )
 
-// Connection states. A conn goes from open to stale (a probe or the reader
-// found the peer gone, and the socket is closed or closing) to released (its
-// owner, grpc, called Close); or from open straight to released.
+// Connection states. A conn leaves open for good, to one of:
+//   - draining: the peer sent FIN behind data grpc has not read yet; writes
+//     are refused, the socket stays open so grpc's reader can deliver the
+//     data, then meets the EOF and closes the transport;
+//   - stale: found closed or broken; the socket is closed;
+//   - retired: closed by the Dialer for having been idle past the idle
+//     horizon, before anything could find it dead;
+//
+// and from any of them to released, once its owner, grpc, called Close.
 const (
 	stateOpen int32 = iota
+	stateDraining
 	stateStale
+	stateRetired
 	stateReleased
 )
 
 // epoch anchors the monotonic clock the conns use; an int64 of nanoseconds
-// since it fits in an atomic, unlike a time.Time.
+// since it fits in an atomic, unlike a time.Time. Monotonic readings never
+// decrease, across goroutines and CPUs, which the write protocol relies on.
 var epoch = time.Now()
 
 func nanotime() int64 { return int64(time.Since(epoch)) }
 
-// conn is a connection made by a Dialer. It probes itself before the first
-// Write after idle, refuses to write on a stale socket, and records when it
-// last sent, which lets the retry interceptor prove that an attempt never
-// left the client.
+// conn is a connection made by a Dialer. Before the first Write after idle it
+// probes itself, and after a longer idle it verifies the path; it refuses to
+// write on a stale socket; it publishes every write, which lets an attempt
+// prove it never left the client; and it tells the Dialer how long it had
+// been idle when it died.
 type conn struct {
 	net.Conn // *net.TCPConn or *net.UnixConn
 	d        *Dialer
-	local    string // LocalAddr().String(), as grpc's peer.Peer reports it
+	addr     *connAddr // what LocalAddr returns: how an attempt finds this conn
 	rcErr    error
 	prober   prober
+	path     pathCheck // the keepalive round trip after idle (Linux TCP)
 
-	lastActive atomic.Int64 // nanotime of the last write, read with data, or probe
-	lastSent   atomic.Int64 // nanotime at which the last Write reaching the socket began
-	state      atomic.Int32
-	reason     atomic.Int32 // StaleReason once found stale, -1 before
-	released   chan struct{}
-	closeOnce  sync.Once
+	// lastIO is the nanotime of the last Write or of the last Read that
+	// returned data: what a middlebox calls activity. probedAt is when a
+	// probe last found the socket alive; it postpones the next probe, not
+	// the idle age.
+	lastIO   atomic.Int64
+	probedAt atomic.Int64
+	// The write protocol (see Write): writing counts Writes between
+	// publishing and returning; lastWrite is the largest nanotime at which a
+	// Write that may reach the socket began (0: none yet).
+	writing   atomic.Int32
+	lastWrite atomic.Int64
+	// wakeIdle is how long the conn had been idle before the latest Write
+	// that ended an idle period, until data is read back: if the conn dies
+	// in between, that idle period killed it (a middlebox that forgot the
+	// flow answers the first bytes with RST).
+	wakeIdle atomic.Int64
+
+	state     atomic.Int32
+	reason    atomic.Int32 // StaleReason once found dead, -1 before
+	released  chan struct{}
+	closeOnce sync.Once
 }
 
 func newConn(d *Dialer, c net.Conn) *conn {
 	cc := &conn{Conn: c, d: d, released: make(chan struct{})}
-	if la := c.LocalAddr(); la != nil {
-		cc.local = la.String()
+	la := c.LocalAddr()
+	if la == nil {
+		la = &net.UnixAddr{Net: c.RemoteAddr().Network()}
 	}
+	cc.addr = &connAddr{Addr: la, c: cc}
 	if sc, ok := c.(syscall.Conn); ok {
 		rc, err := sc.SyscallConn()
 		if err == nil {
 			cc.prober.init(rc)
+			if _, tcp := c.(*net.TCPConn); tcp {
+				cc.path.init(rc)
+			}
 		}
 		cc.rcErr = err
 	}
 	cc.reason.Store(-1)
 	now := nanotime()
-	cc.lastActive.Store(now)
-	cc.lastSent.Store(now)
+	cc.lastIO.Store(now)
+	cc.probedAt.Store(now)
 	return cc
 }
+
+// LocalAddr returns the socket's local address, as a net.Addr of grpcguard's
+// that also identifies this conn (see handoff.go). Its Network and String
+// are the socket's.
+func (c *conn) LocalAddr() net.Addr { return c.addr }
 
 // SyscallConn returns the raw socket, so that channelz and users can read its
 // options; grpcguard's own socket options are already set on it.
@@ -73,81 +109,214 @@ func (c *conn) SyscallConn() (syscall.RawConn, error) {
 	return c.prober.rc, nil
 }
 
-// idleSince reports whether the conn has been idle at least the dialer's
+// probeDue reports whether the conn has been quiet (no I/O, no probe) for the
 // probe-after-idle time at now.
-func (c *conn) idle(now int64) bool {
-	return now-c.lastActive.Load() >= int64(c.d.cfg.probeAfterIdle)
+func (c *conn) probeDue(now int64) bool {
+	return now-max(c.lastIO.Load(), c.probedAt.Load()) >= int64(c.d.cfg.probeAfterIdle)
 }
 
-// probe polls the socket. A stale result closes the socket (once) and is
-// counted.
+// idleFor is how long the conn has carried no byte, at now.
+func (c *conn) idleFor(now int64) time.Duration { return time.Duration(now - c.lastIO.Load()) }
+
+// probe polls the socket. A conn found closed or reset is marked stale and
+// its socket closed (once); one whose peer sent FIN behind unread data is
+// marked draining and left to grpc's reader. Either is counted and reported
+// as a *StaleConnError.
 func (c *conn) probe() error {
 	r, err := c.prober.probe()
 	if err != nil {
 		if c.state.Load() != stateOpen {
-			return &StaleConnError{Reason: StaleReason(c.reason.Load()), Op: "probe", Err: net.ErrClosed}
+			return &StaleConnError{Reason: c.staleReason(), Op: "probe", Err: net.ErrClosed}
 		}
 		return err
 	}
-	stale := r.err()
-	c.d.cfg.metrics.probed(stale != nil)
-	if stale == nil {
-		c.lastActive.Store(nanotime())
+	switch r {
+	case probeAlive, probeUnknown:
+		c.d.cfg.metrics.probed(false)
+		c.probedAt.Store(nanotime())
 		return nil
+	case probeDraining:
+		c.d.cfg.metrics.probed(true)
+		c.markDead(PeerClosed, stateDraining)
+		return &StaleConnError{Reason: PeerClosed, Op: "probe"}
 	}
-	c.discard(stale.(*StaleConnError).Reason)
-	return stale
+	c.d.cfg.metrics.probed(true)
+	reason := PeerClosed
+	if r == probeReset {
+		reason = Reset
+	}
+	c.discard(reason)
+	return &StaleConnError{Reason: reason, Op: "probe"}
+}
+
+func (c *conn) staleReason() StaleReason {
+	if r := c.reason.Load(); r >= 0 {
+		return StaleReason(r)
+	}
+	return SocketError
 }
 
 // discard marks the conn stale for reason, counts it once, and closes the
 // socket, so that grpc's reader fails at once and grpc releases the conn. The
 // conn stays registered until grpc calls Close.
 func (c *conn) discard(reason StaleReason) {
-	if c.markStale(reason) {
+	if c.markDead(reason, stateStale) {
 		c.Conn.Close()
 	}
 }
 
-// markStale moves an open conn to stale and counts it. It reports whether this
-// call did so: a conn is counted once, whoever finds it first.
-func (c *conn) markStale(reason StaleReason) bool {
-	if !c.state.CompareAndSwap(stateOpen, stateStale) {
+// markDead moves an open conn to state (draining or stale), records why and
+// counts it, and tells the Dialer how long the conn had been idle. It reports
+// whether this call did so: a conn is counted once, whoever finds it first.
+// The state changes before anything else: the write protocol relies on it.
+func (c *conn) markDead(reason StaleReason, state int32) bool {
+	if !c.state.CompareAndSwap(stateOpen, state) {
 		return false
 	}
 	c.reason.Store(int32(reason))
 	c.d.cfg.metrics.staleConn(reason)
+	age := c.wakeIdle.Load()
+	if age == 0 {
+		age = int64(c.idleFor(nanotime()))
+	}
+	c.d.horizon.observe(time.Duration(age), c.d.cfg.metrics)
+	c.d.nextCheck.Store(0) // the horizon may have shrunk
 	return true
 }
 
-// Write probes the socket first if the conn has been idle; on a stale socket
-// it sends nothing, closes the socket and returns an error matching
-// ErrStaleConn. grpc's transport then fails and redials; a write error on a
-// socket left open would instead leave grpc's transport stuck.
+// retire closes an open, idle conn that has outlived the idle horizon. It
+// reports whether it did; a conn with a write in flight is never retired. A
+// Write racing with it is refused by the write protocol, and the attempt
+// behind it provably never left.
+func (c *conn) retire() bool {
+	if c.writing.Load() != 0 || !c.state.CompareAndSwap(stateOpen, stateRetired) {
+		return false
+	}
+	c.d.cfg.metrics.retired()
+	c.Conn.Close()
+	return true
+}
+
+// died reports whether the conn was found dead or retired: a new connection
+// is then the cure for a failed attempt. A conn grpc closed on its own (a
+// GOAWAY, the ClientConn closing) did not die.
+func (c *conn) died() bool {
+	s := c.state.Load()
+	return s == stateDraining || s == stateStale || s == stateRetired || c.reason.Load() >= 0
+}
+
+// quietSince reports whether no byte written on the conn at or after start
+// can ever reach the socket: the conn can no longer write, no Write was in
+// flight, and none began at or after start. The order of the loads is the
+// proof; see Write.
+func (c *conn) quietSince(start int64) bool {
+	if c.state.Load() == stateOpen {
+		return false // it can still write what grpc has queued
+	}
+	if c.writing.Load() != 0 {
+		return false
+	}
+	return c.lastWrite.Load() < start
+}
+
+// Write checks the conn first if it has been idle (see checkAfterIdle); on a
+// conn that is stale it sends nothing, closes the socket and returns an error
+// matching ErrStaleConn, so that grpc's transport fails and redials (an error
+// on a socket left open would leave the transport stuck).
+//
+// The write protocol, which lets an attempt prove that none of its bytes can
+// ever reach the socket (conn.quietSince):
+//
+//	Write:   (w1) writing++  (w2) lastWrite = max(lastWrite, now)
+//	         (w3) if state != open: writing--, refuse   (w4) syscall   (w5) writing--
+//	checker: (c1) state != open  (c2) writing == 0  (c3) lastWrite < start
+//
+// now is read when Write is entered, so a Write carrying bytes produced
+// after an attempt's start has now >= start (the monotonic clock). Go's
+// atomics are sequentially consistent and a conn never returns to open. If
+// such a Write reached its syscall, w3 read open before the store that left
+// open, which the checker's c1 saw; so w1 and w2 come before c2 and c3: the
+// checker sees the Write in flight (c2 fails) or finished with lastWrite >=
+// now >= start (c3 fails, lastWrite only grows). If instead w3 saw the conn
+// closed, the Write sent nothing. The checks before w1 (probe, path check)
+// send no payload and are not writes.
 func (c *conn) Write(b []byte) (int, error) {
 	now := nanotime()
-	if c.idle(now) {
-		if err := c.probe(); err != nil {
-			if se := (*StaleConnError)(nil); errors.As(err, &se) {
-				return 0, &StaleConnError{Reason: se.Reason, Op: "write", Err: se.Err}
-			}
-			// The probe could not run (the conn was closed): let the write
-			// report it.
+	if idle := now - c.lastIO.Load(); idle >= c.d.checkAfter {
+		if err := c.checkAfterIdle(now, time.Duration(idle)); err != nil {
+			return 0, err
+		}
+		if idle >= int64(minIdleDeath) {
+			c.wakeIdle.Store(idle)
 		}
 	}
-	c.lastSent.Store(now)
-	c.lastActive.Store(now)
+	c.writing.Add(1)
+	for {
+		last := c.lastWrite.Load()
+		if now <= last || c.lastWrite.CompareAndSwap(last, now) {
+			break
+		}
+	}
+	if s := c.state.Load(); s != stateOpen {
+		c.writing.Add(-1)
+		if s == stateReleased {
+			return 0, net.ErrClosed
+		}
+		return 0, &StaleConnError{Reason: c.staleReason(), Op: "write"}
+	}
+	c.lastIO.Store(now)
 	n, err := c.Conn.Write(b)
+	c.writing.Add(-1)
 	if err != nil {
 		c.noteIOError(err)
 	}
 	return n, err
 }
 
+// checkAfterIdle runs before the first Write after idle: a probe when one is
+// due, then, after a longer idle, the path check (a keepalive round trip).
+// It returns the error that refuses the Write, having sent nothing.
+func (c *conn) checkAfterIdle(now int64, idle time.Duration) error {
+	if c.probeDue(now) {
+		if err := c.probe(); err != nil {
+			var se *StaleConnError
+			if errors.As(err, &se) {
+				return &StaleConnError{Reason: se.Reason, Op: "write", Err: se.Err}
+			}
+			return nil // the probe could not run (closed): the write reports it
+		}
+	}
+	if v := c.d.cfg.verifyAfterIdle; v > 0 && idle >= v && c.path.ok() {
+		if err := c.verifyPath(idle); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// verifyPath runs the path check and acts on its answer.
+func (c *conn) verifyPath(idle time.Duration) error {
+	start := nanotime()
+	r := c.path.verify(idle)
+	c.d.cfg.metrics.verified(r, time.Duration(nanotime()-start))
+	if r != verifyStale {
+		if r == verifyAlive {
+			c.probedAt.Store(nanotime())
+		}
+		return nil
+	}
+	c.discard(Reset)
+	return &StaleConnError{Reason: Reset, Op: "verify", Err: syscall.ECONNRESET}
+}
+
 // Read records activity and counts a peer close that the reader meets first.
 func (c *conn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.lastActive.Store(nanotime())
+		c.lastIO.Store(nanotime())
+		if c.wakeIdle.Load() != 0 {
+			c.wakeIdle.Store(0) // the path answered after the idle period
+		}
 	}
 	if err != nil {
 		c.noteIOError(err)
@@ -172,7 +341,7 @@ func (c *conn) noteIOError(err error) {
 	default:
 		reason = SocketError
 	}
-	c.markStale(reason)
+	c.markDead(reason, stateStale)
 }
 
 // Close releases the conn: grpc calls it once its transport is done with the
@@ -182,8 +351,8 @@ func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		prev := c.state.Swap(stateReleased)
 		err = c.Conn.Close()
-		if prev == stateStale && errors.Is(err, net.ErrClosed) {
-			err = nil // discard closed the socket already
+		if (prev == stateStale || prev == stateRetired) && errors.Is(err, net.ErrClosed) {
+			err = nil // closed already, by discard or retire
 		}
 		c.d.release(c)
 		close(c.released)

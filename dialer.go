@@ -22,10 +22,6 @@ var ErrDialerClosed = errors.New("grpcguard: dialer closed")
 // within 0.3-1.6 ms of the socket closing on an idle machine.
 const releaseWait = 10 * time.Millisecond
 
-// recentConns is how many released conns a Dialer remembers, so that a
-// failed attempt can still be matched to its conn after grpc let go of it.
-const recentConns = 64
-
 // Dialer dials connections for grpc.WithContextDialer that can be probed for a
 // peer close, refuse to write on a stale socket, and are counted. Its
 // interceptors probe idle connections before an RPC picks a transport.
@@ -37,16 +33,25 @@ type Dialer struct {
 	err error // invalid options: every dial fails with it
 	nd  net.Dialer
 
+	// checkAfter is the idle time after which a conn's Write checks it
+	// first: the shorter of the probe-after-idle and verify-after-idle times.
+	checkAfter int64
+	horizon    *idleHorizon
+
 	// live is the snapshot of open conns the per-RPC path reads without a
 	// lock; it is replaced, under mu, whenever a conn comes or goes.
 	live atomic.Pointer[[]*conn]
+	// nextCheck is a nanotime before which no live conn can be due for a
+	// probe or for retirement: the pick path skips the scan until then, so
+	// it costs a clock read and an atomic load however many conns there are.
+	// It is a lower bound (conns only get younger by I/O); register and
+	// release reset it to 0.
+	nextCheck atomic.Int64
 
-	mu         sync.Mutex
-	recent     [recentConns]*conn // released conns, a ring
-	recentNext int
-	closed     bool
-	sweepStop  chan struct{} // non-nil while a sweep goroutine runs
-	sweeps     sync.WaitGroup
+	mu        sync.Mutex
+	closed    bool
+	sweepStop chan struct{} // non-nil while a sweep goroutine runs
+	sweeps    sync.WaitGroup
 }
 
 // NewDialer returns a Dialer configured by opts. Invalid options do not
@@ -54,7 +59,11 @@ type Dialer struct {
 // ErrInvalidOption that names them (DialOptions reports them at once).
 func NewDialer(opts ...Option) *Dialer {
 	cfg, err := newConfig(opts)
-	d := &Dialer{cfg: cfg, err: err}
+	d := &Dialer{cfg: cfg, err: err, horizon: newIdleHorizon(cfg.maxIdle, cfg.metrics)}
+	d.checkAfter = int64(cfg.probeAfterIdle)
+	if v := cfg.verifyAfterIdle; v > 0 && int64(v) < d.checkAfter {
+		d.checkAfter = int64(v)
+	}
 	if cfg.keepAliveIdle > 0 {
 		d.nd.KeepAliveConfig = net.KeepAliveConfig{
 			Enable:   true,
@@ -157,6 +166,7 @@ func (d *Dialer) register(c *conn) bool {
 	}
 	next = append(next, c)
 	d.live.Store(&next)
+	d.nextCheck.Store(0)
 	if d.cfg.sweepInterval > 0 && d.sweepStop == nil {
 		d.sweepStop = make(chan struct{})
 		d.sweeps.Add(1)
@@ -165,8 +175,8 @@ func (d *Dialer) register(c *conn) bool {
 	return true
 }
 
-// release drops c from the live conns and remembers it among the recent ones.
-// The sweep stops with the last conn: a Dialer with no conns runs nothing.
+// release drops c from the live conns. The sweep stops with the last conn: a
+// Dialer with no conns runs nothing.
 func (d *Dialer) release(c *conn) {
 	d.cfg.metrics.connClosed()
 	d.mu.Lock()
@@ -179,13 +189,12 @@ func (d *Dialer) release(c *conn) {
 			}
 		}
 		d.live.Store(&next)
+		d.nextCheck.Store(0)
 		if len(next) == 0 && d.sweepStop != nil {
 			close(d.sweepStop)
 			d.sweepStop = nil
 		}
 	}
-	d.recent[d.recentNext] = c
-	d.recentNext = (d.recentNext + 1) % recentConns
 }
 
 // Close stops the sweep, refuses new dials and closes the conns still open.
@@ -214,38 +223,71 @@ func (d *Dialer) sweep(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			now := nanotime()
-			for _, c := range *d.live.Load() {
-				if c.state.Load() == stateOpen && c.idle(now) {
-					c.probe()
-				}
-			}
+			d.nextCheck.Store(0)
+			d.scan(nanotime(), nil)
 		}
 	}
 }
 
-// probeBeforePick probes the conns idle at least the probe-after-idle time. A
-// stale one is closed, and the caller waits (at most releaseWait) until grpc
-// has released it, so that the RPC picks a fresh transport instead of the
-// dying one. With nothing idle it costs an atomic load per conn and a clock
-// read.
-func (d *Dialer) probeBeforePick(ctx context.Context) {
+// beforePick runs before an attempt picks a transport. It retires the conns
+// idle past the idle horizon and probes those idle at least the
+// probe-after-idle time. A conn retired or found dead is closed, and the
+// attempt waits (at most releaseWait) until grpc has released it, so that it
+// picks a fresh transport instead of the dying one. Until the earliest time a
+// conn can be due (nextCheck) it costs a clock read and an atomic load,
+// whatever the number of conns.
+func (d *Dialer) beforePick(ctx context.Context) {
+	now := nanotime()
+	if now < d.nextCheck.Load() {
+		return
+	}
+	d.scan(now, ctx)
+}
+
+// scan checks every live conn at now and sets nextCheck. With a ctx it waits
+// for the conns it closed to be released.
+//
+// nextCheck never ends up later than a conn's due time: for the conns scanned
+// it is their earliest due time, and it is at most now plus the shortest due
+// age, which a conn registered after now cannot beat. The horizon resets it
+// when it shrinks.
+func (d *Dialer) scan(now int64, ctx context.Context) {
 	p := d.live.Load()
 	if p == nil {
 		return
 	}
+	retireAge := int64(d.horizon.retireAge())
+	probeAge := int64(d.cfg.probeAfterIdle)
+	next := now + probeAge
+	if retireAge > 0 {
+		next = min(next, now+retireAge)
+	}
 	var timer *time.Timer
-	now := nanotime()
 	for _, c := range *p {
 		switch c.state.Load() {
 		case stateReleased:
 			continue
 		case stateOpen:
-			if !c.idle(now) || c.probe() == nil || c.state.Load() == stateReleased {
+			io := c.lastIO.Load()
+			probeAt := max(io, c.probedAt.Load()) + probeAge
+			retireAt := io + retireAge
+			switch {
+			case retireAge > 0 && now >= retireAt && c.retire():
+			case now >= probeAt && (c.probe() != nil || c.state.Load() != stateOpen):
+			default:
+				if c.state.Load() == stateOpen {
+					next = min(next, max(io, c.probedAt.Load())+probeAge)
+					if retireAge > 0 {
+						next = min(next, retireAt)
+					}
+				}
 				continue
 			}
 		}
-		// Stale and not yet released: the subchannel may still be READY.
+		if ctx == nil {
+			continue
+		}
+		// Closed and not yet released: the subchannel may still be READY.
 		if timer == nil {
 			timer = time.NewTimer(releaseWait)
 			defer timer.Stop()
@@ -253,65 +295,30 @@ func (d *Dialer) probeBeforePick(ctx context.Context) {
 		select {
 		case <-c.released:
 		case <-timer.C:
-			return
+			ctx = nil // waited long enough: finish the scan without waiting
 		case <-ctx.Done():
-			return
+			ctx = nil
 		}
 	}
+	d.nextCheck.Store(next)
 }
 
-// UnaryClientInterceptor returns the probe before the pick for unary RPCs:
-// install it innermost (after retry and hedging) so every attempt is probed.
-// It also lets the retry and hedging interceptors learn whether a failed
-// attempt ever left the client.
+// UnaryClientInterceptor returns the check before the pick for unary RPCs:
+// install it innermost (after retry and hedging) so that every attempt, not
+// only the call, is checked. The retry and hedging interceptors need it for
+// nothing else: they learn whether an attempt left the client from the conn
+// itself (see handoff.go).
 func (d *Dialer) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		d.probeBeforePick(ctx)
-		if a := attemptFrom(ctx); a != nil {
-			opts = a.begin(d, opts)
-		}
+		d.beforePick(ctx)
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
 }
 
-// StreamClientInterceptor returns the probe before the pick for streams.
+// StreamClientInterceptor returns the check before the pick for streams.
 func (d *Dialer) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		d.probeBeforePick(ctx)
-		if a := attemptFrom(ctx); a != nil {
-			opts = a.begin(d, opts)
-		}
+		d.beforePick(ctx)
 		return streamer(ctx, desc, cc, method, opts...)
 	}
-}
-
-// sentSince answers, for the conn with local address local, whether any write
-// reached its socket at or after start, and whether the conn was found broken
-// by its peer. found is false when no conn of this Dialer has that address.
-// Unix client sockets share one unnamed local address: every candidate must
-// then be quiet for the answer to be "nothing sent".
-func (d *Dialer) sentSince(local string, start int64) (found, sent, died bool) {
-	check := func(c *conn) {
-		if c == nil || c.local != local {
-			return
-		}
-		found = true
-		if c.lastSent.Load() >= start {
-			sent = true
-		}
-		if c.reason.Load() >= 0 {
-			died = true
-		}
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if p := d.live.Load(); p != nil {
-		for _, c := range *p {
-			check(c)
-		}
-	}
-	for _, c := range d.recent {
-		check(c)
-	}
-	return found, sent, died
 }

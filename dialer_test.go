@@ -45,7 +45,7 @@ func TestWriteAfterIdleOnPeerClosedConnIsRefused(t *testing.T) {
 	c, s := dialPair(t, d)
 	s.CloseWrite() // the peer is gone for writing, but would still read what we send
 	waitPeerGone(t, c)
-	waitFor(t, time.Second, "the conn to be idle", func() bool { return c.idle(nanotime()) })
+	waitFor(t, time.Second, "the conn to be idle", func() bool { return c.probeDue(nanotime()) })
 
 	n, err := c.Write([]byte("request"))
 	if n != 0 || !errors.Is(err, ErrStaleConn) {

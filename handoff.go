@@ -3,87 +3,137 @@ package grpcguard
 import (
 	"context"
 	"net"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 )
 
-// The hand-off between the retry and hedging interceptors and the Dialer.
+// The hand-off: how an interceptor that makes attempts (retry, stream retry,
+// hedging) learns, from facts and never from what a peer said, whether a
+// failed attempt can have reached the server, and whether its connection died.
 //
-// A retry may resend a non-idempotent call only if the failed attempt provably
-// never reached the server. Only the Dialer sees the bytes leave, so:
+//  1. The interceptor stamps each attempt itself (attempt.begin): the start
+//     time, read just before the attempt is handed to the next invoker, and
+//     grpc.Peer, so that grpc reports the transport the attempt ended on. No
+//     other interceptor is needed, in any chain order.
+//  2. Every connection a Dialer makes returns its own net.Addr (*connAddr)
+//     from LocalAddr. grpc copies it into peer.Peer.LocalAddr (through TLS
+//     too: tls.Conn reports the conn beneath it), so the attempt finds the very
+//     connection it used: no lookup by address string, no table that can
+//     forget, nothing shared between two conns with the same local address.
+//  3. attempt.verdict asks that conn (conn.quietSince) whether it can no longer
+//     write and no write of it was in flight or began since the attempt
+//     started. Then no byte of the attempt can ever reach the server: the
+//     attempt's bytes were produced after the start, and a closed conn will
+//     never write them. conn.Write documents why this is race-free.
+//  4. No transport at all (grpc never gave the attempt a stream, or an inner
+//     interceptor failed it before grpc) also proves it. grpc-go resends on its
+//     own, transparently, a stream that its transport never wrote or that the
+//     server refused (REFUSED_STREAM, or above a GOAWAY's last stream id); the
+//     attempt then reports the transport of grpc's last try, and an earlier
+//     try on another transport is grpc's own guarantee (RFC 9113 8.7). That
+//     resend is grpc-go's, with or without grpcguard, and adds no attempt of
+//     ours.
 //
-//  1. The retry (or hedging) interceptor puts an *attempt in the context of
-//     each attempt it makes.
-//  2. The Dialer's interceptor, which runs inside it right before grpc picks a
-//     transport, stamps the attempt with its start time and asks grpc, with
-//     grpc.Peer, for the local address of the connection the attempt used.
-//  3. Each Dialer conn records when a Write last reached its socket; a Write
-//     its pre-write probe refused sends nothing and records nothing.
-//  4. After a failure the retry asks the Dialer: did any write reach the
-//     socket of that local address since the attempt started? If not, no
-//     byte of the attempt left the client. No transport at all (the conn
-//     could not be made) also proves it.
-//
-// The answer is conservative: unknown conns, or several conns sharing a local
-// address with any write among them, count as "may have been sent".
+// A failed attempt whose conn is not a Dialer's (the user's own dialer without
+// a Dialer) is "may have been sent": the answer always errs toward running a
+// call at most once.
 
-type attemptKey struct{}
-
-// attempt is what one attempt tells the Dialer and learns from it.
+// attempt is one attempt of a call as the interceptor making it records it.
+// It is owned by that interceptor's goroutine; grpc writes peer before the
+// invoker returns.
 type attempt struct {
-	d     *Dialer // set by the Dialer's interceptor; nil if none is installed
-	start int64
-	peer  peer.Peer
-	opts  []grpc.CallOption // reused buffer: the call's options plus grpc.Peer
-}
-
-func withAttempt(ctx context.Context, a *attempt) context.Context {
-	return context.WithValue(ctx, attemptKey{}, a)
-}
-
-func attemptFrom(ctx context.Context) *attempt {
-	a, _ := ctx.Value(attemptKey{}).(*attempt)
-	return a
-}
-
-// reset prepares a for another attempt.
-func (a *attempt) reset() {
-	a.d = nil
-	a.start = 0
-	a.peer = peer.Peer{}
+	start int64     // nanotime just before the attempt went to the invoker
+	peer  peer.Peer // the transport the attempt ended on, filled by grpc
+	opts  []grpc.CallOption
 }
 
 // begin stamps the attempt and returns the call's options with grpc.Peer
-// added, in a's reused buffer.
-func (a *attempt) begin(d *Dialer, opts []grpc.CallOption) []grpc.CallOption {
-	a.d = d
+// added, in a's reused buffer: no allocation once the buffer has grown.
+func (a *attempt) begin(opts []grpc.CallOption) []grpc.CallOption {
 	a.peer = peer.Peer{}
 	a.opts = append(append(a.opts[:0], opts...), grpc.Peer(&a.peer))
 	a.start = nanotime()
 	return a.opts
 }
 
-// outcome says what the Dialer knows of a failed attempt. local is the local
-// address of the attempt's connection, or nil if grpc gave it no transport.
-// neverLeft: no byte of the attempt left the client, so any method may be
-// retried. connDied: the connection was found closed or reset by its peer,
-// so the cure is a new connection at once, not a backoff.
-func (a *attempt) outcome(local net.Addr) (neverLeft, connDied bool) {
-	if a == nil || a.d == nil {
-		return false, false
-	}
-	if local == nil {
-		return true, false
-	}
-	found, sent, died := a.d.sentSince(local.String(), a.start)
-	if !found {
-		return false, false
-	}
-	return !sent, died
+// verdict is what is known, from facts, of a failed attempt.
+type verdict struct {
+	// neverLeft: no byte of the attempt left the client or ever will, so any
+	// method may be sent again.
+	neverLeft bool
+	// connDied: the attempt's connection was found closed, reset or broken
+	// (or retired by the Dialer), so the cure is a new connection, at once,
+	// not a backoff.
+	connDied bool
+	// conn is the attempt's connection when a Dialer made it.
+	conn *conn
 }
 
-// unaryOutcome is outcome for a unary attempt, whose peer grpc filled in.
-func (a *attempt) unaryOutcome() (neverLeft, connDied bool) {
-	return a.outcome(a.peer.LocalAddr)
+// verdict judges the attempt from the transport grpc reported for it.
+func (a *attempt) verdict() verdict { return verdictOf(a.start, &a.peer) }
+
+// verdictOf judges an attempt that started at start and ended on the
+// transport p (zero when grpc gave it none). Streams pass the peer of the
+// stream's context, which grpc sets when the stream is created.
+func verdictOf(start int64, p *peer.Peer) verdict {
+	if p == nil || (p.Addr == nil && p.LocalAddr == nil) {
+		return verdict{neverLeft: true}
+	}
+	ca, ok := p.LocalAddr.(*connAddr)
+	if !ok {
+		return verdict{} // not a Dialer's conn: nothing is known
+	}
+	c := ca.c
+	return verdict{neverLeft: c.quietSince(start), connDied: c.died(), conn: c}
+}
+
+// awaitRelease waits, when the attempt's conn died, until grpc has let go of
+// it (at most releaseWait, or until ctx ends), so that the next attempt picks
+// a new transport instead of the dying one. grpc does so within a couple of
+// milliseconds of the socket closing; the Dialer's own interceptor waits the
+// same way, so this only matters when it is not in the chain, or not inside
+// the retry.
+func (v verdict) awaitRelease(ctx context.Context) {
+	if v.conn == nil || !v.connDied {
+		return
+	}
+	select {
+	case <-v.conn.released:
+		return
+	default:
+	}
+	t := time.NewTimer(releaseWait)
+	defer t.Stop()
+	select {
+	case <-v.conn.released:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// attemptOwner is the call option by which an interceptor that makes
+// attempts (hedging) tells the interceptors beneath it (retry) that it owns
+// the call's attempts, so that they pass each attempt through instead of
+// multiplying it. A call option, unlike a context value, never reaches RPCs
+// made inside the attempt (credentials, nested calls).
+type attemptOwner struct{ grpc.EmptyCallOption }
+
+// ownedAttempt reports whether an outer grpcguard interceptor owns the call's
+// attempts.
+func ownedAttempt(opts []grpc.CallOption) bool {
+	for _, o := range opts {
+		if _, ok := o.(attemptOwner); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// connAddr is the local address a Dialer conn reports: the socket's own, whose
+// Network and String it keeps, plus the conn itself.
+type connAddr struct {
+	net.Addr
+	c *conn
 }

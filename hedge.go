@@ -123,7 +123,7 @@ func (h *hedger) intercept(ctx context.Context, method string, req, reply any, c
 	// that may run more than once. An attempt marker already in ctx means an
 	// outer interceptor owns the attempts: hedging under it would multiply
 	// them.
-	if c.hedgeDisabled || c.maxAttempts < 2 || attemptFrom(ctx) != nil ||
+	if c.hedgeDisabled || c.maxAttempts < 2 || ownedAttempt(opts) ||
 		(c.hedgeOnlyByPolicy && !c.hedgeEnabled) ||
 		!(c.policyRetryable || (idempotency{declared: c.idempotent, cache: h.idem}).of(method)) {
 		return invoker(ctx, method, req, reply, cc, opts...)
@@ -314,11 +314,10 @@ func (hc *hedgeCall) launch() {
 	if n > 0 {
 		ctx = metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", strconv.Itoa(n))
 	}
-	ctx = withAttempt(ctx, &at.a)
 	opts := hc.attemptOptions(at)
 	hc.attempts = append(hc.attempts, at)
 	go func() {
-		at.err = hc.invoker(ctx, hc.method, hc.req, at.reply, hc.cc, opts...)
+		at.err = hc.invoker(ctx, hc.method, hc.req, at.reply, hc.cc, at.a.begin(opts)...)
 		at.end = nanotime()
 		hc.results <- at
 	}()
@@ -328,7 +327,7 @@ func (hc *hedgeCall) launch() {
 // through a pointer replaced by one writing into at, plus a trailer option
 // for the pushback. grpc.OnFinish is left out: it is called once per call.
 func (hc *hedgeCall) attemptOptions(at *hedgeAttempt) []grpc.CallOption {
-	opts := make([]grpc.CallOption, 0, len(hc.opts)+3)
+	opts := make([]grpc.CallOption, 0, len(hc.opts)+4)
 	var header, peerOpt bool
 	for _, o := range hc.opts {
 		switch o.(type) {
@@ -342,7 +341,7 @@ func (hc *hedgeCall) attemptOptions(at *hedgeAttempt) []grpc.CallOption {
 			opts = append(opts, o)
 		}
 	}
-	opts = append(opts, grpc.Trailer(&at.trailer))
+	opts = append(opts, grpc.Trailer(&at.trailer), attemptOwner{})
 	if header {
 		opts = append(opts, grpc.Header(&at.header))
 	}

@@ -1,6 +1,8 @@
 package grpcguard
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 )
@@ -15,6 +17,11 @@ import (
 //	grpcguard_probes_total{result}              result: alive, stale
 //	grpcguard_dials_total{result}               result: ok, error
 //	grpcguard_connections_open
+//	grpcguard_stale_connection_idle_seconds     histogram: idle age at death
+//	grpcguard_idle_horizon_seconds              learned or set
+//	grpcguard_connections_retired_total
+//	grpcguard_verifications_total{result}       result: alive, stale, unanswered
+//	grpcguard_verification_duration_seconds     histogram
 //	grpcguard_retries_total{grpc_service,grpc_method,grpc_code}
 //	grpcguard_retries_throttled_total{grpc_service,grpc_method}
 //	grpcguard_retries_unprocessed_total{grpc_service,grpc_method}
@@ -34,6 +41,11 @@ type Metrics struct {
 	hedgeWins       *prometheus.CounterVec
 	hedgeThrottled  *prometheus.CounterVec
 	hedgeDelay      *prometheus.GaugeVec
+	staleIdleAge    prometheus.Histogram
+	horizon         prometheus.Gauge
+	retiredConns    prometheus.Counter
+	verifications   *prometheus.CounterVec
+	verifyWait      prometheus.Histogram
 
 	// Children resolved once: the per-write and per-probe paths must not hash
 	// label values.
@@ -42,6 +54,7 @@ type Metrics struct {
 	probeStal prometheus.Counter
 	dialOK    prometheus.Counter
 	dialErr   prometheus.Counter
+	verifyBy  [numVerifyResults]prometheus.Counter
 }
 
 // MetricsOption configures NewMetrics.
@@ -92,6 +105,32 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 			Namespace: "grpcguard", Name: "hedge_delay_seconds", Help: "Current hedging delay per method (adaptive or fixed).",
 			ConstLabels: mc.constLabels,
 		}, method),
+		staleIdleAge: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "grpcguard", Name: "stale_connection_idle_seconds",
+			Help:        "How long connections had been idle when they were found dead: the idle timeout of what is on the path.",
+			ConstLabels: mc.constLabels,
+			Buckets:     []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600},
+		}),
+		horizon: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "grpcguard", Name: "idle_horizon_seconds",
+			Help:        "Idle age at which connections die, learned from deaths or set with WithMaxIdle; conns are retired before it.",
+			ConstLabels: mc.constLabels,
+		}),
+		retiredConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "grpcguard", Name: "connections_retired_total",
+			Help:        "Idle connections closed before use because they outlived the idle horizon.",
+			ConstLabels: mc.constLabels,
+		}),
+		verifications: counter("verifications_total", "Path checks (keepalive round trips) before the first write after idle, by result.", "result"),
+		verifyWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "grpcguard", Name: "verification_duration_seconds",
+			Help:        "How long path checks waited for the answer.",
+			ConstLabels: mc.constLabels,
+			Buckets:     []float64{0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256},
+		}),
+	}
+	for r := verifyResult(0); r < numVerifyResults; r++ {
+		m.verifyBy[r] = m.verifications.WithLabelValues(r.String())
 	}
 	for r := StaleReason(0); r < numStaleReasons; r++ {
 		m.staleBy[r] = m.stale.WithLabelValues(r.String())
@@ -105,7 +144,8 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.stale, m.probes, m.dials, m.open, m.retries, m.retryThrottled,
-		m.retryUnprocessd, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay}
+		m.retryUnprocessd, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay,
+		m.staleIdleAge, m.horizon, m.retiredConns, m.verifications, m.verifyWait}
 }
 
 // Describe implements prometheus.Collector.
@@ -200,5 +240,30 @@ func (m *Metrics) hedgeDelaySet(fullMethod string, seconds float64) {
 	if m != nil {
 		service, method := splitMethod(fullMethod)
 		m.hedgeDelay.WithLabelValues(service, method).Set(seconds)
+	}
+}
+
+func (m *Metrics) staleIdle(age time.Duration) {
+	if m != nil {
+		m.staleIdleAge.Observe(age.Seconds())
+	}
+}
+
+func (m *Metrics) horizonSet(d time.Duration) {
+	if m != nil {
+		m.horizon.Set(d.Seconds())
+	}
+}
+
+func (m *Metrics) retired() {
+	if m != nil {
+		m.retiredConns.Inc()
+	}
+}
+
+func (m *Metrics) verified(r verifyResult, wait time.Duration) {
+	if m != nil {
+		m.verifyBy[r].Inc()
+		m.verifyWait.Observe(wait.Seconds())
 	}
 }

@@ -75,13 +75,14 @@ type probeResult int32
 const (
 	probeAlive probeResult = iota // nothing pending, or data pending: usable
 	probePeerClosed
+	probeDraining // FIN behind unread data (Linux): no new writes, let the reader drain
 	probeReset
 	probeUnknown // cannot tell on this platform or for this conn: treated as alive
 )
 
 func (r probeResult) err() error {
 	switch r {
-	case probePeerClosed:
+	case probePeerClosed, probeDraining:
 		return &StaleConnError{Reason: PeerClosed, Op: "probe"}
 	case probeReset:
 		return &StaleConnError{Reason: Reset, Op: "probe"}

@@ -32,7 +32,16 @@ func probeFD(fd uintptr) probeResult {
 	switch re := fds[0].Revents; {
 	case re&(unix.POLLERR|unix.POLLNVAL) != 0:
 		return probeReset
-	case re&(unix.POLLHUP|unix.POLLRDHUP) != 0:
+	case re&unix.POLLHUP != 0:
+		return probePeerClosed
+	case re&unix.POLLRDHUP != 0:
+		// FIN. Data in front of it is a reply grpc's reader has yet to
+		// deliver: closing the socket now would destroy it.
+		var pending int32
+		_, _, errno := unix.RawSyscall(unix.SYS_IOCTL, fd, unix.SIOCINQ, uintptr(unsafe.Pointer(&pending)))
+		if errno == 0 && pending > 0 {
+			return probeDraining
+		}
 		return probePeerClosed
 	}
 	return probeAlive // POLLIN alone: unread data, such as a TLS session ticket

@@ -93,16 +93,16 @@ type unaryCall struct {
 	a       attempt
 	trailer metadata.MD
 	opts    [4]grpc.CallOption // the caller's options plus grpc.Trailer, if they fit
-	// dialerOpts backs attempt.opts, where the Dialer's interceptor adds
-	// grpc.Peer to opts, so that it needs no allocation of its own.
-	dialerOpts [5]grpc.CallOption
+	// peerOpts backs attempt.opts, where the attempt adds grpc.Peer, so
+	// that it needs no allocation of its own.
+	peerOpts [5]grpc.CallOption
 }
 
 func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	if r.err != nil {
 		return r.err
 	}
-	if attemptFrom(ctx) != nil {
+	if ownedAttempt(opts) {
 		return invoker(ctx, method, req, reply, cc, opts...) // hedging owns the attempts
 	}
 	cfg, err := r.callConfig(method, opts)
@@ -120,22 +120,20 @@ func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *
 	r.budget.call()
 
 	c := &unaryCall{}
-	c.a.opts = c.dialerOpts[:0]
+	c.a.opts = c.peerOpts[:0]
 	// grpc fills the caller's own Header and Trailer options too, at each
 	// attempt, so they end up holding the final attempt's values.
 	attemptOpts := append(append(c.opts[:0], opts...), grpc.Trailer(&c.trailer))
-	actx := withAttempt(ctx, &c.a)
 	for n := 1; ; n++ {
-		attemptCtx, cancel := actx, context.CancelFunc(nil)
+		attemptCtx, cancel := ctx, context.CancelFunc(nil)
 		if n > 1 {
 			attemptCtx = metadata.AppendToOutgoingContext(attemptCtx, previousAttemptsKey, strconv.Itoa(n-1))
 		}
 		if cfg.perAttemptTimeout > 0 {
 			attemptCtx, cancel = context.WithTimeout(attemptCtx, cfg.perAttemptTimeout)
 		}
-		c.a.reset()
 		c.trailer = nil
-		err := invoker(attemptCtx, method, req, reply, cc, attemptOpts...)
+		err := invoker(attemptCtx, method, req, reply, cc, c.a.begin(attemptOpts)...)
 		// Deadlines are read from the clock, not only from Err: grpc may report
 		// DeadlineExceeded before the context's own timer has fired.
 		callerDone := err != nil && expired(ctx)
@@ -155,18 +153,18 @@ func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *
 		if n >= cfg.maxAttempts {
 			return err
 		}
-		neverLeft, connDied := c.a.unaryOutcome()
+		v := c.a.verdict()
 		f := failure{
 			code:          code,
 			callerDone:    callerDone,
 			attemptExpiry: attemptExpiry && code == codes.DeadlineExceeded,
-			neverLeft:     neverLeft || grpcUnprocessed(err),
+			neverLeft:     v.neverLeft,
 		}
 		ok, unprocessed := mayRetry(cfg, f, r.idempotent(cfg, method))
 		if !ok {
 			return err
 		}
-		wait, stop := r.wait(ctx, cfg, n, c.trailer, connDied)
+		wait, stop := r.wait(ctx, cfg, n, c.trailer, v.connDied)
 		if stop {
 			return err
 		}
@@ -178,6 +176,7 @@ func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *
 		if err := sleep(ctx, wait); err != nil {
 			return err
 		}
+		v.awaitRelease(ctx)
 	}
 }
 
@@ -190,8 +189,8 @@ type failure struct {
 	// attemptExpiry: the attempt ran out of its per-attempt timeout while the
 	// caller's context was alive.
 	attemptExpiry bool
-	// neverLeft: no byte of the attempt left the client (the Dialer's
-	// hand-off), or grpc reported the stream unprocessed by the server.
+	// neverLeft: no byte of the attempt left the client or ever will, a
+	// fact from its connection (see handoff.go).
 	neverLeft bool
 }
 
@@ -213,11 +212,13 @@ type failure struct {
 //     retried whatever the codes, since that timeout is the user's request to
 //     try again.
 //   - If no byte of the attempt left the client, the server cannot have seen
-//     it: any method may be sent again, idempotent or not. The Dialer proves
-//     this (a write refused by the pre-write probe records nothing sent; no
-//     connection at all sends nothing), and so does grpc when it reports the
-//     stream unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream id:
-//     RFC 9113 sections 8.7 and 6.8 promise the server did not process it).
+//     it: any method may be sent again, idempotent or not. Only facts prove
+//     it: the attempt's own connection can no longer write and wrote nothing
+//     since the attempt started, or grpc gave the attempt no transport (see
+//     handoff.go). Never the text of a status: a server or a middle tier can
+//     send any text, after any side effect. Streams the server refused
+//     (REFUSED_STREAM, or above a GOAWAY's last stream id) are grpc-go's to
+//     resend, transparently, and it does.
 //   - Otherwise the request may have reached the server and run, even when
 //     the reply says Unavailable or the connection broke before the answer.
 //     It may be sent again only if the method is idempotent: declared by the
@@ -291,27 +292,4 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
 	}
-}
-
-// grpcUnprocessed reports whether err is one of grpc-go's errors for a stream
-// the server provably did not process. grpc-go marks such streams
-// Unprocessed() internally but gives interceptors no API for it, so the
-// status messages are matched exactly (grpc@v1.85.0
-// internal/transport/transport.go:832 errStreamDrain, used for streams above
-// a GOAWAY's last stream id at http2_client.go:1471 and for new streams on a
-// draining transport at :948; http2_client.go:1333 for RST_STREAM, with
-// REFUSED_STREAM marked unprocessed at :1315). grpc-go retries these itself
-// once per call; this catches the rest. An unknown message is simply not
-// recognised: the answer errs toward "may have been processed".
-func grpcUnprocessed(err error) bool {
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.Unavailable {
-		return false
-	}
-	switch st.Message() {
-	case "the connection is draining",
-		"stream terminated by RST_STREAM with error code: REFUSED_STREAM":
-		return true
-	}
-	return false
 }

@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"context"
 	"io"
-	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -47,7 +46,7 @@ func (r *retrier) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cl
 	if r.err != nil {
 		return nil, r.err
 	}
-	if attemptFrom(ctx) != nil {
+	if ownedAttempt(opts) {
 		return streamer(ctx, desc, cc, method, opts...) // hedging owns the attempts
 	}
 	cfg, err := r.callConfig(method, opts)
@@ -139,7 +138,6 @@ func (s *retryStream) start() (*streamAttempt, error) {
 	sa := &streamAttempt{}
 	ctx, cancel := context.WithCancel(s.ctx)
 	sa.cancel = cancel
-	ctx = withAttempt(ctx, &sa.a)
 	if s.n > 1 {
 		ctx = metadata.AppendToOutgoingContext(ctx, previousAttemptsKey, strconv.Itoa(s.n-1))
 	}
@@ -149,7 +147,7 @@ func (s *retryStream) start() (*streamAttempt, error) {
 			cancel()
 		})
 	}
-	cs, err := s.streamer(ctx, s.desc, s.cc, s.method, s.opts...)
+	cs, err := s.streamer(ctx, s.desc, s.cc, s.method, sa.a.begin(s.opts)...)
 	if err != nil {
 		sa.stop()
 		return sa, err
@@ -197,17 +195,15 @@ func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
 	if s.committed || s.n >= cfg.maxAttempts {
 		return false
 	}
-	var local net.Addr
 	var trailer metadata.MD
+	p := &sa.a.peer // empty when grpc gave the attempt no transport
 	if sa.cs != nil {
-		if p, ok := peer.FromContext(sa.cs.Context()); ok {
-			local = p.LocalAddr
+		if sp, ok := peer.FromContext(sa.cs.Context()); ok {
+			p = sp
 		}
 		trailer = sa.cs.Trailer()
-	} else {
-		local = sa.a.peer.LocalAddr // empty when grpc gave the attempt no transport
 	}
-	neverLeft, connDied := sa.a.outcome(local)
+	v := verdictOf(sa.a.start, p)
 	if !s.idemKnown {
 		s.idem, s.idemKnown = r.idempotent(cfg, s.method), true
 	}
@@ -215,13 +211,13 @@ func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
 		code:          code,
 		callerDone:    expired(s.ctx),
 		attemptExpiry: sa.timedOut.Load(),
-		neverLeft:     neverLeft || grpcUnprocessed(err),
+		neverLeft:     v.neverLeft,
 	}
 	ok, unprocessed := mayRetry(cfg, f, s.idem)
 	if !ok {
 		return false
 	}
-	wait, stop := r.wait(s.ctx, cfg, s.n, trailer, connDied)
+	wait, stop := r.wait(s.ctx, cfg, s.n, trailer, v.connDied)
 	if stop {
 		return false
 	}
@@ -231,7 +227,11 @@ func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
 	}
 	cfg.metrics.retried(s.method, code, unprocessed)
 	sa.stop()
-	return sleep(s.ctx, wait) == nil
+	if sleep(s.ctx, wait) != nil {
+		return false
+	}
+	v.awaitRelease(s.ctx)
+	return true
 }
 
 // attemptResultLocked feeds the final attempt's outcome to the budget: err is

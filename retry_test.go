@@ -213,7 +213,7 @@ func TestRetryStaleAtWriteNonIdempotentIsResent(t *testing.T) {
 	// Let the warm-up's last frames leave, so that nothing but the refused
 	// write can touch the conn during the next attempt.
 	c := (*d.live.Load())[0]
-	waitFor(t, time.Second, "a quiet conn", func() bool { return nanotime()-c.lastSent.Load() > int64(20*time.Millisecond) })
+	waitFor(t, time.Second, "a quiet conn", func() bool { return nanotime()-c.lastWrite.Load() > int64(20*time.Millisecond) })
 	mu.Lock()
 	attemptErrs = nil
 	mu.Unlock()
@@ -477,8 +477,7 @@ func TestRetryInvalidOptions(t *testing.T) {
 func TestRetryPassesThroughWhenHedgingOwnsAttempts(t *testing.T) {
 	srv := &testsvc.Server{Unary: failFirst(100, codes.Unavailable)}
 	cc := retryClient(t, startServer(t, srv), NewMetrics(), nil)
-	ctx := withAttempt(ctxTimeout(t, 5*time.Second), &attempt{})
-	testsvc.Call(ctx, cc, testsvc.Get, "a")
+	testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "a", attemptOwner{})
 	if n := srv.Calls(); n != 1 {
 		t.Errorf("server saw %d attempts, want 1: the owner of the attempts retries", n)
 	}
