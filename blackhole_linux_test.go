@@ -8,16 +8,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/netns"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -27,158 +23,31 @@ import (
 // A blackhole is a peer that vanishes without FIN or RST: a crashed host, a
 // pulled cable, a firewall that starts dropping. A socket probe cannot see it,
 // and a loopback proxy cannot fake it (its kernel still ACKs). These tests make
-// a real one: two network namespaces joined by a veth pair, the server in one,
-// the clients in the other; after a first successful RPC the server's veth end
-// is set down inside its namespace, so the client's kernel retransmits into
-// silence (checked: tcpi_unacked 1, tcpi_retransmits climbing, no error).
+// a real one: client, router and server namespaces (internal/netns); after a
+// first successful RPC the router drops everything between client and
+// server, silently, so the client's kernel retransmits into silence.
 //
-// They need root and iproute2, and skip with a message otherwise.
+// They need root and iproute2, and skip with one line otherwise.
 
-// blackholeNet is a pair of namespaces made by one test.
-type blackholeNet struct {
-	client, server string // namespace names
-	serverDev      string // the server's veth end, inside the server namespace
-	serverIP       string
-}
-
-// ipCmd runs ip with args and returns its combined output on failure.
-func ipCmd(args ...string) error {
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// newBlackholeNet makes the namespaces, or skips the test when the machine
-// does not allow it. Everything it makes is deleted when the test ends.
-func newBlackholeNet(t *testing.T) *blackholeNet {
+// newBlackholeNet starts srv in the server namespace of a new Net and
+// returns the Net and the server's address.
+func newBlackholeNet(t *testing.T, srv *testsvc.Server) (*netns.Net, string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("blackhole: skipped in -short mode (needs network namespaces and takes several seconds)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("blackhole: skipped: needs root to create network namespaces (ip netns add)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("blackhole: skipped: the ip command (iproute2) is not installed")
-	}
-	pid := os.Getpid()
-	n := &blackholeNet{
-		client:    fmt.Sprintf("gg-bh-%d-c", pid),
-		server:    fmt.Sprintf("gg-bh-%d-s", pid),
-		serverDev: "bhs0",
-		// A private /30 that exists only inside the two namespaces, so it
-		// cannot collide with anything on the host.
-		serverIP: "10.213.0.2",
-	}
-	if err := ipCmd("netns", "add", n.client); err != nil {
-		t.Skipf("blackhole: skipped: cannot create a network namespace: %v", err)
-	}
-	t.Cleanup(func() { ipCmd("netns", "delete", n.client) })
-	if err := ipCmd("netns", "add", n.server); err != nil {
-		t.Skipf("blackhole: skipped: cannot create a network namespace: %v", err)
-	}
-	t.Cleanup(func() { ipCmd("netns", "delete", n.server) })
-	// The veth ends are created directly inside the namespaces: no interface
-	// ever appears in the host's namespace, so fixed names cannot collide.
-	steps := [][]string{
-		{"link", "add", "bhc0", "netns", n.client, "type", "veth", "peer", "name", n.serverDev, "netns", n.server},
-		{"-n", n.client, "addr", "add", "10.213.0.1/30", "dev", "bhc0"},
-		{"-n", n.server, "addr", "add", n.serverIP + "/30", "dev", n.serverDev},
-		{"-n", n.client, "link", "set", "bhc0", "up"},
-		{"-n", n.server, "link", "set", n.serverDev, "up"},
-	}
-	for _, s := range steps {
-		if err := ipCmd(s...); err != nil {
-			t.Skipf("blackhole: skipped: cannot set up the veth pair: %v", err)
-		}
-	}
-	return n
-}
-
-// blackhole makes the server vanish: its veth end goes down, so nothing the
-// client sends is answered or refused.
-func (n *blackholeNet) blackhole(t *testing.T) {
-	t.Helper()
-	if err := ipCmd("-n", n.server, "link", "set", n.serverDev, "down"); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// inNetns runs fn on an OS thread that has joined the network namespace ns,
-// so that the sockets fn creates belong to it. The thread is never unlocked:
-// Go ends it with the goroutine, so no other goroutine ever runs in ns and
-// the calling thread's namespace is never touched.
-func inNetns(ns string, fn func()) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		fd, err := unix.Open("/var/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", ns, err)
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		fn()
-		errc <- nil
-	}()
-	return <-errc
-}
-
-// nsDialer wraps dial so that its socket is created in the namespace ns. The
-// conn dial returns is passed on as is (for grpcguard, its own conn type).
-func nsDialer(ns string, dial func(context.Context, string) (net.Conn, error)) func(context.Context, string) (net.Conn, error) {
-	return func(ctx context.Context, addr string) (c net.Conn, err error) {
-		if nsErr := inNetns(ns, func() { c, err = dial(ctx, addr) }); nsErr != nil {
-			return nil, nsErr
-		}
-		return c, err
-	}
-}
-
-// plainDial is grpc-go's own dialer (internal.NetDialerWithTCPKeepalive):
-// SO_KEEPALIVE with the OS's parameters (7200 s idle on Linux), no
-// TCP_USER_TIMEOUT since keepalive is not configured on the channel.
-func plainDial(ctx context.Context, addr string) (net.Conn, error) {
-	nd := net.Dialer{
-		KeepAlive: -1,
-		Control: func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) {
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-			})
-		},
-	}
-	return nd.DialContext(ctx, "tcp", addr)
-}
-
-// startNetnsServer serves srv inside the namespace ns.
-func startNetnsServer(t *testing.T, n *blackholeNet, srv *testsvc.Server) string {
-	t.Helper()
-	var ln net.Listener
-	var err error
-	if nsErr := inNetns(n.server, func() { ln, err = net.Listen("tcp", n.serverIP+":0") }); nsErr != nil {
-		t.Fatal(nsErr)
-	}
+	n := newNetns(t)
+	ln, err := n.Server.Listen("tcp", net.JoinHostPort(netns.ServerIP.String(), "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	serveOn(t, srv, ln)
-	return ln.Addr().String()
+	return n, ln.Addr().String()
 }
 
-// guardOptions is DialOptions with the Dialer dialing from namespace ns.
-func guardOptions(t *testing.T, ns string, opts ...Option) []grpc.DialOption {
+// blackhole makes the server vanish.
+func blackhole(t *testing.T, n *netns.Net) {
 	t.Helper()
-	dopts, err := dialOptions(opts, func(dial dialFunc) dialFunc { return nsDialer(ns, dial) })
-	if err != nil {
+	if err := n.Blackhole(); err != nil {
 		t.Fatal(err)
 	}
-	return dopts
 }
 
 // nsClient connects to addr with opts; the first RPC must succeed.
@@ -237,25 +106,24 @@ func callInto(cc *grpc.ClientConn, method string, deadline time.Duration, wg *sy
 //
 // Only robust facts are asserted; every timing is logged.
 func TestBlackhole(t *testing.T) {
-	n := newBlackholeNet(t)
-	addr := startNetnsServer(t, n, &testsvc.Server{})
+	n, addr := newBlackholeNet(t, &testsvc.Server{})
 
 	const (
 		userTimeout   = 2 * time.Second
 		plainDeadline = 6 * time.Second
 	)
 	mGuard, mIdem, mIdle := NewMetrics(), NewMetrics(), NewMetrics()
-	plain := nsClient(t, addr, grpc.WithContextDialer(nsDialer(n.client, plainDial)))
-	guard := nsClient(t, addr, guardOptions(t, n.client, WithUserTimeout(userTimeout), WithMetrics(mGuard))...)
-	idem := nsClient(t, addr, guardOptions(t, n.client, WithUserTimeout(userTimeout), WithMetrics(mIdem))...)
-	hedge := nsClient(t, addr, guardOptions(t, n.client, WithUserTimeout(userTimeout),
+	plain := nsClient(t, addr, grpc.WithContextDialer(n.Client.DialContext))
+	guard := nsClient(t, addr, guardOptions(t, n.Client, WithUserTimeout(userTimeout), WithMetrics(mGuard))...)
+	idem := nsClient(t, addr, guardOptions(t, n.Client, WithUserTimeout(userTimeout), WithMetrics(mIdem))...)
+	hedge := nsClient(t, addr, guardOptions(t, n.Client, WithUserTimeout(userTimeout),
 		WithHedgeDelay(100*time.Millisecond))...)
-	perAttempt := nsClient(t, addr, guardOptions(t, n.client, WithUserTimeout(userTimeout),
+	perAttempt := nsClient(t, addr, guardOptions(t, n.Client, WithUserTimeout(userTimeout),
 		WithPerAttemptTimeout(300*time.Millisecond))...)
-	nsClient(t, addr, guardOptions(t, n.client, WithUserTimeout(userTimeout),
+	nsClient(t, addr, guardOptions(t, n.Client, WithUserTimeout(userTimeout),
 		WithKeepAlive(time.Second, time.Second, 1), WithMetrics(mIdle))...)
 
-	n.blackhole(t)
+	blackhole(t, n)
 	start := time.Now()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -319,14 +187,13 @@ func TestBlackholeDefaults(t *testing.T) {
 	if os.Getenv("GRPCGUARD_BLACKHOLE_DEFAULTS") != "1" {
 		t.Skip("blackhole: set GRPCGUARD_BLACKHOLE_DEFAULTS=1 to measure the defaults (about 25 s)")
 	}
-	n := newBlackholeNet(t)
-	addr := startNetnsServer(t, n, &testsvc.Server{})
+	n, addr := newBlackholeNet(t, &testsvc.Server{})
 	const deadline = 40 * time.Second
 	mBusy, mIdle := NewMetrics(), NewMetrics()
-	busy := nsClient(t, addr, guardOptions(t, n.client, WithMetrics(mBusy))...)
-	nsClient(t, addr, guardOptions(t, n.client, WithMetrics(mIdle))...)
+	busy := nsClient(t, addr, guardOptions(t, n.Client, WithMetrics(mBusy))...)
+	nsClient(t, addr, guardOptions(t, n.Client, WithMetrics(mIdle))...)
 
-	n.blackhole(t)
+	blackhole(t, n)
 	start := time.Now()
 	var wg sync.WaitGroup
 	defer wg.Wait()
