@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -24,7 +25,7 @@ import (
 // option) and Echo (not). Every call carries an id and the server counts
 // how often each id ran.
 //
-// The three middleboxes run concurrently: about 50 s in all.
+// The three middleboxes run concurrently: about 45 s in all.
 
 // middleboxSeed draws the gaps; every client of a scenario gets the same.
 const middleboxSeed = 9
@@ -53,32 +54,6 @@ func middleboxClients(own, foreign *atomic.Int64) []netns.Client {
 				}})
 	}
 	return clients
-}
-
-// runMiddlebox runs s with middleboxClients on issue 9's schedule (1 s idle
-// timeout, 40 calls after gaps of 0.6-1.6 s) and logs every row.
-func runMiddlebox(t *testing.T, s netns.Scenario) []netns.Result {
-	t.Helper()
-	var own, foreign atomic.Int64
-	start := time.Now()
-	s.Seed, s.Idle, s.Calls = middleboxSeed, time.Second, 40
-	s.MinGap, s.MaxGap = 600*time.Millisecond, 1600*time.Millisecond
-	res, err := netns.Run(context.Background(), s, middleboxClients(&own, &foreign))
-	if errors.Is(err, netns.ErrUnsupported) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%v, %d calls per client after quiet gaps of %v-%v, in %v:", s.Middlebox, s.Calls,
-		s.MinGap, s.MaxGap, time.Since(start).Round(100*time.Millisecond))
-	for _, r := range res {
-		t.Log(formatMiddleboxResult(r))
-	}
-	if foreign.Load() != 0 || own.Load() == 0 {
-		t.Fatalf("grpcguard clients dialed %d conns of the Dialer's own and %d others: not testing grpcguard", own.Load(), foreign.Load())
-	}
-	return res
 }
 
 func formatMiddleboxResult(r netns.Result) string {
@@ -111,39 +86,69 @@ func checkGuardKeptPromise(t *testing.T, res []netns.Result) {
 	}
 }
 
-// TestMiddleboxConntrack: behind a stateful firewall that forgets a flow
-// after 1 s idle and answers its next packet with RST (what a NAT gateway or
-// NLB does), grpcguard with default options fails no call and runs none
-// twice, over TCP and TLS. Plain grpc-go must fail at least once on each, or
-// the firewall did not do its job.
-func TestMiddleboxConntrack(t *testing.T) {
-	skipUnlessNetns(t, netns.Conntrack.Tools()...)
-	t.Parallel()
-	res := runMiddlebox(t, netns.Scenario{Middlebox: netns.Conntrack})
-	for _, r := range res {
-		if r.Guard == nil && r.Failed == 0 {
-			t.Errorf("%s failed no call: the firewall reset nothing, the scenario did not happen", r.Client)
+// TestMiddlebox runs the three middleboxes at once, each in its own
+// namespaces, and checks each in a subtest; one whose tool is missing is
+// skipped with one line. (-run 'TestMiddlebox/NAME' reports one, but all
+// three run.)
+//
+//   - conntrack: a stateful firewall forgets a flow after 1 s idle and
+//     answers its next packet with RST (what a NAT gateway or NLB does).
+//     grpcguard fails no call and runs none twice, over TCP and TLS; plain
+//     grpc-go must fail at least once on each, or the firewall did nothing.
+//   - haproxy-fin, haproxy-rst: HAProxy closes connections idle for 1 s
+//     with a FIN, or a FIN and at once a RST (option nolinger). grpcguard
+//     fails no call and runs none twice, and counted the closes as stale
+//     connections.
+func TestMiddlebox(t *testing.T) {
+	skipUnlessNetns(t)
+	scenarios := []netns.Scenario{{Middlebox: netns.Conntrack}, {Middlebox: netns.HAProxyFIN}, {Middlebox: netns.HAProxyRST}}
+	for i := range scenarios {
+		s := &scenarios[i]
+		s.Seed, s.Idle, s.Calls = middleboxSeed, time.Second, 40
+		s.MinGap, s.MaxGap = 600*time.Millisecond, 1600*time.Millisecond
+	}
+	var skipped []error
+	for _, s := range scenarios {
+		if err := netns.Check(s.Middlebox.Tools()...); err != nil {
+			skipped = append(skipped, err)
 		}
 	}
-	checkGuardKeptPromise(t, res)
-}
-
-// TestMiddleboxHAProxy: behind HAProxy closing idle connections after 1 s,
-// with a FIN, or a FIN and a RST (option nolinger), grpcguard fails no call
-// and runs none twice; it saw the closes (stale connections counted).
-func TestMiddleboxHAProxy(t *testing.T) {
-	skipUnlessNetns(t, netns.HAProxyFIN.Tools()...)
-	t.Parallel()
-	for _, mb := range []netns.Middlebox{netns.HAProxyFIN, netns.HAProxyRST} {
-		t.Run(mb.String(), func(t *testing.T) {
-			t.Parallel()
-			res := runMiddlebox(t, netns.Scenario{Middlebox: mb})
-			for _, r := range res {
-				if r.Guard != nil && r.Guard.StaleTotal() == 0 {
+	if len(skipped) == len(scenarios) {
+		t.Skip(errors.Join(skipped...)) // nft and haproxy both missing: say so
+	}
+	var own, foreign [3]atomic.Int64
+	start := time.Now()
+	results, errs := netns.RunAll(context.Background(), scenarios, func(s netns.Scenario) []netns.Client {
+		i := slices.IndexFunc(scenarios, func(x netns.Scenario) bool { return x.Middlebox == s.Middlebox })
+		return middleboxClients(&own[i], &foreign[i])
+	})
+	took := time.Since(start)
+	for i, s := range scenarios {
+		t.Run(s.Middlebox.String(), func(t *testing.T) {
+			if errors.Is(errs[i], netns.ErrUnsupported) {
+				t.Skip(errs[i])
+			}
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+			t.Logf("%v: %d calls per client after quiet gaps of %v-%v (all scenarios at once: %v)",
+				s.Middlebox, s.Calls, s.MinGap, s.MaxGap, took.Round(100*time.Millisecond))
+			for _, r := range results[i] {
+				t.Log(formatMiddleboxResult(r))
+			}
+			if foreign[i].Load() != 0 || own[i].Load() == 0 {
+				t.Fatalf("grpcguard clients dialed %d conns of the Dialer's own and %d others: not testing grpcguard",
+					own[i].Load(), foreign[i].Load())
+			}
+			for _, r := range results[i] {
+				switch {
+				case r.Guard == nil && s.Middlebox == netns.Conntrack && r.Failed == 0:
+					t.Errorf("%s failed no call: the firewall reset nothing, the scenario did not happen", r.Client)
+				case r.Guard != nil && s.Middlebox != netns.Conntrack && r.Guard.StaleTotal() == 0:
 					t.Errorf("%s counted no stale connection: HAProxy closed nothing, the scenario did not happen", r.Client)
 				}
 			}
-			checkGuardKeptPromise(t, res)
+			checkGuardKeptPromise(t, results[i])
 		})
 	}
 }

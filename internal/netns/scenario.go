@@ -261,6 +261,25 @@ func Run(ctx context.Context, s Scenario, clients []Client) ([]Result, error) {
 	return results, nil
 }
 
+// RunAll runs every scenario at once, each on its own Net with the clients
+// that clients returns for it, and returns the results and the error of
+// each, by index. A scenario whose middlebox Check refuses is not run: its
+// error wraps ErrUnsupported.
+func RunAll(ctx context.Context, scenarios []Scenario, clients func(Scenario) []Client) ([][]Result, []error) {
+	results := make([][]Result, len(scenarios))
+	errs := make([]error, len(scenarios))
+	var wg sync.WaitGroup
+	for i, s := range scenarios {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = Run(ctx, s, clients(s))
+		}()
+	}
+	wg.Wait()
+	return results, errs
+}
+
 // middlebox puts s.Middlebox on the router and points targets at it.
 func (n *Net) middlebox(s Scenario, targets map[bool]string) error {
 	switch s.Middlebox {

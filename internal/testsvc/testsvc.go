@@ -144,21 +144,30 @@ func (s *Server) MaxRuns(method string) int {
 	return max
 }
 
+// unary handles one unary method. Like generated code, it runs the server's
+// unary interceptor (grpc.UnaryInterceptor) around the call when there is one.
 func (s *Server) unary(method string) grpc.MethodHandler {
-	return func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 		in := new(wrapperspb.StringValue)
 		if err := dec(in); err != nil {
 			return nil, err
 		}
-		s.record(ctx, method, in.Value)
-		if s.Unary == nil {
-			return wrapperspb.String(in.Value), nil
+		handle := func(ctx context.Context, req any) (any, error) {
+			v := req.(*wrapperspb.StringValue).Value
+			s.record(ctx, method, v)
+			if s.Unary == nil {
+				return wrapperspb.String(v), nil
+			}
+			out, err := s.Unary(ctx, method, v)
+			if err != nil {
+				return nil, err
+			}
+			return wrapperspb.String(out), nil
 		}
-		out, err := s.Unary(ctx, method, in.Value)
-		if err != nil {
-			return nil, err
+		if interceptor == nil {
+			return handle(ctx, in)
 		}
-		return wrapperspb.String(out), nil
+		return interceptor(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, handle)
 	}
 }
 
