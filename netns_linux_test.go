@@ -25,7 +25,7 @@ func skipUnlessNetns(t *testing.T, tools ...string) {
 		t.Skip("skipped in -short mode: builds network namespaces and takes seconds")
 	}
 	if err := netns.Check(tools...); err != nil {
-		t.Skip(err)
+		t.Skipf("skipped: %v", err)
 	}
 }
 
@@ -36,7 +36,7 @@ func newNetns(t *testing.T) *netns.Net {
 	skipUnlessNetns(t)
 	n, err := netns.New()
 	if errors.Is(err, netns.ErrUnsupported) {
-		t.Skip(err)
+		t.Skipf("skipped: %v", err)
 	}
 	if err != nil {
 		t.Fatal(err)

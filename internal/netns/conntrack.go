@@ -36,7 +36,7 @@ func (n *Net) Conntrack(idle time.Duration) error {
 	cmd := n.Router.Command("nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(conntrackRules)
 	if err := run(cmd); err != nil {
-		return fmt.Errorf("%w: the kernel refused nftables in a namespace: %v", ErrUnsupported, err)
+		return unsupportedf("the kernel refused nftables in a namespace: %v", err)
 	}
 	// The conntrack sysctls appear once the rules have loaded nf_conntrack.
 	if err := n.Router.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {

@@ -84,7 +84,7 @@ func (n *Net) build() error {
 	for i, ns := range []Namespace{n.Client, n.Router, n.Server} {
 		if err := ipCmd("netns", "add", string(ns)); err != nil {
 			if i == 0 {
-				return fmt.Errorf("%w: cannot create a network namespace: %v", ErrUnsupported, err)
+				return unsupportedf("cannot create a network namespace: %v", err)
 			}
 			return err
 		}

@@ -35,10 +35,21 @@ import (
 // DialFunc is the dial function of grpc.WithContextDialer.
 type DialFunc = func(ctx context.Context, addr string) (net.Conn, error)
 
-// ErrUnsupported marks an error from a machine that cannot build the network
-// (not root, a tool missing, a kernel that refuses namespaces or nftables):
-// tests skip on it rather than fail.
-var ErrUnsupported = errors.New("netns: unsupported here")
+// ErrUnsupported matches the errors of a machine that cannot build the
+// network (not root, a tool missing, a kernel that refuses namespaces or
+// nftables): tests skip on them rather than fail. Their text is the reason
+// alone, one line, fit for a skip message.
+var ErrUnsupported = errors.New("netns: not supported on this machine")
+
+// unsupported is an error matching ErrUnsupported.
+type unsupported struct{ reason string }
+
+func (e *unsupported) Error() string        { return e.reason }
+func (e *unsupported) Is(target error) bool { return target == ErrUnsupported }
+
+func unsupportedf(format string, a ...any) error {
+	return &unsupported{reason: fmt.Sprintf(format, a...)}
+}
 
 // packages names the Debian package of each tool.
 var packages = map[string]string{"ip": "iproute2", "nft": "nftables", "haproxy": "haproxy"}
@@ -48,7 +59,7 @@ var packages = map[string]string{"ip": "iproute2", "nft": "nftables", "haproxy":
 // others ("nft", "haproxy").
 func Check(tools ...string) error {
 	if uid := os.Geteuid(); uid != 0 {
-		return fmt.Errorf("%w: needs root to create network namespaces (running as uid %d)", ErrUnsupported, uid)
+		return unsupportedf("needs root to create network namespaces (running as uid %d)", uid)
 	}
 	for _, tool := range append([]string{"ip"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -56,7 +67,7 @@ func Check(tools ...string) error {
 			if pkg == "" {
 				pkg = tool
 			}
-			return fmt.Errorf("%w: the %s command is not installed (Debian package %s)", ErrUnsupported, tool, pkg)
+			return unsupportedf("the %s command is not installed (Debian package %s)", tool, pkg)
 		}
 	}
 	return nil

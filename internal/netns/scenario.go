@@ -127,8 +127,9 @@ type Result struct {
 	// idempotent ones.
 	Calls, Failed, IdemFailed int
 	// RanOnce and RanTwice count the calls the server ran exactly once and
-	// more than once, by the id each call carries in its metadata.
-	RanOnce, RanTwice int
+	// more than once, by the id each call carries in its metadata;
+	// NonIdemRanTwice those of RanTwice that are not idempotent (Echo).
+	RanOnce, RanTwice, NonIdemRanTwice int
 	// Errors are the distinct errors of the failed calls, at most 4.
 	Errors   []string
 	P50, P99 time.Duration
@@ -255,6 +256,9 @@ func Run(ctx context.Context, s Scenario, clients []Client) ([]Result, error) {
 				results[i].RanOnce++
 			default:
 				results[i].RanTwice++
+				if scheduledMethod(j) == testsvc.Echo {
+					results[i].NonIdemRanTwice++
+				}
 			}
 		}
 	}
@@ -320,6 +324,15 @@ func serve(ns Namespace, opts ...grpc.ServerOption) (addr string, stop func(), e
 	return ln.Addr().String(), func() { gs.Stop(); <-done }, nil
 }
 
+// scheduledMethod is the method of call i: Get (idempotent) and Echo (not)
+// in turn.
+func scheduledMethod(i int) string {
+	if i%2 == 1 {
+		return testsvc.Echo
+	}
+	return testsvc.Get
+}
+
 // callKey names client i's calls; callID is the id of its call j.
 func callKey(i int) string            { return "c" + strconv.Itoa(i) }
 func callID(key string, j int) string { return key + "-" + strconv.Itoa(j) }
@@ -353,10 +366,7 @@ func runClient(ctx context.Context, s Scenario, n *Net, c Client, key, target st
 		case <-ctx.Done():
 			return res, ctx.Err()
 		}
-		method := testsvc.Get
-		if i%2 == 1 {
-			method = testsvc.Echo
-		}
+		method := scheduledMethod(i)
 		start := time.Now()
 		err := call(method, callID(key, i))
 		lat = append(lat, time.Since(start))
