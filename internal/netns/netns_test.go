@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,18 +42,36 @@ func newNet(t *testing.T, tools ...string) *Net {
 	return n
 }
 
-// echoServer accepts on ln and echoes until the test ends.
+// echoServer accepts on ln and echoes until the test ends, then closes
+// every conn it accepted and waits for its goroutines.
 func echoServer(t *testing.T, ln net.Listener) {
-	done := make(chan struct{})
-	t.Cleanup(func() { ln.Close(); <-done })
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
+			mu.Lock()
+			conns = append(conns, c)
+			wg.Add(1)
+			mu.Unlock()
+			go func() { defer wg.Done(); io.Copy(c, c) }()
 		}
 	}()
 }
@@ -100,9 +119,13 @@ func TestNetRoutesThroughRouter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	peer := <-accepted
 	c.Close()
 	ln.Close()
-	if got := (<-accepted).(*net.TCPAddr).IP.String(); got != ClientIP.String() {
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	if got := peer.(*net.TCPAddr).IP.String(); got != ClientIP.String() {
 		t.Fatalf("server saw the client as %s, want %s", got, ClientIP)
 	}
 
