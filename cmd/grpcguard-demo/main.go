@@ -18,6 +18,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -88,7 +89,7 @@ func main() {
 			run = append(run, s)
 		}
 	}
-	if len(run) == 0 {
+	if len(run) == 0 && *only != middleboxScenario {
 		fmt.Fprintf(os.Stderr, "grpcguard-demo: unknown scenario %q (want all, %s)\n", *only, names())
 		os.Exit(2)
 	}
@@ -105,24 +106,13 @@ func main() {
 			fmt.Fprintln(os.Stderr, "\ngrpcguard-demo:", err)
 			os.Exit(2)
 		}
-		for i, r := range rows {
-			name := s.name
-			if i > 0 {
-				name = ""
-			}
-			retried, hedged, stale := "-", "-", "-"
-			if r.guarded {
-				retried = fmt.Sprintf("%d (%d)", r.retried, r.unprocessed)
-				hedged, stale = fmt.Sprint(r.hedged), fmt.Sprint(r.stale)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t\n", name, r.client, r.rpcs, r.failed,
-				r.idemFailed, retried, hedged, stale, r.duplicates, ms(r.p50), ms(r.p99))
-		}
+		writeRows(tw, s.name, rows)
 		plain, guarded := rows[0], rows[1]
 		if guarded.idemFailed > 0 || guarded.duplicates > 0 || (s.tail && guarded.p99 >= plain.p99) {
 			ok = false
 		}
 	}
+	ok = runMiddleboxes(tw, *only, *rpcs, *seed, reg) && ok
 	fmt.Fprint(os.Stderr, "\r\033[K")
 	tw.Flush()
 	fmt.Println("\nHalf the fault-scenario calls are Get (idempotent), half Echo (not). grpcguard retries a call only")
@@ -136,12 +126,29 @@ func main() {
 	fmt.Println("OK: grpcguard failed no idempotent call and ran no call twice.")
 }
 
+// writeRows writes one scenario's rows to the table.
+func writeRows(tw io.Writer, scenario string, rows []result) {
+	for i, r := range rows {
+		name := scenario
+		if i > 0 {
+			name = ""
+		}
+		retried, hedged, stale := "-", "-", "-"
+		if r.guarded {
+			retried = fmt.Sprintf("%d (%d)", r.retried, r.unprocessed)
+			hedged, stale = fmt.Sprint(r.hedged), fmt.Sprint(r.stale)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t\n", name, r.client, r.rpcs, r.failed,
+			r.idemFailed, retried, hedged, stale, r.duplicates, ms(r.p50), ms(r.p99))
+	}
+}
+
 func names() string {
 	var n []string
 	for _, s := range scenarios {
 		n = append(n, s.name)
 	}
-	return strings.Join(n, ", ")
+	return strings.Join(append(n, middleboxScenario), ", ")
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) }

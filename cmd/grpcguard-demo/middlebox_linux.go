@@ -1,0 +1,142 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/grpcguard/grpcguard"
+	"github.com/grpcguard/grpcguard/internal/netns"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+)
+
+// The real-middlebox scenarios: the client, a router and the server each in
+// a network namespace made for the run (internal/netns), the middlebox on
+// the router, its idle timeout 1 s, calls after quiet gaps of 0.6-1.6 s.
+// They need root, iproute2 and nft (the conntrack firewall) or haproxy.
+
+// middleboxScenario is the -scenario name that runs only these.
+const middleboxScenario = "middlebox"
+
+// runMiddleboxes runs the real-middlebox scenarios when only is "all" or
+// middleboxScenario, writes their rows to tw as the fault scenarios' are
+// written, and reports whether every grpcguard row kept its promise. A
+// scenario the machine cannot run gets one line saying why instead.
+func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prometheus.Registry) bool {
+	if only != "all" && only != middleboxScenario {
+		return true
+	}
+	if err := netns.Check(); err != nil {
+		fmt.Fprintf(tw, "real middleboxes skipped: %v\n", err)
+		return true
+	}
+	var scenarios []netns.Scenario
+	for _, mb := range []netns.Middlebox{netns.Conntrack, netns.HAProxyFIN, netns.HAProxyRST} {
+		if err := netns.Check(mb.Tools()...); err != nil {
+			fmt.Fprintf(tw, "%v skipped: %v\n", mb, err)
+			continue
+		}
+		scenarios = append(scenarios, netns.Scenario{Middlebox: mb, Calls: rpcs, Seed: seed})
+	}
+	if len(scenarios) == 0 {
+		return true
+	}
+	var done atomic.Int64
+	total := int64(2 * rpcs * len(scenarios))
+	for i := range scenarios {
+		scenarios[i].Progress = func() { done.Add(1) }
+	}
+	stop := progressLine(func() string {
+		return fmt.Sprintf("real middleboxes (1 s idle timeout, calls after 0.6-1.6 s): %d/%d calls", done.Load(), total)
+	})
+	results, errs := netns.RunAll(context.Background(), scenarios, func(s netns.Scenario) []netns.Client {
+		return middleboxClients(s.Middlebox.String(), reg)
+	})
+	stop()
+	ok := true
+	for i, s := range scenarios {
+		name := s.Middlebox.String() + " (netns)"
+		if errors.Is(errs[i], netns.ErrUnsupported) {
+			fmt.Fprintf(tw, "%s skipped: %v\n", name, errs[i])
+			continue
+		}
+		if errs[i] != nil {
+			fmt.Fprintf(tw, "%s could not run: %v\n", name, errs[i])
+			continue
+		}
+		rows := make([]result, len(results[i]))
+		for j, r := range results[i] {
+			rows[j] = result{client: r.Client, rpcs: r.Calls, failed: r.Failed, idemFailed: r.IdemFailed,
+				duplicates: r.NonIdemRanTwice, p50: r.P50, p99: r.P99}
+			if g := r.Guard; g != nil {
+				rows[j].guarded = true
+				rows[j].retried, rows[j].unprocessed, rows[j].hedged = g.Retried, g.Unprocessed, g.Hedged
+				rows[j].stale = g.StaleTotal()
+			}
+		}
+		writeRows(tw, name, rows)
+		if g := rows[1]; g.idemFailed > 0 || g.duplicates > 0 {
+			ok = false
+		}
+	}
+	return ok
+}
+
+// middleboxClients returns a plain grpc-go client and a grpcguard one with
+// default options, both dialing from the client namespace. The grpcguard
+// client is DialOptions' composition (bundle.go) with the Dialer's own dial
+// run in the namespace.
+// TODO(issue 13): grpcguard.DialOptions(grpcguard.WithDialFunc(...)) once it
+// exists, so that the demo cannot drift from DialOptions.
+func middleboxClients(scenario string, reg *prometheus.Registry) []netns.Client {
+	m := grpcguard.NewMetrics(grpcguard.WithConstLabels(prometheus.Labels{"scenario": scenario + "-netns"}))
+	reg.MustRegister(m)
+	own := prometheus.NewRegistry() // this client's series alone, for its row
+	own.MustRegister(m)
+	opts := []grpcguard.Option{grpcguard.WithMetrics(m)}
+	return []netns.Client{
+		{Name: "plain grpc-go", Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
+			return []grpc.DialOption{grpc.WithContextDialer(ns.DialContext)}, nil
+		}},
+		{Name: "grpcguard", Metrics: own, Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
+			d := grpcguard.NewDialer(opts...)
+			return []grpc.DialOption{
+				grpc.WithContextDialer(ns.Wrap(d.DialContext)),
+				grpc.WithChainUnaryInterceptor(grpcguard.UnaryClientRetry(opts...), d.UnaryClientInterceptor()),
+				grpc.WithChainStreamInterceptor(grpcguard.StreamClientRetry(opts...), d.StreamClientInterceptor()),
+				grpc.WithDisableRetry(),
+			}, nil
+		}},
+	}
+}
+
+// progressLine prints line() on stderr every 200ms until stop is called,
+// only when stderr is a terminal.
+func progressLine(line func() string) (stop func()) {
+	if fi, err := os.Stderr.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return func() {}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			fmt.Fprintf(os.Stderr, "\r\033[K%s", line())
+			select {
+			case <-quit:
+				fmt.Fprint(os.Stderr, "\r\033[K")
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
