@@ -2,6 +2,8 @@ package grpcguard
 
 import (
 	"context"
+	"fmt"
+
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
 	"io"
@@ -42,7 +44,7 @@ func BenchmarkWrite4KPlain(b *testing.B) {
 }
 
 func BenchmarkWrite4KWrapped(b *testing.B) {
-	d := NewDialer(WithProbeAfterIdle(time.Hour))
+	d := NewDialer()
 	defer d.Close()
 	c := benchPair(b, d.DialContext)
 	benchWrite(b, c)
@@ -59,19 +61,53 @@ func benchWrite(b *testing.B, c net.Conn) {
 	}
 }
 
-// The per-RPC cost of the probe before the pick when nothing is idle: three
-// live conns, none probed.
-func BenchmarkProbeBeforePickBusy(b *testing.B) {
-	d := NewDialer(WithProbeAfterIdle(time.Hour))
-	defer d.Close()
-	for range 3 {
-		benchPair(b, d.DialContext)
+// The per-RPC cost of the check before the pick when nothing is due: 1,000
+// live conns, none idle long enough to probe or retire. It reads the clock and
+// one atomic, whatever the number of conns:
+//
+//	go test -run '^$' -bench 'ProbeBeforePick' -benchmem .
+func BenchmarkProbeBeforePick(b *testing.B) {
+	for _, n := range []int{3, 1000} {
+		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
+			d := NewDialer(WithProbeAfterIdle(time.Hour), WithMaxIdle(0))
+			defer d.Close()
+			for range n {
+				benchPair(b, d.DialContext)
+			}
+			ctx := context.Background()
+			d.beforePick(ctx) // the first pick scans once
+			b.ReportAllocs()
+			for b.Loop() {
+				d.beforePick(ctx)
+			}
+		})
 	}
-	ctx := context.Background()
+}
+
+// The path check on a live loopback conn idle for a second: setsockopt,
+// getsockopt(TCP_INFO) until the answer, setsockopt. The kernel sends the
+// probe on its next timer tick, so the wait is the tick plus one round trip.
+//
+//	go test -run '^$' -bench 'PathCheck' -benchtime 10x .
+func BenchmarkPathCheck(b *testing.B) {
+	d := NewDialer()
+	defer d.Close()
+	c := benchPair(b, d.DialContext).(*conn)
+	if !c.path.ok() {
+		b.Skip("no path check on this platform")
+	}
+	syscalls := 0
 	b.ReportAllocs()
 	for b.Loop() {
-		d.beforePick(ctx)
+		b.StopTimer()
+		time.Sleep(1100 * time.Millisecond) // idle, so the kick sends a probe at once
+		b.StartTimer()
+		if r := c.path.verify(time.Second); r != verifyAlive {
+			b.Fatalf("verify = %v, want alive", r)
+		}
+		syscalls += c.path.syscalls
 	}
+	b.ReportMetric(float64(syscalls)/float64(b.N), "syscalls/op")
 }
 
 // benchPair dials a loopback listener through dial; the far end discards.

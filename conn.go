@@ -227,19 +227,19 @@ func (c *conn) quietSince(start int64) bool {
 // The write protocol, which lets an attempt prove that none of its bytes can
 // ever reach the socket (conn.quietSince):
 //
-//	Write:   (w1) writing++  (w2) lastWrite = max(lastWrite, now)
-//	         (w3) if state != open: writing--, refuse   (w4) syscall   (w5) writing--
+//	Write:   (w1) writing++  (w2) if state != open: writing--, refuse
+//	         (w3) lastWrite = max(lastWrite, now)  (w4) syscall  (w5) writing--
 //	checker: (c1) state != open  (c2) writing == 0  (c3) lastWrite < start
 //
 // now is read when Write is entered, so a Write carrying bytes produced
 // after an attempt's start has now >= start (the monotonic clock). Go's
 // atomics are sequentially consistent and a conn never returns to open. If
-// such a Write reached its syscall, w3 read open before the store that left
-// open, which the checker's c1 saw; so w1 and w2 come before c2 and c3: the
-// checker sees the Write in flight (c2 fails) or finished with lastWrite >=
-// now >= start (c3 fails, lastWrite only grows). If instead w3 saw the conn
-// closed, the Write sent nothing. The checks before w1 (probe, path check)
-// send no payload and are not writes.
+// such a Write reached its syscall, w2 read open before the store that left
+// open, which the checker's c1 saw; so w1 comes before c2. Either the Write
+// had not finished at c2 (c2 fails), or w3 came before w5, before c2, before
+// c3, and lastWrite only grows (c3 fails). A Write refused at w2 sent nothing
+// and recorded nothing. The checks before w1 (probe, path check) send no
+// payload and are not writes.
 func (c *conn) Write(b []byte) (int, error) {
 	now := nanotime()
 	if idle := now - c.lastIO.Load(); idle >= c.d.checkAfter {
@@ -251,18 +251,18 @@ func (c *conn) Write(b []byte) (int, error) {
 		}
 	}
 	c.writing.Add(1)
-	for {
-		last := c.lastWrite.Load()
-		if now <= last || c.lastWrite.CompareAndSwap(last, now) {
-			break
-		}
-	}
 	if s := c.state.Load(); s != stateOpen {
 		c.writing.Add(-1)
 		if s == stateReleased {
 			return 0, net.ErrClosed
 		}
 		return 0, &StaleConnError{Reason: c.staleReason(), Op: "write"}
+	}
+	for {
+		last := c.lastWrite.Load()
+		if now <= last || c.lastWrite.CompareAndSwap(last, now) {
+			break
+		}
 	}
 	c.lastIO.Store(now)
 	n, err := c.Conn.Write(b)

@@ -34,7 +34,7 @@ func waitPeerGone(t *testing.T, c *conn) {
 	waitFor(t, 5*time.Second, "the peer's close to arrive", func() bool {
 		var r probeResult
 		rc.Control(func(fd uintptr) { r = probeFD(fd) })
-		return r == probePeerClosed || r == probeReset
+		return r == probePeerClosed || r == probeDraining || r == probeReset
 	})
 }
 

@@ -19,8 +19,11 @@ import (
 // write after idle, a failed path check) reports how long it had been idle.
 // Middleboxes time out at a fixed idle age and a death is seen at that age or
 // later, so the youngest death is the estimate. Robust to one odd death (a
-// server restart kills idle conns of any age): the youngest is ignored when
-// it is less than half the next youngest. Deaths younger than minIdleDeath
+// server that crashed killed idle conns of any age): the youngest is ignored
+// when it is less than a quarter of the next youngest. The threshold is wide
+// because deaths found on use (a reset of the first bytes, a failed path
+// check) are seen whenever the next call comes, well after the horizon; an
+// estimate too short costs redials, one too long costs calls. Deaths younger than minIdleDeath
 // are not idle deaths (a conn busy a moment ago was killed by something
 // else) and are not learned. Conns are retired at retireFraction of the
 // estimate, a margin for the spread of detection times.
@@ -81,12 +84,12 @@ func (h *idleHorizon) observe(age time.Duration, m *Metrics) {
 }
 
 // estimateHorizon returns the youngest death, or the second youngest when the
-// youngest is less than half of it (one odd death).
+// youngest is less than a quarter of it (one odd death).
 func estimateHorizon(ages []time.Duration) time.Duration {
 	var buf [horizonSamples]time.Duration
 	s := buf[:copy(buf[:], ages)]
 	slices.Sort(s)
-	if len(s) >= 2 && s[0] < s[1]/2 {
+	if len(s) >= 2 && s[0] < s[1]/4 {
 		return s[1]
 	}
 	return s[0]

@@ -22,6 +22,8 @@ type pathCheck struct {
 	rttUs    uint32 // smoothed RTT from the last TCP_INFO read
 	keepIdle int32  // TCP_KEEPIDLE found at dial: restored after each kick
 	keepOn   int32  // SO_KEEPALIVE found at dial
+	syscalls int    // made by the last check, for the benchmark
+	runs     int    // checks run, for the tests
 
 	// Scratch for the callbacks, owned by the holder of mu.
 	val     int32
@@ -59,6 +61,7 @@ func getsockoptInt32(fd uintptr, level, opt int) int32 {
 }
 
 func (p *pathCheck) setsockopt(fd uintptr, level, opt int, v int32) {
+	p.syscalls++
 	p.val = v
 	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, uintptr(level), uintptr(opt),
 		uintptr(unsafe.Pointer(&p.val)), 4, 0)
@@ -84,6 +87,7 @@ func (p *pathCheck) restore(fd uintptr) {
 }
 
 func (p *pathCheck) readInfo(fd uintptr) {
+	p.syscalls++
 	p.infoLen = uint32(unsafe.Sizeof(p.info))
 	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
 		uintptr(unsafe.Pointer(&p.info)), uintptr(unsafe.Pointer(&p.infoLen)), 0)
@@ -101,12 +105,13 @@ func (p *pathCheck) verify(idle time.Duration) verifyResult {
 		return p.lastRes // a check ran while this caller waited for it
 	}
 	r := p.run()
+	p.runs++
 	p.doneAt, p.lastRes = nanotime(), r
 	return r
 }
 
 func (p *pathCheck) run() verifyResult {
-	p.errno = 0
+	p.errno, p.syscalls = 0, 0
 	if p.rc.Control(p.kickFn) != nil {
 		return verifyStale // closed meanwhile
 	}

@@ -82,6 +82,10 @@ type Config struct {
 	Delay time.Duration
 	// Lifetime closes the proxy by itself after this long. Default 2 minutes.
 	Lifetime time.Duration
+	// ClientRcvBuf, if set, fixes SO_RCVBUF of accepted client connections,
+	// which turns off the kernel's receive buffer autotuning: a stalled
+	// proxy then absorbs at most about that much before the client blocks.
+	ClientRcvBuf int
 }
 
 // Stats counts what the proxy did.
@@ -102,6 +106,7 @@ type Proxy struct {
 	ln     net.Listener
 	mode   atomic.Int32
 	black  atomic.Bool
+	stall  atomic.Pointer[chan struct{}] // non-nil while reading from clients is stalled
 
 	accepted, fins, rsts, halfCloses atomic.Int64
 
@@ -148,6 +153,19 @@ func (p *Proxy) SetMode(m Mode) { p.mode.Store(int32(m)) }
 // SetBlackhole stops (true) or resumes (false) forwarding on every
 // connection, old and new.
 func (p *Proxy) SetBlackhole(on bool) { p.black.Store(on) }
+
+// SetStall stops (true) or resumes (false) reading from every client: the
+// client's writes fill the socket buffers, then block, as against a server
+// that does not read (set Config.ClientRcvBuf to make that quick and
+// certain). What was read before is held, not lost.
+func (p *Proxy) SetStall(on bool) {
+	if on {
+		gate := make(chan struct{})
+		p.stall.CompareAndSwap(nil, &gate)
+	} else if g := p.stall.Swap(nil); g != nil {
+		close(*g)
+	}
+}
 
 // Stats returns the counts so far.
 func (p *Proxy) Stats() Stats {
@@ -196,6 +214,7 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	p.life.Stop()
+	p.SetStall(false)
 	err := p.ln.Close()
 	for _, c := range conns {
 		c.shut()
@@ -229,6 +248,10 @@ func (p *Proxy) accept() {
 		}
 		p.n++
 		c := &pconn{p: p, client: cc.(*net.TCPConn), server: sc.(*net.TCPConn), fixedMode: mode}
+		if p.cfg.ClientRcvBuf > 0 {
+			c.client.SetReadBuffer(p.cfg.ClientRcvBuf)
+		}
+
 		c.touch()
 		p.conns[c] = struct{}{}
 		p.wg.Add(2)
@@ -345,6 +368,11 @@ func (c *pconn) pipe(src, dst *net.TCPConn, fromClient bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
+		if fromClient {
+			if g := c.p.stall.Load(); g != nil {
+				<-*g // hold what was read until the stall ends
+			}
+		}
 		if n > 0 {
 			if fromClient && c.mode() == ResetFirstBytesAfterIdle && c.idleFor() >= c.p.cfg.Idle && !c.faulted.Load() {
 				c.fault(true)

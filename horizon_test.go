@@ -1,0 +1,112 @@
+package grpcguard
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/grpcguard/grpcguard/internal/faultproxy"
+	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestEstimateHorizon(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		d := make([]time.Duration, len(v))
+		for i, x := range v {
+			d[i] = time.Duration(x) * time.Millisecond
+		}
+		return d
+	}
+	for _, tc := range []struct {
+		name string
+		ages []time.Duration
+		want time.Duration
+	}{
+		{"one death", ms(1000), time.Second},
+		{"the youngest", ms(1300, 1000, 1100), time.Second},
+		{"one odd early death is ignored", ms(60, 1000, 1200), time.Second},
+		{"an odd death seen first is overruled by the second", ms(60, 1000), time.Second},
+		{"two early deaths are not odd", ms(60, 70, 1000), 60 * time.Millisecond},
+		{"late detection does not hide the youngest", ms(1000, 3500), time.Second},
+		{"a death at a fifth is odd", ms(200, 1000), time.Second},
+	} {
+		if got := estimateHorizon(tc.ages); got != tc.want {
+			t.Errorf("%s: estimateHorizon(%v) = %v, want %v", tc.name, tc.ages, got, tc.want)
+		}
+	}
+}
+
+func TestHorizonLearnsFromIdleDeathsOnly(t *testing.T) {
+	m := NewMetrics()
+	h := newIdleHorizon(learnHorizon, m)
+	h.observe(10*time.Millisecond, m) // a busy conn killed: not an idle death
+	if got := h.retireAge(); got != 0 {
+		t.Fatalf("retire age %v after a busy death, want none", got)
+	}
+	h.observe(time.Second, m)
+	if got := h.retireAge(); got != 800*time.Millisecond {
+		t.Errorf("retire age %v, want 80%% of 1s", got)
+	}
+	if got := testutil.ToFloat64(m.horizon); got != 1 {
+		t.Errorf("idle_horizon_seconds = %v, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.staleIdleAge); got != 1 {
+		t.Errorf("stale_connection_idle_seconds has %d series, want 1", got)
+	}
+	fixed := newIdleHorizon(300*time.Millisecond, nil)
+	fixed.observe(100*time.Millisecond, nil)
+	if got := fixed.retireAge(); got != 300*time.Millisecond {
+		t.Errorf("WithMaxIdle(300ms): retire age %v after a death at 100ms, want 300ms (not learned)", got)
+	}
+	off := newIdleHorizon(0, nil)
+	off.observe(time.Second, nil)
+	if got := off.retireAge(); got != 0 {
+		t.Errorf("WithMaxIdle(0): retire age %v, want never", got)
+	}
+}
+
+// WithMaxIdle: a conn idle that long is retired before the next call picks
+// it, counted as retired, not stale, and the call goes out on a new conn.
+func TestRetireIdleConnBeforePick(t *testing.T) {
+	m := NewMetrics()
+	srv := &testsvc.Server{}
+	p := startProxy(t, startServer(t, srv), faultproxy.Config{})
+	cc := bundleClient(t, p.Addr(), WithMetrics(m), WithMaxIdle(50*time.Millisecond))
+	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "a"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(80 * time.Millisecond)
+	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(m.retiredConns); n != 1 {
+		t.Errorf("connections_retired_total = %v, want 1", n)
+	}
+	if n := staleTotal(m); n != 0 {
+		t.Errorf("stale_connections_total = %v, want 0: retiring is not finding dead", n)
+	}
+	if n := p.Stats().Accepted; n != 2 {
+		t.Errorf("the proxy accepted %d conns, want 2: the second call on a new one", n)
+	}
+}
+
+// A conn with a write in flight is never retired, however long the write
+// has been blocked.
+func TestRetireSparesConnWithWriteInFlight(t *testing.T) {
+	d := NewDialer(WithMaxIdle(time.Millisecond))
+	defer d.Close()
+	c0, _ := loopbackPair(t, d.DialContext)
+	c := c0.(*conn)
+	c.writing.Add(1) // as Write does before its syscall
+	time.Sleep(5 * time.Millisecond)
+	d.beforePick(context.Background())
+	if s := c.state.Load(); s != stateOpen {
+		t.Fatalf("state %d, want open: a conn in the middle of a write was retired", s)
+	}
+	c.writing.Add(-1)
+	d.beforePick(context.Background())
+	if s := c.state.Load(); s != stateRetired && s != stateReleased {
+		t.Fatalf("state %d, want retired once the write is done", s)
+	}
+}
