@@ -154,6 +154,12 @@ func (n *Net) start(ns Namespace, name string, arg ...string) (*process, error) 
 	}
 	p := &process{cmd: ns.Command(name, arg...), done: make(chan struct{}), stderr: new(strings.Builder)}
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
+	// If this process dies without Close (a crash, a test timeout), the
+	// kernel kills the child with it. Pdeathsig follows the thread that
+	// forked; Go ends a thread only when a goroutine exits locked to it,
+	// which Do does only if it cannot restore a thread's namespace. The
+	// next New deletes the namespaces left behind.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("netns: start %s in %s: %w", name, ns, err)
 	}
