@@ -179,7 +179,7 @@ func (c *conn) markDead(reason StaleReason, state int32) bool {
 	if age == 0 {
 		age = int64(c.idleFor(nanotime()))
 	}
-	c.d.horizon.observe(time.Duration(age), c.d.cfg.metrics)
+	c.d.horizon.observe(time.Duration(age))
 	c.d.nextCheck.Store(0) // the horizon may have shrunk
 	return true
 }

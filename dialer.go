@@ -256,7 +256,7 @@ func (d *Dialer) scan(now int64, ctx context.Context) {
 	if p == nil {
 		return
 	}
-	retireAge := int64(d.horizon.retireAge())
+	retireAge := int64(d.horizon.retireAge(now))
 	probeAge := int64(d.cfg.probeAfterIdle)
 	next := now + probeAge
 	if retireAge > 0 {

@@ -10,25 +10,36 @@
 //
 //   - A Dialer, for grpc.WithContextDialer, whose connections can be probed
 //     without reading from them (Probe: poll(2) for POLLRDHUP, FIN from RST
-//     told apart, no byte consumed, no read lock taken). Its interceptors probe
-//     the connections that have been idle before an RPC picks a transport,
-//     close a stale one and let grpc redial, so the RPC never meets it. Each
-//     connection also probes itself before its first Write after idle and
-//     refuses, sending nothing, to write on a stale socket.
+//     told apart, no byte consumed, no read lock taken). Before an RPC picks a
+//     transport, its interceptors probe the connections that have been idle
+//     and retire those idle past the idle horizon, so the RPC never meets
+//     them. Each connection also checks itself before its first Write after
+//     idle, sending nothing on a stale socket: a probe, and after a second of
+//     idle on Linux a path check, a keepalive round trip that catches a NAT or
+//     load balancer that forgot the flow.
+//   - The idle horizon: each Dialer learns, from the idle age at which its
+//     connections die, when its target's idle connections are killed, and
+//     retires them at 80% of it (or at WithMaxIdle). This is what keeps a call
+//     off a connection that dies while the call is being written.
 //   - Retry and hedging interceptors that are safe by default: they resend a
-//     call only when it provably never left the client (the Dialer knows) or
-//     when its method is idempotent, declared with WithIdempotentMethods or
-//     by the protobuf option idempotency_level.
+//     call only when it provably never left the client or when its method is
+//     idempotent, declared with WithIdempotentMethods or by the protobuf option
+//     idempotency_level. "Never left" is a fact of the attempt's own
+//     connection (closed, with no write in flight or begun since the attempt
+//     started), never a status text; the interceptors learn it without the
+//     Dialer's interceptor, in any chain order.
 //   - Metrics, a prometheus.Collector the user registers, counting above all
-//     stale connections by reason.
+//     stale connections by reason and the idle age at which they died.
 //
 // # Defaults
 //
 // Connections idle 100ms or more are probed (WithProbeAfterIdle); a busy
-// connection is never probed, so the per-RPC cost is an atomic load per
-// connection and a clock read. TCP keepalive (15s, 5s, 3 probes) and
-// TCP_USER_TIMEOUT (20s) are set on every TCP connection, as grpc-go would on
-// an unwrapped one.
+// connection is never probed or checked, so the per-RPC cost is a clock read
+// and an atomic load, whatever the number of connections. A connection idle
+// 1s or more is path-checked before its next write (WithVerifyAfterIdle).
+// The idle horizon is learned (WithMaxIdle). TCP keepalive (15s, 5s, 3
+// probes) and TCP_USER_TIMEOUT (20s) are set on every TCP connection, as
+// grpc-go would on an unwrapped one.
 //
 // # Errors
 //

@@ -1,6 +1,7 @@
 package grpcguard
 
 import (
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,13 @@ import (
 // else) and are not learned. Conns are retired at retireFraction of the
 // estimate, a margin for the spread of detection times.
 //
+// A death is remembered for horizonMemoryFactor times its idle age, and at
+// least horizonMemoryMin: a short horizon that a crash taught (several conns
+// killed at once at short ages) is forgotten within minutes, while a load
+// balancer's long timeout is remembered across the long gaps between the
+// calls that reveal it. When every death is forgotten, nothing is retired
+// until the next one.
+//
 // WithMaxIdle sets the horizon by hand and turns learning off; conns are then
 // retired at exactly that idle age, as net/http's IdleConnTimeout does.
 
@@ -35,28 +43,45 @@ const (
 	// minIdleDeath is the youngest idle age a death must have to be
 	// learned: well under any real middlebox idle timeout (seconds and up),
 	// above the quiet gaps of a busy connection.
-	minIdleDeath = 50 * time.Millisecond
+	minIdleDeath = 25 * time.Millisecond
 	// horizonSamples is how many recent deaths the estimate rests on.
 	horizonSamples = 8
 	// retireFraction: learned horizons retire conns at 80% of the estimate.
 	retireFraction = 0.8
+	// How long a death is remembered: the factor times its age, at least
+	// the minimum.
+	horizonMemoryFactor = 16
+	horizonMemoryMin    = time.Minute
 )
 
+// idleDeath is one learned death: the idle age and when it was seen.
+type idleDeath struct {
+	age time.Duration
+	at  int64 // nanotime
+}
+
+func (d idleDeath) expiry() int64 {
+	return d.at + int64(max(horizonMemoryMin, horizonMemoryFactor*d.age))
+}
+
 // idleHorizon is one Dialer's horizon. observe is called once per dead conn;
-// retireAge is read on every pick, without a lock.
+// retireAge is read by every scan of the conns, without a lock while no
+// death expires.
 type idleHorizon struct {
-	fixed time.Duration // WithMaxIdle; learnHorizon (< 0): learned; 0: off
+	fixed   time.Duration // WithMaxIdle; learnHorizon (< 0): learned; 0: off
+	metrics *Metrics
 
-	mu   sync.Mutex
-	ages [horizonSamples]time.Duration // ring of recent idle deaths
-	n    int                           // deaths recorded, up to horizonSamples
-	next int
+	mu     sync.Mutex
+	deaths [horizonSamples]idleDeath // ring of recent idle deaths; age 0: empty
+	next   int
 
-	retire atomic.Int64 // idle ns after which a conn is retired; 0: never
+	retire  atomic.Int64 // idle ns after which a conn is retired; 0: never
+	expires atomic.Int64 // nanotime when a remembered death expires
 }
 
 func newIdleHorizon(fixed time.Duration, m *Metrics) *idleHorizon {
-	h := &idleHorizon{fixed: fixed}
+	h := &idleHorizon{fixed: fixed, metrics: m}
+	h.expires.Store(math.MaxInt64)
 	if fixed > 0 {
 		h.retire.Store(int64(fixed))
 		m.horizonSet(fixed)
@@ -64,23 +89,57 @@ func newIdleHorizon(fixed time.Duration, m *Metrics) *idleHorizon {
 	return h
 }
 
-// retireAge returns the idle age at which conns are retired, 0 for never.
-func (h *idleHorizon) retireAge() time.Duration { return time.Duration(h.retire.Load()) }
+// retireAge returns the idle age at which conns are retired at now, 0 for
+// never.
+func (h *idleHorizon) retireAge(now int64) time.Duration {
+	if now >= h.expires.Load() {
+		h.mu.Lock()
+		h.updateLocked(now)
+		h.mu.Unlock()
+	}
+	return time.Duration(h.retire.Load())
+}
 
 // observe learns from a conn that died after age of idle.
-func (h *idleHorizon) observe(age time.Duration, m *Metrics) {
-	m.staleIdle(age)
+func (h *idleHorizon) observe(age time.Duration) {
+	h.metrics.staleIdle(age)
 	if h.fixed >= 0 || age < minIdleDeath {
 		return
 	}
+	now := nanotime()
 	h.mu.Lock()
-	h.ages[h.next] = age
+	h.deaths[h.next] = idleDeath{age: age, at: now}
 	h.next = (h.next + 1) % horizonSamples
-	h.n = min(h.n+1, horizonSamples)
-	est := estimateHorizon(h.ages[:h.n])
-	h.retire.Store(int64(float64(est) * retireFraction))
+	h.updateLocked(now)
 	h.mu.Unlock()
-	m.horizonSet(est)
+}
+
+// updateLocked forgets expired deaths and estimates the horizon from the
+// others.
+func (h *idleHorizon) updateLocked(now int64) {
+	var ages [horizonSamples]time.Duration
+	n := 0
+	expires := int64(math.MaxInt64)
+	for i, d := range h.deaths {
+		switch {
+		case d.age == 0:
+		case d.expiry() <= now:
+			h.deaths[i] = idleDeath{}
+		default:
+			ages[n] = d.age
+			n++
+			expires = min(expires, d.expiry())
+		}
+	}
+	h.expires.Store(expires)
+	if n == 0 {
+		h.retire.Store(0)
+		h.metrics.horizonSet(0)
+		return
+	}
+	est := estimateHorizon(ages[:n])
+	h.retire.Store(int64(float64(est) * retireFraction))
+	h.metrics.horizonSet(est)
 }
 
 // estimateHorizon returns the youngest death, or the second youngest when the

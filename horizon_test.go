@@ -40,12 +40,12 @@ func TestEstimateHorizon(t *testing.T) {
 func TestHorizonLearnsFromIdleDeathsOnly(t *testing.T) {
 	m := NewMetrics()
 	h := newIdleHorizon(learnHorizon, m)
-	h.observe(10*time.Millisecond, m) // a busy conn killed: not an idle death
-	if got := h.retireAge(); got != 0 {
+	h.observe(10 * time.Millisecond) // a busy conn killed: not an idle death
+	if got := h.retireAge(nanotime()); got != 0 {
 		t.Fatalf("retire age %v after a busy death, want none", got)
 	}
-	h.observe(time.Second, m)
-	if got := h.retireAge(); got != 800*time.Millisecond {
+	h.observe(time.Second)
+	if got := h.retireAge(nanotime()); got != 800*time.Millisecond {
 		t.Errorf("retire age %v, want 80%% of 1s", got)
 	}
 	if got := testutil.ToFloat64(m.horizon); got != 1 {
@@ -55,13 +55,13 @@ func TestHorizonLearnsFromIdleDeathsOnly(t *testing.T) {
 		t.Errorf("stale_connection_idle_seconds has %d series, want 1", got)
 	}
 	fixed := newIdleHorizon(300*time.Millisecond, nil)
-	fixed.observe(100*time.Millisecond, nil)
-	if got := fixed.retireAge(); got != 300*time.Millisecond {
+	fixed.observe(100 * time.Millisecond)
+	if got := fixed.retireAge(nanotime()); got != 300*time.Millisecond {
 		t.Errorf("WithMaxIdle(300ms): retire age %v after a death at 100ms, want 300ms (not learned)", got)
 	}
 	off := newIdleHorizon(0, nil)
-	off.observe(time.Second, nil)
-	if got := off.retireAge(); got != 0 {
+	off.observe(time.Second)
+	if got := off.retireAge(nanotime()); got != 0 {
 		t.Errorf("WithMaxIdle(0): retire age %v, want never", got)
 	}
 }
@@ -108,5 +108,28 @@ func TestRetireSparesConnWithWriteInFlight(t *testing.T) {
 	d.beforePick(context.Background())
 	if s := c.state.Load(); s != stateRetired && s != stateReleased {
 		t.Fatalf("state %d, want retired once the write is done", s)
+	}
+}
+
+// A death is forgotten after 16 times its age (at least a minute): a short
+// horizon that a crash taught does not outlive its cause for long.
+func TestHorizonForgets(t *testing.T) {
+	h := newIdleHorizon(learnHorizon, nil)
+	before := nanotime()
+	h.observe(100 * time.Millisecond)
+	now := nanotime()
+	if got := h.retireAge(now); got != 80*time.Millisecond {
+		t.Fatalf("retire age %v, want 80ms", got)
+	}
+	if got := h.retireAge(before + int64(horizonMemoryMin) - 1); got == 0 {
+		t.Fatal("forgotten before a minute")
+	}
+	if got := h.retireAge(now + int64(horizonMemoryMin) + int64(time.Second)); got != 0 {
+		t.Fatalf("retire age %v a minute later, want forgotten", got)
+	}
+	long := newIdleHorizon(learnHorizon, nil)
+	long.observe(350 * time.Second) // an NLB's idle timeout
+	if got := long.retireAge(nanotime() + int64(time.Hour)); got != 280*time.Second {
+		t.Errorf("a 350s death forgotten within an hour: retire age %v", got)
 	}
 }

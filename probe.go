@@ -100,12 +100,15 @@ func (r probeResult) err() error {
 // at the socket (for example net.ErrClosed for a conn closed locally).
 //
 // Probe looks at *net.TCPConn, *net.UnixConn and any syscall.Conn, at the conn
-// beneath a *tls.Conn, and at the conns of a Dialer (without allocating).
-// A conn it cannot look at is reported alive. Linux tells FIN from RST
-// with poll(2) POLLRDHUP; other unix systems peek at one byte only when the
-// socket is readable, so a FIN behind unread data reads as alive there; on
-// Windows, Probe reports every conn alive and TCP keepalive must catch a dead
-// peer.
+// beneath a *tls.Conn, and at the conns of a Dialer (without allocating). On a
+// Dialer's conn a stale result also acts: the conn refuses further writes and
+// is counted; its socket is closed at once, unless the peer's FIN sits behind
+// data not yet read (a reply on its way to grpc's reader), which is left to
+// be read first. A conn Probe cannot look at is reported alive. Linux tells
+// FIN from RST with poll(2) POLLRDHUP; other unix systems peek at one byte
+// only when the socket is readable, so a FIN behind unread data reads as alive
+// there; on Windows, Probe reports every conn alive and TCP keepalive must
+// catch a dead peer.
 func Probe(c net.Conn) error {
 	for {
 		switch cc := c.(type) {

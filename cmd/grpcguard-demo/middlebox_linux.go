@@ -78,11 +78,11 @@ func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prome
 			if g := r.Guard; g != nil {
 				rows[j].guarded = true
 				rows[j].retried, rows[j].unprocessed, rows[j].hedged = g.Retried, g.Unprocessed, g.Hedged
-				rows[j].stale = g.StaleTotal()
+				rows[j].stale, rows[j].retired = g.StaleTotal(), g.Retired
 			}
 		}
 		writeRows(tw, name, rows)
-		if g := rows[1]; g.idemFailed > 0 || g.duplicates > 0 {
+		if !keptPromise(scenario{name: name}, rows[0], rows[1]) {
 			ok = false
 		}
 	}
@@ -118,9 +118,9 @@ func middleboxClients(scenario string, reg *prometheus.Registry) []netns.Client 
 }
 
 // progressLine prints line() on stderr every 200ms until stop is called,
-// only when stderr is a terminal.
+// only when stderr is a terminal (progressOn).
 func progressLine(line func() string) (stop func()) {
-	if fi, err := os.Stderr.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+	if !progressOn {
 		return func() {}
 	}
 	quit, done := make(chan struct{}), make(chan struct{})
