@@ -34,7 +34,7 @@ import (
 func newBlackholeNet(t *testing.T, srv *testsvc.Server) (*netns.Net, string) {
 	t.Helper()
 	n := newNetns(t)
-	ln, err := n.Server.Listen("tcp", net.JoinHostPort(netns.ServerIP.String(), "0"))
+	ln, err := n.Server.Listen("tcp", net.JoinHostPort(netns.ServerIP, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func (n *Net) HAProxy(idle time.Duration, routes ...Route) ([]string, error) {
 	fmt.Fprintf(&cfg, "defaults\n\tmode tcp\n\ttimeout connect 2s\n\ttimeout client %s\n\ttimeout server %s\n", ms, ms)
 	addrs := make([]string, len(routes))
 	for i, r := range routes {
-		addrs[i] = net.JoinHostPort(RouterClientIP.String(), strconv.Itoa(firstFrontendPort+i))
+		addrs[i] = net.JoinHostPort(RouterClientIP, strconv.Itoa(firstFrontendPort+i))
 		fmt.Fprintf(&cfg, "\nfrontend f%d\n\tbind %s\n", i, addrs[i])
 		if r.NoLinger {
 			cfg.WriteString("\toption nolinger\n")

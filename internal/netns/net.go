@@ -5,7 +5,6 @@ package netns
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -23,11 +22,11 @@ import (
 // one Net, so every Net can use the same ones and none can collide with the
 // host's networks. The client side is 10.213.1.0/30, the server side
 // 10.213.2.0/30; the router holds .2 of the first and .1 of the second.
-var (
-	ClientIP       = netip.MustParseAddr("10.213.1.1")
-	RouterClientIP = netip.MustParseAddr("10.213.1.2")
-	RouterServerIP = netip.MustParseAddr("10.213.2.1")
-	ServerIP       = netip.MustParseAddr("10.213.2.2")
+const (
+	ClientIP       = "10.213.1.1"
+	RouterClientIP = "10.213.1.2"
+	RouterServerIP = "10.213.2.1"
+	ServerIP       = "10.213.2.2"
 )
 
 // Interface names, fixed: each lives in its own namespace.
@@ -94,10 +93,10 @@ func (n *Net) build() error {
 	steps := [][]string{
 		{"link", "add", clientDev, "netns", string(n.Client), "type", "veth", "peer", "name", routerClientDev, "netns", string(n.Router)},
 		{"link", "add", routerServerDev, "netns", string(n.Router), "type", "veth", "peer", "name", serverDev, "netns", string(n.Server)},
-		{"-n", string(n.Client), "addr", "add", ClientIP.String() + "/30", "dev", clientDev},
-		{"-n", string(n.Router), "addr", "add", RouterClientIP.String() + "/30", "dev", routerClientDev},
-		{"-n", string(n.Router), "addr", "add", RouterServerIP.String() + "/30", "dev", routerServerDev},
-		{"-n", string(n.Server), "addr", "add", ServerIP.String() + "/30", "dev", serverDev},
+		{"-n", string(n.Client), "addr", "add", ClientIP + "/30", "dev", clientDev},
+		{"-n", string(n.Router), "addr", "add", RouterClientIP + "/30", "dev", routerClientDev},
+		{"-n", string(n.Router), "addr", "add", RouterServerIP + "/30", "dev", routerServerDev},
+		{"-n", string(n.Server), "addr", "add", ServerIP + "/30", "dev", serverDev},
 	}
 	for _, s := range steps {
 		if err := ipCmd(s...); err != nil {
@@ -115,10 +114,10 @@ func (n *Net) build() error {
 			}
 		}
 	}
-	if err := n.Client.ip("route", "add", "default", "via", RouterClientIP.String()); err != nil {
+	if err := n.Client.ip("route", "add", "default", "via", RouterClientIP); err != nil {
 		return err
 	}
-	if err := n.Server.ip("route", "add", "default", "via", RouterServerIP.String()); err != nil {
+	if err := n.Server.ip("route", "add", "default", "via", RouterServerIP); err != nil {
 		return err
 	}
 	return n.Router.sysctl("net.ipv4.ip_forward", "1")
@@ -129,8 +128,8 @@ func (n *Net) build() error {
 // like from the client. The client's kernel sends and retransmits into
 // silence (no ICMP: a blackhole route answers nothing).
 func (n *Net) Blackhole() error {
-	for _, ip := range []netip.Addr{ServerIP, ClientIP} {
-		if err := n.Router.ip("route", "add", "blackhole", ip.String()+"/32"); err != nil {
+	for _, ip := range []string{ServerIP, ClientIP} {
+		if err := n.Router.ip("route", "add", "blackhole", ip+"/32"); err != nil {
 			return err
 		}
 	}

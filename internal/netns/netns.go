@@ -51,8 +51,16 @@ func unsupportedf(format string, a ...any) error {
 	return &unsupported{reason: fmt.Sprintf(format, a...)}
 }
 
-// packages names the Debian package of each tool.
-var packages = map[string]string{"ip": "iproute2", "nft": "nftables", "haproxy": "haproxy"}
+// debianPackage names the Debian package that installs tool.
+func debianPackage(tool string) string {
+	switch tool {
+	case "ip":
+		return "iproute2"
+	case "nft":
+		return "nftables"
+	}
+	return tool
+}
 
 // Check reports why this process cannot build namespaces and run tools, as
 // one line wrapping ErrUnsupported, or nil. ip is always needed; name the
@@ -63,11 +71,7 @@ func Check(tools ...string) error {
 	}
 	for _, tool := range append([]string{"ip"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
-			pkg := packages[tool]
-			if pkg == "" {
-				pkg = tool
-			}
-			return unsupportedf("the %s command is not installed (Debian package %s)", tool, pkg)
+			return unsupportedf("the %s command is not installed (Debian package %s)", tool, debianPackage(tool))
 		}
 	}
 	return nil

@@ -101,7 +101,7 @@ func nsInode(t *testing.T, path string) string {
 // namespace; Close deletes the namespaces.
 func TestNetRoutesThroughRouter(t *testing.T) {
 	n := newNet(t)
-	ln, err := n.Server.Listen("tcp", net.JoinHostPort(ServerIP.String(), "0"))
+	ln, err := n.Server.Listen("tcp", net.JoinHostPort(ServerIP, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestNetRoutesThroughRouter(t *testing.T) {
 	if peer == nil {
 		t.Fatal("accept failed")
 	}
-	if got := peer.(*net.TCPAddr).IP.String(); got != ClientIP.String() {
+	if got := peer.(*net.TCPAddr).IP.String(); got != ClientIP {
 		t.Fatalf("server saw the client as %s, want %s", got, ClientIP)
 	}
 
@@ -204,7 +204,7 @@ func TestConntrackForgetsIdleFlows(t *testing.T) {
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := n.Server.Listen("tcp", net.JoinHostPort(ServerIP.String(), "0"))
+	ln, err := n.Server.Listen("tcp", net.JoinHostPort(ServerIP, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func TestConntrackForgetsIdleFlows(t *testing.T) {
 // a RST received in CLOSE_WAIT), where without it the write is accepted.
 func TestHAProxyClosesIdle(t *testing.T) {
 	n := newNet(t, "haproxy")
-	ln, err := n.Server.Listen("tcp", net.JoinHostPort(ServerIP.String(), "0"))
+	ln, err := n.Server.Listen("tcp", net.JoinHostPort(ServerIP, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -313,7 +313,7 @@ func (n *Net) middlebox(s Scenario, targets map[bool]string) error {
 
 // serve starts a grpc-go server of testsvc in ns on ServerIP.
 func serve(ns Namespace, opts ...grpc.ServerOption) (addr string, stop func(), err error) {
-	ln, err := ns.Listen("tcp", net.JoinHostPort(ServerIP.String(), "0"))
+	ln, err := ns.Listen("tcp", net.JoinHostPort(ServerIP, "0"))
 	if err != nil {
 		return "", nil, err
 	}

@@ -11,7 +11,6 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
-	"net/netip"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -19,7 +18,7 @@ import (
 
 // selfSigned makes a throwaway certificate for ips, valid for an hour, and
 // returns the server's credentials and a client's that trust only it.
-func selfSigned(ips ...netip.Addr) (server, client credentials.TransportCredentials, err error) {
+func selfSigned(ips ...string) (server, client credentials.TransportCredentials, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -35,7 +34,7 @@ func selfSigned(ips ...netip.Addr) (server, client credentials.TransportCredenti
 		IsCA:                  true,
 	}
 	for _, ip := range ips {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
+		tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(ip))
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
