@@ -190,6 +190,9 @@ func (e *executions) count(id string) int {
 // ErrUnsupported means the machine cannot run it.
 func Run(ctx context.Context, s Scenario, clients []Client) ([]Result, error) {
 	s.setDefaults()
+	if s.MinGap < 0 || s.MaxGap < s.MinGap || s.Calls < 0 {
+		return nil, fmt.Errorf("netns: scenario with %d calls after gaps of %v-%v", s.Calls, s.MinGap, s.MaxGap)
+	}
 	if err := Check(s.Middlebox.Tools()...); err != nil {
 		return nil, err
 	}
