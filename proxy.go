@@ -1,0 +1,333 @@
+package grpcguard
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+)
+
+// HTTP CONNECT proxies, as grpc-go uses them when no custom dialer is set.
+//
+// grpc-go treats a custom dialer as "the user dials": with one, it neither
+// resolves a proxy nor speaks CONNECT. DialOptions always sets one (the
+// Dialer), so without what follows a client behind a proxy that works with
+// plain grpc-go would dial its targets directly once it adopts grpcguard.
+// DialOptions therefore makes its Dialer do what grpc-go would:
+//
+//   - The rule: a TCP address goes through the proxy that Go's
+//     http.ProxyFromEnvironment names for "https://" + address (HTTPS_PROXY,
+//     NO_PROXY and their lower-case forms, read once per process; loopback
+//     addresses and "localhost" never). grpc-go calls the same function.
+//   - For "dns" targets grpc-go decides once for the whole target, from its
+//     name, and does not resolve a proxied name: the proxy does. DialOptions
+//     installs the same decision as its "dns" resolver (proxyResolver), and
+//     passes it to the Dialer on the addresses (grpc hands a custom dialer
+//     only the address string, and the address attributes in the dial
+//     context). Other schemes' addresses get the rule one by one.
+//   - The handshake: a TCP connection to the proxy's host (port 443 when the
+//     URL has none, as grpc-go's resolver of the proxy name assumes), then
+//     "CONNECT host:port HTTP/1.1" with the headers grpc-go sends: Host,
+//     User-Agent "grpc-go/<version>", and Proxy-Authorization Basic when the
+//     proxy URL carries a user. Only 200 is success. The URL's scheme is not
+//     looked at (grpc-go does not either): the proxy is always spoken to in
+//     plain HTTP.
+//
+// Differences from grpc-go, because the Dialer cannot see grpc's own options:
+// grpc.WithNoProxy does not reach it (use WithNoProxy), the User-Agent lacks
+// a grpc.WithUserAgent prefix, grpc.WithLocalDNSResolution is not honoured
+// (the name always goes to the proxy), and for schemes other than "dns" a
+// target whose name NO_PROXY covers is still proxied for addresses NO_PROXY
+// does not cover. One difference is deliberate: the handshake ends at the
+// dial's deadline or cancellation (grpc-go's can wait on a silent proxy).
+//
+// What the Dialer wraps is the socket to the proxy, so its probe and checks
+// watch that leg: a proxy that closes or resets the client's connection
+// (idle timeout, restart, or passing on the target's close, which common
+// proxies do by closing both legs) is found before the next call exactly as
+// a direct server's close is. What happens beyond the proxy is not seen: a
+// target that vanishes while the proxy keeps the client's leg open, and the
+// path check's round trip, which proves the path to the proxy, not to the
+// server. The retry's proof that an attempt never left is unchanged: a byte
+// never written to the proxy never reached the server.
+
+// proxyFunc picks the proxy for a request, as http.Transport.Proxy does: nil
+// means no proxy. The Dialer passes a request for "https://host:port".
+type proxyFunc func(*http.Request) (*url.URL, error)
+
+// maxProxyResponseHead bounds the status line and headers of a proxy's
+// answer to CONNECT; real ones are under 200 bytes.
+const maxProxyResponseHead = 16 << 10
+
+// proxyUserAgent is what grpc-go sends as User-Agent to a proxy when the
+// client set no grpc.WithUserAgent.
+const proxyUserAgent = "grpc-go/" + grpc.Version
+
+// WithNoProxy makes DialOptions' Dialer dial every address directly, whatever
+// HTTPS_PROXY says: grpcguard's grpc.WithNoProxy. grpc's own option cannot
+// reach the Dialer, since grpc ignores it once a dialer is set. Without it,
+// DialOptions proxies as grpc-go does (see "Dialers and proxies" in the
+// README); a Dialer made with NewDialer never proxies, as grpc-go does not
+// with a custom dialer. WithDialFunc implies it: the dial function owns the
+// route.
+func WithNoProxy() Option {
+	return option(func(c *config) error {
+		c.noProxy = true
+		return nil
+	})
+}
+
+// proxyFromEnvironment is the option DialOptions adds for its Dialer: proxy
+// as grpc-go does, unless the user said otherwise.
+func proxyFromEnvironment() Option {
+	return option(func(c *config) error {
+		if c.proxy == nil {
+			c.proxy = http.ProxyFromEnvironment
+		}
+		return nil
+	})
+}
+
+// proxies reports whether the Dialer decides proxies at all.
+func (c *config) proxies() bool {
+	return c.proxy != nil && !c.noProxy && c.dialFunc == nil
+}
+
+// forAddress returns the proxy for the TCP address host:port, nil for a
+// direct dial: grpc-go's rule, the same request to the same function.
+func (f proxyFunc) forAddress(address string) (*url.URL, error) {
+	return f(&http.Request{URL: &url.URL{Scheme: "https", Host: address}})
+}
+
+// route is the proxy decision the "dns" resolver made for a whole target,
+// carried on each address it produced. A zero route means direct.
+type route struct{ proxy *url.URL }
+
+type routeKey struct{}
+
+// withRoute returns a with r attached.
+func withRoute(a resolver.Address, r route) resolver.Address {
+	a.Attributes = a.Attributes.WithValue(routeKey{}, r)
+	return a
+}
+
+// routeFrom returns the route the resolver attached to the address being
+// dialed; grpc puts the address attributes in the dial context.
+func routeFrom(ctx context.Context) (route, bool) {
+	r, ok := credentials.ClientHandshakeInfoFromContext(ctx).Attributes.Value(routeKey{}).(route)
+	return r, ok
+}
+
+// proxyHostPort is where to dial the proxy of u.
+func proxyHostPort(u *url.URL) string {
+	return net.JoinHostPort(u.Hostname(), cmp.Or(u.Port(), "443"))
+}
+
+// dialProxy dials the proxy p and asks it for a tunnel to address. It
+// returns the socket to the proxy with nothing of the tunnel read from it:
+// the probe judges what is left in the socket, so no byte of the server's
+// may wait anywhere else.
+func (d *Dialer) dialProxy(ctx context.Context, p *url.URL, address string) (net.Conn, error) {
+	hp := proxyHostPort(p)
+	nc, err := d.nd.DialContext(ctx, "tcp", hp)
+	if err != nil {
+		return nil, fmt.Errorf("grpcguard: dial proxy %s for %s: %w", hp, address, err)
+	}
+	if err := connect(ctx, nc, p, address); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("grpcguard: proxy %s: CONNECT %s: %w", hp, address, err)
+	}
+	return nc, nil
+}
+
+// errProxyRefused is wrapped by the error of a CONNECT the proxy answered
+// with anything but 200.
+var errProxyRefused = errors.New("proxy refused the tunnel")
+
+// connect runs the CONNECT exchange on nc within ctx's deadline and
+// cancellation; the exchange's deadline is cleared when it succeeds.
+func connect(ctx context.Context, nc net.Conn, p *url.URL, address string) error {
+	req := &http.Request{
+		Method: http.MethodConnect,
+		URL:    &url.URL{Host: address},
+		Header: http.Header{"User-Agent": {proxyUserAgent}},
+	}
+	if u := p.User; u != nil {
+		pw, _ := u.Password()
+		req.Header.Add("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pw)))
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	err := exchange(nc, req)
+	if !stop() || (err != nil && ctx.Err() != nil) {
+		// Ended by ctx (the AfterFunc's deadline may still be on, or the
+		// socket deadline fired first): report why.
+		return ctx.Err()
+	}
+	if err != nil {
+		return err
+	}
+	return nc.SetDeadline(time.Time{})
+}
+
+// exchange writes req and reads the answer's head, and not one byte more.
+func exchange(nc net.Conn, req *http.Request) error {
+	if err := req.Write(nc); err != nil {
+		return err
+	}
+	head, err := readResponseHead(nc)
+	if err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: %s", errProxyRefused, resp.Status)
+	}
+	return nil
+}
+
+// readResponseHead reads up to and including the blank line that ends a
+// response's headers. It never reads past it: each read asks for at most the
+// bytes that can still be missing from "\r\n\r\n" (a handful of reads for a
+// real answer), so the tunnel's first bytes, which may arrive in the same
+// segment, stay in the socket for grpc.
+func readResponseHead(r io.Reader) ([]byte, error) {
+	const end = "\r\n\r\n"
+	buf := make([]byte, 0, 256)
+	var chunk [len(end)]byte
+	matched := 0 // the longest suffix of buf that is a prefix of end
+	for {
+		n, err := r.Read(chunk[:len(end)-matched])
+		for _, b := range chunk[:n] {
+			switch {
+			case b == end[matched]:
+				matched++
+			case b == '\r':
+				matched = 1
+			default:
+				matched = 0
+			}
+		}
+		buf = append(buf, chunk[:n]...)
+		switch {
+		case matched == len(end):
+			return buf, nil
+		case err == io.EOF:
+			return nil, io.ErrUnexpectedEOF
+		case err != nil:
+			return nil, err
+		case len(buf) > maxProxyResponseHead:
+			return nil, fmt.Errorf("proxy response head over %d bytes", maxProxyResponseHead)
+		}
+	}
+}
+
+// proxyResolver is the "dns" resolver DialOptions installs while its Dialer
+// proxies (grpc.WithResolvers: for this ClientConn only). It decides as
+// grpc-go's delegating resolver does when no dialer is set: the target's
+// host:port (port 443 when absent) under the proxy rule. A proxied target is
+// not resolved: its one address is the name, for the proxy to resolve. A
+// target not proxied is resolved by the registered "dns" resolver, and its
+// addresses are marked direct, so that the Dialer does not proxy an address
+// of a target that NO_PROXY covers by name.
+type proxyResolver struct{ proxy proxyFunc }
+
+func (proxyResolver) Scheme() string { return "dns" }
+
+func (b proxyResolver) Build(t resolver.Target, cc resolver.ClientConn, opts resolver.BuildOptions) (resolver.Resolver, error) {
+	dns := resolver.Get("dns")
+	if dns == nil {
+		return nil, errors.New(`grpcguard: no "dns" resolver registered`)
+	}
+	addr, err := withDefaultPort(t.Endpoint())
+	if err != nil {
+		return nil, fmt.Errorf("grpcguard: target %q: %w", t.Endpoint(), err)
+	}
+	p, err := b.proxy.forAddress(addr)
+	if err != nil {
+		return nil, fmt.Errorf("grpcguard: proxy for target %q: %w", addr, err)
+	}
+	if p == nil {
+		return dns.Build(t, directCC{cc}, opts)
+	}
+	a := withRoute(resolver.Address{Addr: addr}, route{proxy: p})
+	// As grpc-go's: an error here means no usable address yet, and grpc
+	// reports it; a later ResolveNow has nothing new to say.
+	cc.UpdateState(resolver.State{
+		Addresses: []resolver.Address{a},
+		Endpoints: []resolver.Endpoint{{Addresses: []resolver.Address{a}}},
+	})
+	return staticResolver{}, nil
+}
+
+// withDefaultPort completes a target's host with port 443, as grpc-go does
+// before deciding on a proxy ("host" gets it; ":80" means localhost:80).
+func withDefaultPort(target string) (string, error) {
+	if target == "" {
+		return "", errors.New("missing address")
+	}
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return net.JoinHostPort(target, "443"), nil
+	}
+	if port == "" {
+		return "", errors.New("missing port after port-separator colon")
+	}
+	return net.JoinHostPort(cmp.Or(host, "localhost"), port), nil
+}
+
+// directCC marks every address the "dns" resolver reports as dialed
+// directly.
+type directCC struct{ resolver.ClientConn }
+
+func (c directCC) UpdateState(s resolver.State) error {
+	s.Addresses = directAddrs(s.Addresses)
+	eps := make([]resolver.Endpoint, len(s.Endpoints))
+	for i, ep := range s.Endpoints {
+		ep.Addresses = directAddrs(ep.Addresses)
+		eps[i] = ep
+	}
+	if s.Endpoints != nil {
+		s.Endpoints = eps
+	}
+	return c.ClientConn.UpdateState(s)
+}
+
+// NewAddress is resolver.ClientConn's deprecated form of UpdateState.
+func (c directCC) NewAddress(addrs []resolver.Address) {
+	c.UpdateState(resolver.State{Addresses: addrs})
+}
+
+func directAddrs(in []resolver.Address) []resolver.Address {
+	if in == nil {
+		return nil
+	}
+	out := make([]resolver.Address, len(in))
+	for i, a := range in {
+		out[i] = withRoute(a, route{})
+	}
+	return out
+}
+
+type staticResolver struct{}
+
+func (staticResolver) ResolveNow(resolver.ResolveNowOptions) {}
+func (staticResolver) Close()                                {}
