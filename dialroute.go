@@ -23,10 +23,11 @@ import (
 // written for grpc.WithContextDialer works unchanged. Each conn f returns is
 // wrapped as the Dialer's own are.
 //
-// The probe, the pre-write check and the path check look at the socket of
-// the conn f returns, through syscall.Conn (*net.TCPConn, *net.UnixConn, or
-// any type with a SyscallConn method that returns the socket grpc's bytes
-// go through). A conn that does not expose its socket (a *tls.Conn, a
+// The probe and the pre-write check look at the socket of the conn f
+// returns, through syscall.Conn (*net.TCPConn, *net.UnixConn, or any type
+// with a SyscallConn method that returns the socket grpc's bytes go
+// through); the path check (Linux) runs when f returns a *net.TCPConn. A
+// conn that does not expose its socket (a *tls.Conn, a
 // userspace tunnel) cannot be probed: it is counted in
 // grpcguard_connections_unprobed_total, reads as alive to every probe, and
 // a dead one is found only when grpc's reader or a write meets the error;
@@ -110,10 +111,12 @@ func (d *Dialer) dialRaw(ctx context.Context, r dialRoute) (net.Conn, error) {
 	case d.cfg.dialFunc != nil:
 		nc, err := d.cfg.dialFunc(ctx, r.addr)
 		switch {
-		case err != nil && nc != nil:
-			nc.Close() // grpc would drop it unclosed
+		case err != nil:
+			if nc != nil {
+				nc.Close() // grpc would drop it unclosed
+			}
 			return nil, err
-		case err == nil && nc == nil:
+		case nc == nil:
 			return nil, errNoConn
 		}
 		if !exposesSocket(nc) {

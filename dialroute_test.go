@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"sync"
 	"syscall"
 	"testing"
@@ -208,5 +209,89 @@ func TestDialFuncWindowAfterPeerClose(t *testing.T) {
 				t.Fatalf("%d/%d succeeded with %v closes found by the probe; want at least 99%% and the probe finding them", ok, rpcs, found)
 			}
 		})
+	}
+}
+
+// BenchmarkDialRoute: a loopback dial and close by a Dialer that never
+// proxies (NewDialer) and by one that applies grpc-go's proxy rule to each
+// address (DialOptions'), with no proxy configured.
+func BenchmarkDialRoute(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	for _, bc := range []struct {
+		name string
+		opts []Option
+	}{
+		{"direct", nil},
+		{"proxy-rule", []Option{withProxy(http.ProxyFromEnvironment)}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			d := NewDialer(bc.opts...)
+			defer d.Close()
+			ctx := context.Background()
+			for b.Loop() {
+				c, err := d.DialContext(ctx, ln.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
+	}
+}
+
+// A dial function's error is the dial's, counted; a conn returned with an
+// error is closed; a nil conn without an error is refused; nil is invalid.
+func TestDialFuncErrors(t *testing.T) {
+	if _, err := DialOptions(WithDialFunc(nil)); err == nil || err.Error() != "grpcguard: invalid option: WithDialFunc(nil): must not be nil" {
+		t.Fatalf("WithDialFunc(nil): %v", err)
+	}
+	boom := errors.New("boom")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var returned net.Conn
+	for _, tc := range []struct {
+		name string
+		f    func(context.Context, string) (net.Conn, error)
+		want error
+	}{
+		{"error", func(context.Context, string) (net.Conn, error) { return nil, boom }, boom},
+		{"conn and error", func(ctx context.Context, a string) (net.Conn, error) {
+			c, err := dialTCP(ctx, ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			returned = c
+			return c, boom
+		}, boom},
+		{"nil conn", func(context.Context, string) (net.Conn, error) { return nil, nil }, errNoConn},
+	} {
+		m := NewMetrics()
+		d := NewDialer(WithDialFunc(tc.f), WithMetrics(m))
+		if _, err := d.DialContext(context.Background(), "any:1"); !errors.Is(err, tc.want) {
+			t.Errorf("%s: dial = %v, want %v", tc.name, err, tc.want)
+		}
+		if n := testutil.ToFloat64(m.dialErr); n != 1 {
+			t.Errorf("%s: dials_total{result=error} = %v, want 1", tc.name, n)
+		}
+		d.Close()
+	}
+	if _, err := returned.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("the conn returned with an error is open: write = %v", err)
 	}
 }
