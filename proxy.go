@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -42,6 +43,9 @@ import (
 //     proxy URL carries a user. Only 200 is success. The URL's scheme is not
 //     looked at (grpc-go does not either): the proxy is always spoken to in
 //     plain HTTP.
+//
+// DialOptions installs all this only when HTTPS_PROXY (or https_proxy) is
+// set when it is called: without, a client dials exactly as it did before.
 //
 // Differences from grpc-go, because the Dialer cannot see grpc's own options:
 // grpc.WithNoProxy does not reach it (use WithNoProxy), the User-Agent lacks
@@ -88,10 +92,12 @@ func WithNoProxy() Option {
 }
 
 // proxyFromEnvironment is the option DialOptions adds for its Dialer: proxy
-// as grpc-go does, unless the user said otherwise.
+// as grpc-go does, unless the user said otherwise. Without HTTPS_PROXY in the
+// environment it adds nothing, so that a client with no proxy configured
+// dials exactly as before: no rule to apply, no resolver of grpcguard's.
 func proxyFromEnvironment() Option {
 	return option(func(c *config) error {
-		if c.proxy == nil {
+		if c.proxy == nil && (os.Getenv("HTTPS_PROXY") != "" || os.Getenv("https_proxy") != "") {
 			c.proxy = http.ProxyFromEnvironment
 		}
 		return nil
@@ -135,8 +141,8 @@ func (d *Dialer) dialProxy(ctx context.Context, p *url.URL, address string) (net
 // with anything but 200.
 var errProxyRefused = errors.New("proxy refused the tunnel")
 
-// connect runs the CONNECT exchange on nc within ctx's deadline and
-// cancellation; the exchange's deadline is cleared when it succeeds.
+// connect runs the CONNECT exchange on nc until ctx's deadline or
+// cancellation.
 func connect(ctx context.Context, nc net.Conn, p *url.URL, address string) error {
 	req := &http.Request{
 		Method: http.MethodConnect,
@@ -147,20 +153,14 @@ func connect(ctx context.Context, nc net.Conn, p *url.URL, address string) error
 		pw, _ := u.Password()
 		req.Header.Add("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pw)))
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		nc.SetDeadline(dl)
-	}
+	// Only ctx ends the exchange, so that its error says why; the AfterFunc
+	// runs once ctx is done and unblocks the exchange with a past deadline.
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	err := exchange(nc, req)
-	if !stop() || (err != nil && ctx.Err() != nil) {
-		// Ended by ctx (the AfterFunc's deadline may still be on, or the
-		// socket deadline fired first): report why.
-		return ctx.Err()
+	if !stop() {
+		return ctx.Err() // the past deadline may be on: the conn is dropped
 	}
-	if err != nil {
-		return err
-	}
-	return nc.SetDeadline(time.Time{})
+	return err
 }
 
 // exchange writes req and reads the answer's head, and not one byte more.

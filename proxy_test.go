@@ -382,3 +382,37 @@ func TestWithDefaultPort(t *testing.T) {
 		}
 	}
 }
+
+// Without HTTPS_PROXY, DialOptions adds nothing for proxies: no rule in the
+// Dialer, no resolver of grpcguard's; a client dials exactly as before. (The
+// test only builds options: Go's rule, which caches the environment for the
+// process, is never called.)
+func TestDialOptionsWithoutProxyEnvAddNothing(t *testing.T) {
+	for _, env := range []struct{ upper, lower string }{{"", ""}, {"http://127.0.0.1:9", ""}, {"", "http://127.0.0.1:9"}} {
+		t.Setenv("HTTPS_PROXY", env.upper)
+		t.Setenv("https_proxy", env.lower)
+		configured := env.upper != "" || env.lower != ""
+		cfg, err := newConfig([]Option{proxyFromEnvironment()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dopts, err := DialOptions()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.proxies() != configured || len(dopts) != 4+btoi(configured) {
+			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: proxies %v, %d dial options", env.upper, env.lower, cfg.proxies(), len(dopts))
+		}
+		cfg, _ = newConfig([]Option{WithNoProxy(), proxyFromEnvironment()})
+		if cfg.proxies() {
+			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: proxies with WithNoProxy", env.upper, env.lower)
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
