@@ -212,24 +212,11 @@ func TestDialFuncWindowAfterPeerClose(t *testing.T) {
 	}
 }
 
-// BenchmarkDialRoute: a loopback dial and close by a Dialer that never
-// proxies (NewDialer) and by one that applies grpc-go's proxy rule to each
-// address (DialOptions'), with no proxy configured.
+// BenchmarkDialRoute: the per-dial cost of deciding the route, for a Dialer
+// that never proxies (NewDialer) and one that applies grpc-go's proxy rule to
+// the address (DialOptions' with HTTPS_PROXY set; here no proxy applies). A
+// loopback TCP dial costs about 100 µs on the machine this was written on.
 func BenchmarkDialRoute(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
 	for _, bc := range []struct {
 		name string
 		opts []Option
@@ -241,12 +228,11 @@ func BenchmarkDialRoute(b *testing.B) {
 			d := NewDialer(bc.opts...)
 			defer d.Close()
 			ctx := context.Background()
+			b.ReportAllocs()
 			for b.Loop() {
-				c, err := d.DialContext(ctx, ln.Addr().String())
-				if err != nil {
+				if _, err := d.route(ctx, "10.0.0.1:443"); err != nil {
 					b.Fatal(err)
 				}
-				c.Close()
 			}
 		})
 	}
