@@ -26,7 +26,7 @@ import (
 // The probe and the pre-write check look at the socket of the conn f
 // returns, through syscall.Conn (*net.TCPConn, *net.UnixConn, or any type
 // with a SyscallConn method that returns the socket grpc's bytes go
-// through); the path check (Linux) runs when f returns a *net.TCPConn. A
+// through); the path check (Linux) runs when that socket is TCP. A
 // conn that does not expose its socket (a *tls.Conn, a
 // userspace tunnel) cannot be probed: it is counted in
 // grpcguard_connections_unprobed_total, reads as alive to every probe, and
