@@ -22,7 +22,12 @@ type dialFunc = func(context.Context, string) (net.Conn, error)
 //   - grpc.WithDisableRetry, so that grpc-go's own retry policy, which runs
 //     beneath interceptors, does not multiply attempts. grpc-go's transparent
 //     retry of streams that never reached the server stays on: it is not
-//     affected by WithDisableRetry.
+//     affected by WithDisableRetry;
+//   - unless WithNoProxy or WithDialFunc is given, HTTP CONNECT proxies from
+//     HTTPS_PROXY and NO_PROXY as grpc-go uses them without a custom dialer:
+//     the Dialer tunnels through the proxy, and a "dns" resolver
+//     (grpc.WithResolvers) that leaves a proxied name for the proxy to
+//     resolve (see proxy.go). grpc.WithNoProxy does not reach the Dialer.
 //
 // Invalid options are returned as an error matching ErrInvalidOption that
 // names each option and value; nothing panics. The Dialer runs no goroutine
@@ -35,6 +40,7 @@ func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
 // dialOptions is DialOptions with the Dialer's dial function optionally
 // wrapped, for tests that must dial from another network namespace.
 func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOption, error) {
+	opts = append(opts[:len(opts):len(opts)], proxyFromEnvironment())
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return nil, err
@@ -53,10 +59,14 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 		hedge := UnaryClientHedge(append(append([]Option(nil), opts...), onlyByPolicy)...)
 		unary = append([]grpc.UnaryClientInterceptor{hedge}, unary...)
 	}
-	return []grpc.DialOption{
+	dopts := []grpc.DialOption{
 		grpc.WithContextDialer(dial),
 		grpc.WithChainUnaryInterceptor(unary...),
 		grpc.WithChainStreamInterceptor(StreamClientRetry(opts...), d.StreamClientInterceptor()),
 		grpc.WithDisableRetry(),
-	}, nil
+	}
+	if cfg.proxies() {
+		dopts = append(dopts, grpc.WithResolvers(proxyResolver{proxy: cfg.proxy}))
+	}
+	return dopts, nil
 }

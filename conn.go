@@ -1,6 +1,7 @@
 package grpcguard
 
 import (
+	"cmp"
 	"errors"
 	"io"
 	"net"
@@ -80,11 +81,9 @@ func newConn(d *Dialer, c net.Conn) *conn {
 	cc.addr = &connAddr{Addr: la, c: cc}
 	if sc, ok := c.(syscall.Conn); ok {
 		rc, err := sc.SyscallConn()
-		if err == nil {
+		if err == nil && rc != nil {
 			cc.prober.init(rc)
-			if _, tcp := c.(*net.TCPConn); tcp {
-				cc.path.init(rc)
-			}
+			cc.path.init(rc) // TCP sockets only: it checks
 		}
 		cc.rcErr = err
 	}
@@ -104,7 +103,8 @@ func (c *conn) LocalAddr() net.Addr { return c.addr }
 // options; grpcguard's own socket options are already set on it.
 func (c *conn) SyscallConn() (syscall.RawConn, error) {
 	if c.prober.rc == nil {
-		return nil, c.rcErr
+		// Never (nil, nil): grpc's channelz would use the nil RawConn.
+		return nil, cmp.Or(c.rcErr, errNoSocket)
 	}
 	return c.prober.rc, nil
 }
@@ -131,7 +131,10 @@ func (c *conn) probe() error {
 		return err
 	}
 	switch r {
-	case probeAlive, probeUnknown:
+	case probeUnknown: // nothing was looked at: not counted
+		c.probedAt.Store(nanotime())
+		return nil
+	case probeAlive:
 		c.d.cfg.metrics.probed(false)
 		c.probedAt.Store(nanotime())
 		return nil

@@ -88,24 +88,28 @@ func NewDialer(opts ...Option) *Dialer {
 // DialContext dials addr in any form grpc-go hands a custom dialer:
 // "host:port" (IPv4, [IPv6] or a name), "unix:relative/path",
 // "unix:///absolute/path", and abstract sockets "unix:@name" or
-// "unix-abstract:name". Use it as grpc.WithContextDialer(d.DialContext).
+// "unix-abstract:name"; or has the dial function of WithDialFunc dial it.
+// Use it as grpc.WithContextDialer(d.DialContext).
 func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error) {
 	if d.err != nil {
 		return nil, d.err
 	}
-	network, address, err := parseDialAddr(addr)
+	r, err := d.route(ctx, addr) // see dialroute.go
 	if err != nil {
 		return nil, err
 	}
 	if d.isClosed() {
 		return nil, ErrDialerClosed
 	}
-	nc, err := d.nd.DialContext(ctx, network, address)
+	nc, err := d.dialRaw(ctx, r)
 	d.cfg.metrics.dialed(err)
 	if err != nil {
 		return nil, err
 	}
 	c := newConn(d, nc)
+	if c.prober.rc == nil {
+		d.cfg.metrics.unprobedConn() // a dial function's conn without its socket
+	}
 	if !d.register(c) {
 		c.Close()
 		return nil, ErrDialerClosed

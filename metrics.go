@@ -17,6 +17,7 @@ import (
 //	grpcguard_probes_total{result}              result: alive, stale
 //	grpcguard_dials_total{result}               result: ok, error
 //	grpcguard_connections_open
+//	grpcguard_connections_unprobed_total
 //	grpcguard_stale_connection_idle_seconds     histogram: idle age at death
 //	grpcguard_idle_horizon_seconds              learned or set
 //	grpcguard_connections_retired_total
@@ -46,6 +47,7 @@ type Metrics struct {
 	retiredConns    prometheus.Counter
 	verifications   *prometheus.CounterVec
 	verifyWait      prometheus.Histogram
+	unprobed        prometheus.Counter
 
 	// Children resolved once: the per-write and per-probe paths must not hash
 	// label values.
@@ -128,6 +130,11 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 			ConstLabels: mc.constLabels,
 			Buckets:     []float64{0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256},
 		}),
+		unprobed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "grpcguard", Name: "connections_unprobed_total",
+			Help:        "Connections from a dial function that do not expose their socket (no syscall.Conn): never probed or checked before use.",
+			ConstLabels: mc.constLabels,
+		}),
 	}
 	for r := verifyResult(0); r < numVerifyResults; r++ {
 		m.verifyBy[r] = m.verifications.WithLabelValues(r.String())
@@ -145,7 +152,7 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.stale, m.probes, m.dials, m.open, m.retries, m.retryThrottled,
 		m.retryUnprocessd, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay,
-		m.staleIdleAge, m.horizon, m.retiredConns, m.verifications, m.verifyWait}
+		m.staleIdleAge, m.horizon, m.retiredConns, m.verifications, m.verifyWait, m.unprobed}
 }
 
 // Describe implements prometheus.Collector.
@@ -189,6 +196,12 @@ func (m *Metrics) dialed(err error) {
 	}
 	m.dialOK.Inc()
 	m.open.Inc()
+}
+
+func (m *Metrics) unprobedConn() {
+	if m != nil {
+		m.unprobed.Inc()
+	}
 }
 
 func (m *Metrics) connClosed() {

@@ -5,7 +5,10 @@ package grpcguard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os/exec"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -80,3 +83,23 @@ func guardOptions(t *testing.T, ns netns.Namespace, opts ...Option) []grpc.DialO
 	}
 	return dopts
 }
+
+// The helpers below keep proxy_linux_test.go (issue 13), which builds its own
+// pair of namespaces, on the same plumbing as the tests above.
+
+// ipCmd runs ip with args and returns its output in the error if it fails.
+func ipCmd(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// inNetns runs fn on an OS thread in the namespace ns (see netns.Namespace.Do).
+func inNetns(ns string, fn func()) error {
+	return netns.Namespace(ns).Do(func() error { fn(); return nil })
+}
+
+// nsDialer wraps dial so that its sockets are created in the namespace ns.
+func nsDialer(ns string, dial dialFunc) dialFunc { return netns.Namespace(ns).Wrap(dial) }

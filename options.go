@@ -122,6 +122,11 @@ type config struct {
 
 	// Per-method policies from a gRFC A6 service config; nil when none.
 	serviceConfig *serviceConfig
+
+	// How the Dialer obtains its sockets (dialroute.go, proxy.go).
+	dialFunc dialFunc  // WithDialFunc; nil: the Dialer dials
+	noProxy  bool      // WithNoProxy
+	proxy    proxyFunc // set by DialOptions: grpc-go's proxy rule; nil: never proxy
 }
 
 // forMethod returns the configuration for one method: c itself, or c with the
