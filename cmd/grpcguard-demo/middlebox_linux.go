@@ -91,10 +91,10 @@ func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prome
 
 // middleboxClients returns a plain grpc-go client and a grpcguard one with
 // default options, both dialing from the client namespace. The grpcguard
-// client is DialOptions' composition (bundle.go) with the Dialer's own dial
-// run in the namespace.
-// TODO(issue 13): grpcguard.DialOptions(grpcguard.WithDialFunc(...)) once it
-// exists, so that the demo cannot drift from DialOptions.
+// client is what DialOptions() returns when HTTPS_PROXY is unset (bundle.go),
+// with the Dialer's own dial, socket options included, run in the namespace.
+// WithDialFunc cannot stand in for it: the Dialer sets no socket option on
+// the conns a dial function returns, so they would not be the defaults.
 func middleboxClients(scenario string, reg *prometheus.Registry) []netns.Client {
 	m := grpcguard.NewMetrics(grpcguard.WithConstLabels(prometheus.Labels{"scenario": scenario + "-netns"}))
 	reg.MustRegister(m)
