@@ -84,32 +84,6 @@ func BenchmarkProbeBeforePick(b *testing.B) {
 	}
 }
 
-// The path check on a live loopback conn idle for a second: setsockopt,
-// getsockopt(TCP_INFO) until the answer, setsockopt. The kernel sends the
-// probe on its next timer tick, so the wait is the tick plus one round trip.
-//
-//	go test -run '^$' -bench 'PathCheck' -benchtime 10x .
-func BenchmarkPathCheck(b *testing.B) {
-	d := NewDialer()
-	defer d.Close()
-	c := benchPair(b, d.DialContext).(*conn)
-	if !c.path.ok() {
-		b.Skip("no path check on this platform")
-	}
-	syscalls := 0
-	b.ReportAllocs()
-	for b.Loop() {
-		b.StopTimer()
-		time.Sleep(1100 * time.Millisecond) // idle, so the kick sends a probe at once
-		b.StartTimer()
-		if r := c.path.verify(time.Second); r != verifyAlive {
-			b.Fatalf("verify = %v, want alive", r)
-		}
-		syscalls += c.path.syscalls
-	}
-	b.ReportMetric(float64(syscalls)/float64(b.N), "syscalls/op")
-}
-
 // benchPair dials a loopback listener through dial; the far end discards.
 func benchPair(b *testing.B, dial func(context.Context, string) (net.Conn, error)) net.Conn {
 	c, s := loopbackPair(b, dial)

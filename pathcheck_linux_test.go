@@ -83,3 +83,29 @@ func TestPathCheckShared(t *testing.T) {
 		t.Errorf("%d checks for %d concurrent writers: none was shared", runs, len(results))
 	}
 }
+
+// The path check on a live loopback conn idle for a second: setsockopt,
+// getsockopt(TCP_INFO) until the answer, setsockopt. The kernel sends the
+// probe on its next timer tick, so the wait is the tick plus one round trip.
+//
+//	go test -run '^$' -bench 'PathCheck' -benchtime 10x .
+func BenchmarkPathCheck(b *testing.B) {
+	d := NewDialer()
+	defer d.Close()
+	c := benchPair(b, d.DialContext).(*conn)
+	if !c.path.ok() {
+		b.Skip("no path check on this platform")
+	}
+	syscalls := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		time.Sleep(1100 * time.Millisecond) // idle, so the kick sends a probe at once
+		b.StartTimer()
+		if r := c.path.verify(time.Second); r != verifyAlive {
+			b.Fatalf("verify = %v, want alive", r)
+		}
+		syscalls += c.path.syscalls
+	}
+	b.ReportMetric(float64(syscalls)/float64(b.N), "syscalls/op")
+}
