@@ -245,7 +245,7 @@ func (c *conn) quietSince(start int64) bool {
 // payload and are not writes.
 func (c *conn) Write(b []byte) (int, error) {
 	now := nanotime()
-	if idle := now - c.lastIO.Load(); idle >= c.d.checkAfter {
+	if idle := now - c.lastIO.Load(); idle >= c.d.checkAfter && c.state.Load() == stateOpen {
 		if err := c.checkAfterIdle(now, time.Duration(idle)); err != nil {
 			return 0, err
 		}
