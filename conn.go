@@ -29,6 +29,9 @@ const (
 	stateReleased
 )
 
+// errRetired refuses a write on a conn the Dialer retired for idleness.
+var errRetired = errors.New("grpcguard: connection retired after idle (past the idle horizon); nothing was sent")
+
 // epoch anchors the monotonic clock the conns use; an int64 of nanoseconds
 // since it fits in an atomic, unlike a time.Time. Monotonic readings never
 // decrease, across goroutines and CPUs, which the write protocol relies on.
@@ -188,11 +191,13 @@ func (c *conn) markDead(reason StaleReason, state int32) bool {
 }
 
 // retire closes an open, idle conn that has outlived the idle horizon. It
-// reports whether it did; a conn with a write in flight is never retired. A
+// reports whether it did. A conn with a write in flight is never retired, nor
+// one that has not written yet: grpc is still setting it up (under load the
+// handshake can outlast a short horizon), and it has not been idle in use. A
 // Write racing with it is refused by the write protocol, and the attempt
 // behind it provably never left.
 func (c *conn) retire() bool {
-	if c.writing.Load() != 0 || !c.state.CompareAndSwap(stateOpen, stateRetired) {
+	if c.writing.Load() != 0 || c.lastWrite.Load() == 0 || !c.state.CompareAndSwap(stateOpen, stateRetired) {
 		return false
 	}
 	c.d.cfg.metrics.retired()
@@ -256,8 +261,11 @@ func (c *conn) Write(b []byte) (int, error) {
 	c.writing.Add(1)
 	if s := c.state.Load(); s != stateOpen {
 		c.writing.Add(-1)
-		if s == stateReleased {
+		switch s {
+		case stateReleased:
 			return 0, net.ErrClosed
+		case stateRetired:
+			return 0, errRetired
 		}
 		return 0, &StaleConnError{Reason: c.staleReason(), Op: "write"}
 	}

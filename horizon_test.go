@@ -98,6 +98,9 @@ func TestRetireSparesConnWithWriteInFlight(t *testing.T) {
 	defer d.Close()
 	c0, _ := loopbackPair(t, d.DialContext)
 	c := c0.(*conn)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
 	c.writing.Add(1) // as Write does before its syscall
 	time.Sleep(5 * time.Millisecond)
 	d.beforePick(context.Background())
@@ -131,5 +134,19 @@ func TestHorizonForgets(t *testing.T) {
 	long.observe(350 * time.Second) // an NLB's idle timeout
 	if got := long.retireAge(nanotime() + int64(time.Hour)); got != 280*time.Second {
 		t.Errorf("a 350s death forgotten within an hour: retire age %v", got)
+	}
+}
+
+// A conn grpc has not written on yet is still being set up: it is not
+// retired, however short the horizon.
+func TestRetireSparesConnNotYetUsed(t *testing.T) {
+	d := NewDialer(WithMaxIdle(time.Millisecond))
+	defer d.Close()
+	c0, _ := loopbackPair(t, d.DialContext)
+	c := c0.(*conn)
+	time.Sleep(5 * time.Millisecond)
+	d.beforePick(context.Background())
+	if s := c.state.Load(); s != stateOpen {
+		t.Fatalf("state %d, want open: a conn not yet written was retired", s)
 	}
 }
