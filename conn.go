@@ -68,6 +68,10 @@ type conn struct {
 	// in between, that idle period killed it (a middlebox that forgot the
 	// flow answers the first bytes with RST).
 	wakeIdle atomic.Int64
+	// awaiting: the last I/O was a write, so a call may be waiting for its
+	// answer; a read clears it. The idle horizon spares such a conn its
+	// margin.
+	awaiting atomic.Bool
 
 	state     atomic.Int32
 	reason    atomic.Int32 // StaleReason once found dead, -1 before
@@ -276,6 +280,9 @@ func (c *conn) Write(b []byte) (int, error) {
 		}
 	}
 	c.lastIO.Store(now)
+	if !c.awaiting.Load() {
+		c.awaiting.Store(true)
+	}
 	n, err := c.Conn.Write(b)
 	c.writing.Add(-1)
 	if err != nil {
@@ -327,6 +334,9 @@ func (c *conn) Read(b []byte) (int, error) {
 		c.lastIO.Store(nanotime())
 		if c.wakeIdle.Load() != 0 {
 			c.wakeIdle.Store(0) // the path answered after the idle period
+		}
+		if c.awaiting.Load() {
+			c.awaiting.Store(false)
 		}
 	}
 	if err != nil {

@@ -260,7 +260,8 @@ func (d *Dialer) scan(now int64, ctx context.Context) {
 	if p == nil {
 		return
 	}
-	retireAge := int64(d.horizon.retireAge(now))
+	ra, rf := d.horizon.retireAge(now)
+	retireAge, retireAwaiting := int64(ra), int64(rf)
 	probeAge := int64(d.cfg.probeAfterIdle)
 	next := now + probeAge
 	if retireAge > 0 {
@@ -275,6 +276,9 @@ func (d *Dialer) scan(now int64, ctx context.Context) {
 			io := c.lastIO.Load()
 			probeAt := max(io, c.probedAt.Load()) + probeAge
 			retireAt := io + retireAge
+			if c.awaiting.Load() {
+				retireAt = io + retireAwaiting
+			}
 			switch {
 			case retireAge > 0 && now >= retireAt && c.retire():
 			case now >= probeAt && (c.probe() != nil || c.state.Load() != stateOpen):

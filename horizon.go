@@ -29,6 +29,10 @@ import (
 // else) and are not learned. Conns are retired at retireFraction of the
 // estimate, a margin for the spread of detection times.
 //
+// A conn whose last I/O was a write may have a call waiting for its answer
+// (conn.awaiting): it is retired only past the full estimate, where the path
+// kills it anyway, so the margin never costs a call in flight.
+//
 // A death is remembered for horizonMemoryFactor times its idle age, and at
 // least horizonMemoryMin: a short horizon that a crash taught (several conns
 // killed at once at short ages) is forgotten within minutes, while a load
@@ -76,6 +80,7 @@ type idleHorizon struct {
 	next   int
 
 	retire  atomic.Int64 // idle ns after which a conn is retired; 0: never
+	full    atomic.Int64 // the horizon itself: the retire age of a conn awaiting an answer
 	expires atomic.Int64 // nanotime when a remembered death expires
 }
 
@@ -84,20 +89,21 @@ func newIdleHorizon(fixed time.Duration, m *Metrics) *idleHorizon {
 	h.expires.Store(math.MaxInt64)
 	if fixed > 0 {
 		h.retire.Store(int64(fixed))
+		h.full.Store(int64(fixed))
 		m.horizonSet(fixed)
 	}
 	return h
 }
 
 // retireAge returns the idle age at which conns are retired at now, 0 for
-// never.
-func (h *idleHorizon) retireAge(now int64) time.Duration {
+// never, and the (longer or equal) one for conns awaiting an answer.
+func (h *idleHorizon) retireAge(now int64) (idle, awaiting time.Duration) {
 	if now >= h.expires.Load() {
 		h.mu.Lock()
 		h.updateLocked(now)
 		h.mu.Unlock()
 	}
-	return time.Duration(h.retire.Load())
+	return time.Duration(h.retire.Load()), time.Duration(h.full.Load())
 }
 
 // observe learns from a conn that died after age of idle.
@@ -134,11 +140,13 @@ func (h *idleHorizon) updateLocked(now int64) {
 	h.expires.Store(expires)
 	if n == 0 {
 		h.retire.Store(0)
+		h.full.Store(0)
 		h.metrics.horizonSet(0)
 		return
 	}
 	est := estimateHorizon(ages[:n])
 	h.retire.Store(int64(float64(est) * retireFraction))
+	h.full.Store(int64(est))
 	h.metrics.horizonSet(est)
 }
 

@@ -41,11 +41,11 @@ func TestHorizonLearnsFromIdleDeathsOnly(t *testing.T) {
 	m := NewMetrics()
 	h := newIdleHorizon(learnHorizon, m)
 	h.observe(10 * time.Millisecond) // a busy conn killed: not an idle death
-	if got := h.retireAge(nanotime()); got != 0 {
+	if got := h.retireAgeNow(); got != 0 {
 		t.Fatalf("retire age %v after a busy death, want none", got)
 	}
 	h.observe(time.Second)
-	if got := h.retireAge(nanotime()); got != 800*time.Millisecond {
+	if got := h.retireAgeNow(); got != 800*time.Millisecond {
 		t.Errorf("retire age %v, want 80%% of 1s", got)
 	}
 	if got := testutil.ToFloat64(m.horizon); got != 1 {
@@ -56,12 +56,12 @@ func TestHorizonLearnsFromIdleDeathsOnly(t *testing.T) {
 	}
 	fixed := newIdleHorizon(300*time.Millisecond, nil)
 	fixed.observe(100 * time.Millisecond)
-	if got := fixed.retireAge(nanotime()); got != 300*time.Millisecond {
+	if got := fixed.retireAgeNow(); got != 300*time.Millisecond {
 		t.Errorf("WithMaxIdle(300ms): retire age %v after a death at 100ms, want 300ms (not learned)", got)
 	}
 	off := newIdleHorizon(0, nil)
 	off.observe(time.Second)
-	if got := off.retireAge(nanotime()); got != 0 {
+	if got := off.retireAgeNow(); got != 0 {
 		t.Errorf("WithMaxIdle(0): retire age %v, want never", got)
 	}
 }
@@ -121,18 +121,18 @@ func TestHorizonForgets(t *testing.T) {
 	before := nanotime()
 	h.observe(100 * time.Millisecond)
 	now := nanotime()
-	if got := h.retireAge(now); got != 80*time.Millisecond {
+	if got := h.retireAgeAt(now); got != 80*time.Millisecond {
 		t.Fatalf("retire age %v, want 80ms", got)
 	}
-	if got := h.retireAge(before + int64(horizonMemoryMin) - 1); got == 0 {
+	if got := h.retireAgeAt(before + int64(horizonMemoryMin) - 1); got == 0 {
 		t.Fatal("forgotten before a minute")
 	}
-	if got := h.retireAge(now + int64(horizonMemoryMin) + int64(time.Second)); got != 0 {
+	if got := h.retireAgeAt(now + int64(horizonMemoryMin) + int64(time.Second)); got != 0 {
 		t.Fatalf("retire age %v a minute later, want forgotten", got)
 	}
 	long := newIdleHorizon(learnHorizon, nil)
 	long.observe(350 * time.Second) // an NLB's idle timeout
-	if got := long.retireAge(nanotime() + int64(time.Hour)); got != 280*time.Second {
+	if got := long.retireAgeAt(nanotime() + int64(time.Hour)); got != 280*time.Second {
 		t.Errorf("a 350s death forgotten within an hour: retire age %v", got)
 	}
 }
@@ -149,4 +149,32 @@ func TestRetireSparesConnNotYetUsed(t *testing.T) {
 	if s := c.state.Load(); s != stateOpen {
 		t.Fatalf("state %d, want open: a conn not yet written was retired", s)
 	}
+}
+
+func (h *idleHorizon) retireAgeAt(now int64) time.Duration { a, _ := h.retireAge(now); return a }
+
+func (h *idleHorizon) retireAgeNow() time.Duration { return h.retireAgeAt(nanotime()) }
+
+func retireOf(h *idleHorizon) time.Duration { return h.retireAgeNow() }
+
+// A conn whose last I/O was a write may have a call waiting for its answer:
+// it keeps the full horizon, not the margin.
+func TestRetireSparesAwaitingConnTheMargin(t *testing.T) {
+	d := NewDialer()
+	defer d.Close()
+	d.horizon.observe(100 * time.Millisecond) // retire at 80ms, or 100ms when awaiting
+	c0, _ := loopbackPair(t, d.DialContext)
+	c := c0.(*conn)
+	if _, err := c.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(90 * time.Millisecond)
+	d.beforePick(context.Background())
+	if st := c.state.Load(); st != stateOpen {
+		t.Fatalf("state %d at 90ms: a conn awaiting its answer was retired within the margin", st)
+	}
+	waitFor(t, 5*time.Second, "retirement past the full horizon", func() bool {
+		d.beforePick(context.Background())
+		return c.state.Load() != stateOpen
+	})
 }
