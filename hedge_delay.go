@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"math"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -107,26 +106,12 @@ func (w *latencyWindow) delay(c *config) time.Duration {
 	return min(max(q, c.hedgeMinDelay), c.hedgeMaxDelay)
 }
 
-// hedgeDelays holds a latencyWindow per hedged method. Only methods that may
-// be hedged get one, so it is bounded by the client's idempotent methods.
-type hedgeDelays struct {
-	byMethod sync.Map // string -> *latencyWindow
-}
-
-func (h *hedgeDelays) get(method string) *latencyWindow {
-	if w, ok := h.byMethod.Load(method); ok {
-		return w.(*latencyWindow)
-	}
-	w, _ := h.byMethod.LoadOrStore(method, new(latencyWindow))
-	return w.(*latencyWindow)
-}
-
 // report exports d as the method's current delay if it changed.
-func (w *latencyWindow) report(m *Metrics, method string, d time.Duration) {
+func (w *latencyWindow) report(m *Metrics, mi *methodInfo, d time.Duration) {
 	if m == nil || d == 0 {
 		return
 	}
 	if w.reported.Load() != int64(d) && w.reported.Swap(int64(d)) != int64(d) {
-		m.hedgeDelaySet(method, d.Seconds())
+		m.hedgeDelaySet(mi, d.Seconds())
 	}
 }

@@ -65,7 +65,7 @@ func TestHedgeBeatsSlowAttemptAndCancelsLoser(t *testing.T) {
 		}
 		return req + "-" + strconv.Itoa(previousAttempts(ctx)), nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(30*time.Millisecond), WithHedgeBudget(1))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(30*time.Millisecond))
 
 	start := time.Now()
 	got, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "a")
@@ -93,7 +93,7 @@ func TestHedgeNonIdempotentSentOnce(t *testing.T) {
 		time.Sleep(150 * time.Millisecond) // the scenario: slower than the hedge delay
 		return req, nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(1))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond))
 	for i := range 3 {
 		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "e"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
@@ -120,7 +120,7 @@ func TestHedgeFatalCodeEndsCall(t *testing.T) {
 		}
 		return "", status.Error(codes.PermissionDenied, "no")
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(20*time.Millisecond), WithHedgeBudget(1))
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(20*time.Millisecond))
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "f")
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("got %v, want PermissionDenied", err)
@@ -132,24 +132,13 @@ func TestHedgeFatalCodeOfOriginalEndsCall(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		return "", status.Error(codes.NotFound, "gone")
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Second), WithHedgeBudget(1))
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Second))
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "g")
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("got %v, want NotFound", err)
 	}
 	if n := srv.Calls(); n != 1 {
 		t.Errorf("%d attempts, want 1", n)
-	}
-}
-
-// warmBudget makes n successful calls so that a budget of ratio 1 allows n
-// hedges.
-func warmBudget(t *testing.T, cc *grpc.ClientConn, n int) {
-	t.Helper()
-	for i := range n {
-		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm"+strconv.Itoa(i)); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -162,8 +151,7 @@ func TestHedgeNonFatalCodeHedgesAtOnce(t *testing.T) {
 	}}
 	// The delay is far longer than the test: only the failures can start
 	// the hedges.
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	got, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "flaky")
 	if err != nil {
 		t.Fatal(err)
@@ -186,8 +174,7 @@ func TestHedgeAllNonFatalReturnsLastError(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	var trailer metadata.MD
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "down", grpc.Trailer(&trailer))
 	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "attempt 2" {
@@ -206,8 +193,7 @@ func TestHedgePushbackStop(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "stop")
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("got %v, want Unavailable", err)
@@ -234,8 +220,7 @@ func TestHedgePushbackDelaysNextHedge(t *testing.T) {
 		}
 		return "ok", nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	got, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "later")
 	if err != nil || got != "ok" {
 		t.Fatalf("got %q, %v", got, err)
@@ -262,7 +247,7 @@ func TestHedgeCopiesWinnersHeaderTrailerPeer(t *testing.T) {
 		return req, nil
 	}}
 	addr := startServer(t, srv)
-	cc, _ := hedgedClient(t, addr, WithHedgeDelay(10*time.Millisecond), WithHedgeBudget(1))
+	cc, _ := hedgedClient(t, addr, WithHedgeDelay(10*time.Millisecond))
 	var header, trailer metadata.MD
 	var p peer.Peer
 	finished := 0
@@ -292,7 +277,8 @@ func TestHedgeBudgetExhaustedSendsNoHedge(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // the scenario: slower than the delay
 		return req, nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(0))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond),
+		WithRetryBudget(DefaultBudgetRatio, 0, DefaultBudgetWindow), WithHedgeBudget(0)) // no floor, no hedge share
 	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "b"); err != nil {
 		t.Fatal(err)
 	}
@@ -311,8 +297,7 @@ func TestHedgePerCallOptions(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(1))
-	warmBudget(t, cc, 4)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond))
 	call := func(req string, opts ...grpc.CallOption) {
 		t.Helper()
 		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, req, opts...); err != nil {
@@ -360,7 +345,7 @@ func TestHedgeCallerCancelStopsAttempts(t *testing.T) {
 		<-ctx.Done()
 		return "", ctx.Err()
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(1), WithMaxAttempts(2))
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithMaxAttempts(2))
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := testsvc.Call(ctx, cc, testsvc.Get, "c")
@@ -407,7 +392,7 @@ func TestHedgeComposesWithDialer(t *testing.T) {
 		return err
 	}
 	cc := newClient(t, addr, grpc.WithContextDialer(d.DialContext), grpc.WithDisableRetry(),
-		grpc.WithChainUnaryInterceptor(UnaryClientHedge(WithHedgeDelay(10*time.Millisecond), WithHedgeBudget(1)), spy, d.UnaryClientInterceptor()))
+		grpc.WithChainUnaryInterceptor(UnaryClientHedge(WithHedgeDelay(10*time.Millisecond)), spy, d.UnaryClientInterceptor()))
 	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "d"); err != nil {
 		t.Fatal(err)
 	}
@@ -557,7 +542,7 @@ func TestHedgeConcurrentCallersRace(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(2*time.Millisecond), WithHedgeBudget(1))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(2*time.Millisecond))
 	const callers, calls = 64, 8
 	var wg sync.WaitGroup
 	errs := make(chan error, callers*calls)

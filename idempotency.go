@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"errors"
 	"strings"
-	"sync"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -60,26 +59,11 @@ func (s *methodSet) contains(fullMethod string) bool {
 	return false
 }
 
-// idempotencyCache remembers, per full method name, what the protobuf
-// descriptor in the global registry says. Descriptors are registered at init
-// time and never change, so a cached answer stays true; the cache is bounded
-// by the number of distinct methods the client calls.
-type idempotencyCache struct {
-	byMethod sync.Map // string -> bool
-}
-
-// declaredIdempotent reports whether the method's descriptor declares
-// idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS. A method not found in the
-// registry (no generated code linked in) is not idempotent.
-func (c *idempotencyCache) declaredIdempotent(fullMethod string) bool {
-	if v, ok := c.byMethod.Load(fullMethod); ok {
-		return v.(bool)
-	}
-	v := lookupIdempotency(fullMethod)
-	c.byMethod.Store(fullMethod, v)
-	return v
-}
-
+// lookupIdempotency reports whether the method's descriptor in the global
+// protobuf registry declares idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS.
+// A method not found there (no generated code linked in) is not idempotent.
+// Descriptors are registered at init time and never change, so an answer
+// stays true.
 func lookupIdempotency(fullMethod string) bool {
 	service, method := splitMethod(fullMethod)
 	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
@@ -103,15 +87,4 @@ func lookupIdempotency(fullMethod string) bool {
 		return true
 	}
 	return false
-}
-
-// idempotency answers "may this method run twice?" from both sources: the
-// user's list and the protobuf descriptor.
-type idempotency struct {
-	declared *methodSet
-	cache    *idempotencyCache
-}
-
-func (i idempotency) of(fullMethod string) bool {
-	return i.declared.contains(fullMethod) || i.cache.declaredIdempotent(fullMethod)
 }

@@ -197,49 +197,43 @@ func (m *Metrics) connClosed() {
 	}
 }
 
-func (m *Metrics) retried(fullMethod string, code codes.Code, unprocessed bool) {
+func (m *Metrics) retried(mi *methodInfo, code codes.Code, unprocessed bool) {
 	if m == nil {
 		return
 	}
-	service, method := splitMethod(fullMethod)
-	m.retries.WithLabelValues(service, method, code.String()).Inc()
+	m.retries.WithLabelValues(mi.service, mi.method, code.String()).Inc()
 	if unprocessed {
-		m.retryUnprocessd.WithLabelValues(service, method).Inc()
+		m.retryUnprocessd.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) retryThrottledFor(fullMethod string) {
+func (m *Metrics) retryThrottledFor(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.retryThrottled.WithLabelValues(service, method).Inc()
+		m.retryThrottled.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedged(fullMethod string) {
+func (m *Metrics) hedged(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedges.WithLabelValues(service, method).Inc()
+		m.hedges.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedgeWon(fullMethod string) {
+func (m *Metrics) hedgeWon(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedgeWins.WithLabelValues(service, method).Inc()
+		m.hedgeWins.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedgeThrottledFor(fullMethod string) {
+func (m *Metrics) hedgeThrottledFor(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedgeThrottled.WithLabelValues(service, method).Inc()
+		m.hedgeThrottled.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedgeDelaySet(fullMethod string, seconds float64) {
+func (m *Metrics) hedgeDelaySet(mi *methodInfo, seconds float64) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedgeDelay.WithLabelValues(service, method).Set(seconds)
+		m.hedgeDelay.WithLabelValues(mi.service, mi.method).Set(seconds)
 	}
 }
 
