@@ -17,7 +17,8 @@ import (
 //     plus minPerSecond per second of the window. The floor is what lets a
 //     fresh or quiet client retry and hedge at all. Attempts started by the
 //     hedge delay may take only hedgeRatio times the calls plus half the
-//     floor, so that hedges never leave retries without room;
+//     floor (none at all when hedgeRatio is 0), so that hedges never leave
+//     retries without room;
 //   - gRFC A6 retry throttling, when maxTokens > 0: a token bucket that every
 //     failed attempt (retried or hedged) drains by 1 and every successful one
 //     refills by tokenRatio; extra attempts of either kind are allowed while
@@ -68,7 +69,9 @@ func newBudget(cfg budgetConfig) *budget {
 	n := max(int(math.Ceil(cfg.window.Seconds())), 1)
 	b.buckets = make([]budgetBucket, n)
 	b.floor = cfg.minPerSecond * float64(n)
-	b.hedgeFloor = b.floor / 2
+	if cfg.hedgeRatio > 0 {
+		b.hedgeFloor = b.floor / 2
+	}
 	return b
 }
 

@@ -596,9 +596,10 @@ func WithRetryBudget(ratio, minPerSecond float64, window time.Duration) ClientOp
 // resends after a failure, which are retries) to ratio times the calls of the
 // budget's window plus half of its per-second floor, within the budget of
 // WithRetryBudget. Default 0.1, half the budget's ratio: hedges at a p95
-// delay need about 5%, and retries keep at least the other half. ratio must
-// be in [0, 1]. Under WithRetryThrottling hedges are throttled by the token
-// bucket instead.
+// delay need about 5%, and retries keep at least the other half. 0 sends no
+// hedge on time (a hedged call still resends after a non-fatal failure, as
+// a retry). ratio must be in [0, 1]. Under WithRetryThrottling hedges are
+// throttled by the token bucket instead.
 func WithHedgeBudget(ratio float64) ClientOption {
 	return clientOption(func(c *config) error {
 		if !(ratio >= 0 && ratio <= 1) {
