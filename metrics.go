@@ -57,17 +57,23 @@ type Metrics struct {
 	verifyBy  [numVerifyResults]prometheus.Counter
 }
 
-// MetricsOption configures NewMetrics.
-type MetricsOption func(*metricsConfig)
+// MetricsOption configures NewMetrics. It follows the pattern of Option,
+// one opaque type per scope, and is a scope of its own: it configures the
+// collector, which one or several clients report to (through WithMetrics),
+// not a client, so it is neither an Option nor a grpc.CallOption. The zero
+// MetricsOption does nothing.
+type MetricsOption struct {
+	apply func(*metricsConfig)
+}
 
 type metricsConfig struct {
 	constLabels prometheus.Labels
 }
 
 // WithConstLabels adds labels to every series, for example to tell apart the
-// clients of one process that share a registry.
+// clients of one process that share a registry. Default none.
 func WithConstLabels(labels prometheus.Labels) MetricsOption {
-	return func(c *metricsConfig) { c.constLabels = labels }
+	return MetricsOption{apply: func(c *metricsConfig) { c.constLabels = labels }}
 }
 
 // NewMetrics returns a collector of every grpcguard series. Register it with
@@ -75,8 +81,8 @@ func WithConstLabels(labels prometheus.Labels) MetricsOption {
 func NewMetrics(opts ...MetricsOption) *Metrics {
 	var mc metricsConfig
 	for _, o := range opts {
-		if o != nil {
-			o(&mc)
+		if o.apply != nil {
+			o.apply(&mc)
 		}
 	}
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
