@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -572,5 +573,94 @@ func TestHedgeConcurrentCallersRace(t *testing.T) {
 	t.Logf("%d calls, %d hedges, %d won by a hedge", callers*calls, h, w)
 	if h == 0 {
 		t.Error("no call was hedged")
+	}
+}
+
+// TestHedgeReturnsOnlyWhenNoAttemptTouchesRequest: a caller reuses its
+// request and reply as soon as the call returns. The invoker is built to
+// read the request late, after it was cancelled (as grpc's marshalling of a
+// losing attempt may): -race reports the access if the interceptor returns
+// while a losing attempt can still run. Both orders: the original loses, and
+// a hedge loses.
+func TestHedgeReturnsOnlyWhenNoAttemptTouchesRequest(t *testing.T) {
+	for _, originalWins := range []bool{false, true} {
+		t.Run(fmt.Sprint("original wins ", originalWins), func(t *testing.T) {
+			hedge := UnaryClientHedge(WithHedgeDelay(time.Millisecond), WithMaxAttempts(2))
+			invoker := func(ctx context.Context, _ string, req, reply any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+				loser := (previousAttemptsOut(ctx) == 0) != originalWins
+				if loser {
+					<-ctx.Done()
+					time.Sleep(5 * time.Millisecond) // still encoding the request
+					_ = req.(*wrapperspb.StringValue).GetValue()
+					return status.FromContextError(ctx.Err()).Err()
+				}
+				if originalWins {
+					time.Sleep(20 * time.Millisecond) // past the delay: the hedge is in flight
+				}
+				reply.(*wrapperspb.StringValue).Value = req.(*wrapperspb.StringValue).GetValue()
+				return nil
+			}
+			req, reply := wrapperspb.String("first"), new(wrapperspb.StringValue)
+			for i := range 3 {
+				if err := hedge(ctxTimeout(t, 5*time.Second), testsvc.Get, req, reply, nil, invoker); err != nil {
+					t.Fatal(err)
+				}
+				if want := fmt.Sprint("req", i); reply.Value != req.Value || (i > 0 && req.Value != want) {
+					t.Fatalf("reply %q for request %q", reply.Value, req.Value)
+				}
+				req.Value = fmt.Sprint("req", i+1) // reused at once
+			}
+		})
+	}
+}
+
+// previousAttemptsOut reads grpc-previous-rpc-attempts from an attempt's
+// outgoing context: 0 for the original.
+func previousAttemptsOut(ctx context.Context) int {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	if v := md.Get("grpc-previous-rpc-attempts"); len(v) > 0 {
+		n, _ := strconv.Atoi(v[len(v)-1])
+		return n
+	}
+	return 0
+}
+
+// goid returns the current goroutine's id, from its stack header.
+func goid() string {
+	var buf [64]byte
+	s := string(buf[:runtime.Stack(buf[:], false)])
+	return strings.Fields(s)[1]
+}
+
+// TestHedgeHappyPathOnCallersGoroutine: a hedged call answered before the
+// delay runs its one attempt on the caller's goroutine, and the timer that
+// would have started a hedge never does, even after the delay has passed.
+func TestHedgeHappyPathOnCallersGoroutine(t *testing.T) {
+	var mu sync.Mutex
+	var attempts []string
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		mu.Lock()
+		attempts = append(attempts, goid())
+		mu.Unlock()
+		return nil
+	}
+	const delay = 20 * time.Millisecond
+	hedge := UnaryClientHedge(WithHedgeDelay(delay))
+	caller := goid()
+	for range 10 {
+		if err := hedge(ctxTimeout(t, 5*time.Second), testsvc.Get, wrapperspb.String("x"), new(wrapperspb.StringValue), nil, invoker); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(3 * delay) // the scenario: long after every timer would have fired
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != 10 {
+		t.Fatalf("%d attempts for 10 calls: a timer outlived its call", len(attempts))
+	}
+	for _, g := range attempts {
+		if g != caller {
+			t.Fatalf("an attempt ran on goroutine %s, not the caller's %s", g, caller)
+		}
 	}
 }
