@@ -75,8 +75,6 @@ func newBudget(cfg budgetConfig) *budget {
 	return b
 }
 
-func nowSecond() int64 { return nanotime() / int64(time.Second) }
-
 // bucket returns the bucket of second s, emptied first if it held an older
 // second. A bucket only moves forward: a caller that read the clock before
 // the second turned and counts late adds to the newer second, which is
@@ -95,13 +93,14 @@ func (b *budget) bucket(s int64) *budgetBucket {
 	return bk
 }
 
-// call records a new call (not an attempt): calls are what earn extra
-// attempts. It takes no lock.
-func (b *budget) call() {
+// call records a new call (not an attempt) that started at now (nanotime):
+// calls are what earn extra attempts. The caller passes a clock reading it
+// already has. It takes no lock.
+func (b *budget) call(now int64) {
 	if b.cfg.maxTokens > 0 {
 		return
 	}
-	b.bucket(nowSecond()).calls.Add(1)
+	b.bucket(now / int64(time.Second)).calls.Add(1)
 }
 
 // allow takes one extra attempt of the given kind from the budget, or
@@ -110,7 +109,7 @@ func (b *budget) allow(kind int) bool {
 	if b.cfg.maxTokens > 0 {
 		return math.Float64frombits(b.tokens.Load()) > b.cfg.maxTokens/2
 	}
-	s := nowSecond()
+	s := nanotime() / int64(time.Second)
 	cur := b.bucket(s)
 	b.mu.Lock()
 	defer b.mu.Unlock()

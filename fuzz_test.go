@@ -356,7 +356,7 @@ func checkValidConfig(t *testing.T, c *config) {
 	{
 		b := newBudget(c.budget)
 		for range 3 {
-			b.call()
+			b.call(nanotime())
 			b.allow(extraRetry)
 			b.allow(extraHedge)
 			b.result(true)

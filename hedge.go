@@ -128,14 +128,14 @@ func (cs *clientState) unaryHedge(ctx context.Context, method string, req, reply
 		ctx, cancel = context.WithTimeout(ctx, p.callTimeout)
 		defer cancel()
 	}
-	cs.budget.call()
 	return cs.hedge(ctx, &p, method, req, rm, cc, invoker, opts)
 }
 
 // hedge runs one hedged call and reports its result to the caller's
 // grpc.OnFinish options, once.
 func (cs *clientState) hedge(ctx context.Context, p *plan, method string, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	hc := &hedgeCall{cs: cs, p: *p, ctx: ctx, method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
+	hc := hedgeCalls.Get().(*hedgeCall)
+	*hc = hedgeCall{cs: cs, p: *p, ctx: ctx, method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts, timer: hc.timer}
 	hc.p.hedged = true
 	err := hc.run()
 	for _, o := range opts {
@@ -146,8 +146,19 @@ func (cs *clientState) hedge(ctx context.Context, p *plan, method string, req an
 			o.OnFinish(err)
 		}
 	}
+	if hc.started == 1 && !hc.timerBusy {
+		// Nothing but the caller's goroutine ever ran for this call, and the
+		// timer was stopped before it fired: nothing can touch hc any more,
+		// so it is reused, timer included.
+		*hc = hedgeCall{timer: hc.timer}
+		hedgeCalls.Put(hc)
+	}
 	return err
 }
+
+// hedgeCalls keeps the hedgeCalls (and their timers) of calls answered
+// before their delay, the common case, for reuse.
+var hedgeCalls = sync.Pool{New: func() any { return new(hedgeCall) }}
 
 // hedgeCall is one hedged call. The caller's goroutine runs the original
 // attempt itself. A timer, which costs no goroutine until it fires, starts
@@ -173,20 +184,28 @@ type hedgeCall struct {
 	delay    time.Duration // between attempts; 0: hedge on failures only
 	adaptive bool
 
-	first hedgeAttempt  // the original attempt: part of the call, no allocation of its own
-	timer *time.Timer   // created when first armed; only under mu
-	wake  chan struct{} // made, under mu, when the caller has to wait
+	first hedgeAttempt // the original attempt: part of the call, no allocation of its own
+	// attemptsCtx is the context of every attempt: cancelled once the call
+	// is decided, which stops the losers (the winner has returned).
+	attemptsCtx    context.Context
+	cancelAttempts context.CancelFunc
+	timer          *time.Timer   // created when first armed; only under mu
+	wake           chan struct{} // made, under mu, when the caller has to wait
 
 	// mu guards what follows, and holds the invariant that lets the caller
 	// return: once over is set, no attempt starts and every attempt started
 	// has been cancelled; the caller returns only when over is set and
 	// running is 0, so no attempt can touch req, reply or the caller's
 	// options any more, and the timer is stopped.
-	mu       sync.Mutex
-	attempts [maxAttemptsLimit]*hedgeAttempt
-	started  int   // attempts started
-	running  int   // attempts started and not yet settled
-	fireAt   int64 // nanotime at which the armed timer starts the next attempt; 0: not armed
+	mu      sync.Mutex
+	started int   // attempts started
+	running int   // attempts started and not yet settled
+	fireAt  int64 // nanotime at which the armed timer starts the next attempt; 0: not armed
+	// armed: the timer is set and has not fired or been stopped. timerBusy:
+	// stopping or resetting it found it had fired, so its function may
+	// still run: the call is then not reused.
+	armed     bool
+	timerBusy bool
 	// fireHedge: the armed timer starts a hedge, which the budget's hedge
 	// share must pay for; otherwise a resend the after-failure step has
 	// already paid for (after the server's pushback).
@@ -203,16 +222,16 @@ type hedgeAttempt struct {
 	a       attempt // the hand-off: start, peer and options
 	n       int     // 0 for the original
 	ctx     context.Context
-	cancel  context.CancelFunc
+	cancel  context.CancelFunc // nil unless the attempt has a timeout of its own
 	reply   proto.Message
 	header  metadata.MD
 	trailer metadata.MD
 	peer    peer.Peer
 	err     error
-	end     int64
-	expired bool // ran out of its per-attempt timeout
-	optBuf  [8]grpc.CallOption
-	peerBuf [9]grpc.CallOption
+	end     int64 // when it returned, for the adaptive delay
+	expired bool  // ran out of its per-attempt timeout
+	optBuf  [6]grpc.CallOption
+	peerBuf [7]grpc.CallOption
 	opts    []grpc.CallOption
 }
 
@@ -220,10 +239,12 @@ type hedgeAttempt struct {
 func (hc *hedgeCall) run() error {
 	hc.replyType = hc.reply.ProtoReflect().Type()
 	hc.chooseDelay()
+	hc.attemptsCtx, hc.cancelAttempts = context.WithCancel(hc.ctx)
 	hc.mu.Lock()
 	hc.start = nanotime()
+	hc.cs.budget.call(hc.start)
 	at := hc.launchLocked()
-	hc.armHedgeLocked()
+	hc.armHedgeLocked(hc.start)
 	hc.mu.Unlock()
 	hc.runAttempts(at, verdict{})
 	hc.await()
@@ -256,18 +277,15 @@ func (hc *hedgeCall) launchLocked() *hedgeAttempt {
 		hc.cs.cfg.metrics.hedged(hc.p.method)
 	}
 	at.n = n
-	hc.attempts[n] = at
 	hc.started++
 	hc.running++
 
-	ctx := hc.ctx
+	at.ctx = hc.attemptsCtx
 	if n > 0 {
-		ctx = metadata.AppendToOutgoingContext(ctx, previousAttemptsKey, strconv.Itoa(n))
+		at.ctx = metadata.AppendToOutgoingContext(at.ctx, previousAttemptsKey, strconv.Itoa(n))
 	}
 	if d := hc.p.perAttemptTimeout; d > 0 {
-		at.ctx, at.cancel = context.WithTimeout(ctx, d)
-	} else {
-		at.ctx, at.cancel = context.WithCancel(ctx)
+		at.ctx, at.cancel = context.WithTimeout(at.ctx, d)
 	}
 	at.a.opts = at.peerBuf[:0]
 	at.opts = hc.attemptOptions(at)
@@ -315,42 +333,46 @@ func (hc *hedgeCall) attemptOptions(at *hedgeAttempt) []grpc.CallOption {
 }
 
 // armHedgeLocked arms the timer for the next hedge, if the call hedges on
-// time and attempts are left.
-func (hc *hedgeCall) armHedgeLocked() {
+// time and attempts are left. now is a recent nanotime.
+func (hc *hedgeCall) armHedgeLocked(now int64) {
 	if hc.delay > 0 && !hc.noHedges && hc.started < hc.p.maxAttempts {
-		hc.armLocked(hc.delay, true)
+		hc.armLocked(now, hc.delay, true)
 	}
 }
 
-// armLocked arms the timer to start the next attempt after d, replacing
-// what it was armed for. fireAt is read before the timer is set, so the
-// timer can never fire before it: an earlier firing is a stale one.
-func (hc *hedgeCall) armLocked(d time.Duration, hedge bool) {
-	hc.fireAt, hc.fireHedge = nanotime()+int64(d), hedge
-	if hc.timer == nil {
+// armLocked arms the timer to start the next attempt d after now, replacing
+// what it was armed for. now is read before the timer is set, so the timer
+// can never fire before fireAt: an earlier firing is a stale one.
+func (hc *hedgeCall) armLocked(now int64, d time.Duration, hedge bool) {
+	hc.fireAt, hc.fireHedge = now+int64(d), hedge
+	switch {
+	case hc.timer == nil:
 		hc.timer = time.AfterFunc(d, hc.onTimer)
-	} else {
-		hc.timer.Reset(d)
+	case !hc.timer.Reset(d) && hc.armed:
+		hc.timerBusy = true // it fired meanwhile: its function is stale
 	}
+	hc.armed = true
 }
 
 // disarmLocked stops the timer.
 func (hc *hedgeCall) disarmLocked() {
 	hc.fireAt = 0
-	if hc.timer != nil {
-		hc.timer.Stop()
+	if hc.armed && !hc.timer.Stop() {
+		hc.timerBusy = true
 	}
+	hc.armed = false
 }
 
 // onTimer starts the attempt the timer was armed for, on the timer's
 // goroutine, and runs it there.
 func (hc *hedgeCall) onTimer() {
 	hc.mu.Lock()
-	if hc.over || hc.fireAt == 0 || nanotime() < hc.fireAt {
+	now := nanotime()
+	if hc.over || hc.fireAt == 0 || now < hc.fireAt {
 		hc.mu.Unlock() // stale: disarmed or re-armed since
 		return
 	}
-	hc.fireAt = 0
+	hc.fireAt, hc.armed = 0, false
 	if hc.fireHedge && !hc.cs.mayHedge(&hc.p) {
 		// Refused: no more hedges on time, but a failure may still be
 		// resent, with the budget's own answer.
@@ -359,7 +381,7 @@ func (hc *hedgeCall) onTimer() {
 		return
 	}
 	at := hc.launchLocked()
-	hc.armHedgeLocked()
+	hc.armHedgeLocked(now)
 	hc.mu.Unlock()
 	hc.runAttempts(at, verdict{})
 }
@@ -370,7 +392,9 @@ func (hc *hedgeCall) runAttempts(at *hedgeAttempt, prev verdict) {
 	for at != nil {
 		prev.awaitRelease(at.ctx) // the attempt before died with its conn: pick a fresh one
 		at.err = hc.cs.invoke(at.ctx, hc.method, hc.req, at.reply, hc.cc, hc.invoker, at.a.begin(at.opts))
-		at.end = nanotime()
+		if hc.adaptive {
+			at.end = nanotime()
+		}
 		if at.err != nil && status.Code(at.err) == codes.DeadlineExceeded {
 			at.expired = !expired(hc.ctx) && expired(at.ctx)
 		}
@@ -389,7 +413,9 @@ func (hc *hedgeCall) settle(at *hedgeAttempt) (next *hedgeAttempt, v verdict) {
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
 	hc.running--
-	at.cancel()
+	if at.cancel != nil {
+		at.cancel()
+	}
 	switch {
 	case hc.over:
 		// Decided meanwhile; at was cancelled and has now returned.
@@ -436,10 +462,10 @@ func (hc *hedgeCall) failedLocked(at *hedgeAttempt, v verdict) *hedgeAttempt {
 		hc.endLocked(at)
 	case d.resend && d.wait <= 0:
 		next := hc.launchLocked()
-		hc.armHedgeLocked()
+		hc.armHedgeLocked(nanotime())
 		return next
 	case d.resend:
-		hc.armLocked(d.wait, false) // the server's pushback: the resend waits for it
+		hc.armLocked(nanotime(), d.wait, false) // the server's pushback: the resend waits for it
 	case hc.running == 0 && (hc.fireAt == 0 || hc.fireHedge):
 		hc.endLocked(at) // nothing left but hedges, which could not have more luck
 	}
@@ -451,11 +477,7 @@ func (hc *hedgeCall) failedLocked(at *hedgeAttempt, v verdict) *hedgeAttempt {
 func (hc *hedgeCall) endLocked(at *hedgeAttempt) {
 	hc.over, hc.result = true, at
 	hc.disarmLocked()
-	for _, o := range hc.attempts[:hc.started] {
-		if o != at {
-			o.cancel()
-		}
-	}
+	hc.cancelAttempts()
 }
 
 // await returns once the call is over and no attempt runs. If the caller

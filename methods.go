@@ -1,6 +1,7 @@
 package grpcguard
 
 import (
+	"maps"
 	"sync"
 	"sync/atomic"
 )
@@ -26,20 +27,43 @@ func (mi *methodInfo) latencies() *latencyWindow {
 	return mi.window.Load()
 }
 
-// methodTable holds a client's methodInfo by full method name.
+// methodTable holds a client's methodInfo by full method name. Every call
+// reads it, so reading takes no lock: the map is replaced, never changed,
+// under mu when a method is added (copy on write).
 type methodTable struct {
 	cs       *clientState
-	byMethod sync.Map // string -> *methodInfo
+	byMethod atomic.Pointer[map[string]*methodInfo]
+	mu       sync.Mutex // serialises additions
 }
 
 // get returns the methodInfo of fullMethod, built on first use.
 func (t *methodTable) get(fullMethod string) *methodInfo {
-	if v, ok := t.byMethod.Load(fullMethod); ok {
-		return v.(*methodInfo)
+	if m := t.byMethod.Load(); m != nil {
+		if mi, ok := (*m)[fullMethod]; ok {
+			return mi
+		}
+	}
+	return t.add(fullMethod)
+}
+
+// add builds the methodInfo of fullMethod and publishes it in a new map.
+func (t *methodTable) add(fullMethod string) *methodInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.byMethod.Load()
+	if old != nil {
+		if mi, ok := (*old)[fullMethod]; ok {
+			return mi // added meanwhile
+		}
 	}
 	mi := &methodInfo{name: fullMethod}
 	mi.service, mi.method = splitMethod(fullMethod)
 	mi.base = t.cs.basePlan(mi, fullMethod)
-	v, _ := t.byMethod.LoadOrStore(fullMethod, mi)
-	return v.(*methodInfo)
+	next := map[string]*methodInfo{}
+	if old != nil {
+		next = maps.Clone(*old)
+	}
+	next[fullMethod] = mi
+	t.byMethod.Store(&next)
+	return mi
 }

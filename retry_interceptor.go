@@ -3,6 +3,7 @@ package grpcguard
 import (
 	"context"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -70,14 +71,13 @@ func (cs *clientState) unaryRetry(ctx context.Context, method string, req, reply
 }
 
 // runUnary runs a planned unary call: hedged (where canHedge), retried, or
-// sent once. Every call counts toward the budget, which earns extra attempts.
+// sent once.
 func (cs *clientState) runUnary(ctx context.Context, p *plan, canHedge bool, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
 	if p.callTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.callTimeout)
 		defer cancel()
 	}
-	cs.budget.call()
 	if canHedge && p.hedges() {
 		if rm, ok := reply.(proto.Message); ok { // each attempt needs its own reply
 			return cs.hedge(ctx, p, method, req, rm, cc, invoker, opts)
@@ -89,8 +89,10 @@ func (cs *clientState) runUnary(ctx context.Context, p *plan, canHedge bool, met
 	return cs.retry(ctx, p, method, req, reply, cc, invoker, opts)
 }
 
-// unaryCall is the per-call state of a retried unary call: one allocation,
-// reused by every attempt.
+// unaryCall is the per-call state of a retried unary call, reused by every
+// attempt, and by later calls through unaryCalls: grpc writes the trailer,
+// header and peer options before Invoke returns and keeps none of them, so
+// once the call returns nothing refers to it.
 type unaryCall struct {
 	a       attempt
 	trailer metadata.MD
@@ -104,8 +106,14 @@ type unaryCall struct {
 // retry sends the call until it succeeds or the after-failure step says
 // stop. Each attempt carries the owner marker, so that a grpcguard
 // interceptor beneath passes it through instead of multiplying it.
+var unaryCalls = sync.Pool{New: func() any { return new(unaryCall) }}
+
 func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	c := &unaryCall{}
+	c := unaryCalls.Get().(*unaryCall)
+	defer func() {
+		*c = unaryCall{} // drop every reference to this call
+		unaryCalls.Put(c)
+	}()
 	c.a.opts = c.peerOpts[:0]
 	// grpc fills the caller's own Header and Trailer options too, at each
 	// attempt, so they end up holding the final attempt's values.
@@ -122,7 +130,11 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 			attemptCtx, cancel = context.WithTimeout(attemptCtx, p.perAttemptTimeout)
 		}
 		c.trailer, c.header = nil, nil
-		err := cs.invoke(attemptCtx, method, req, reply, cc, invoker, c.a.begin(attemptOpts))
+		aopts := c.a.begin(attemptOpts)
+		if n == 1 {
+			cs.budget.call(c.a.start) // a call that may retry earns extra attempts
+		}
+		err := cs.invoke(attemptCtx, method, req, reply, cc, invoker, aopts)
 		// Deadlines are read from the clock, not only from Err: grpc may report
 		// DeadlineExceeded before the context's own timer has fired.
 		callerDone := err != nil && expired(ctx)

@@ -58,12 +58,13 @@ func (cs *clientState) streamRetry(ctx context.Context, desc *grpc.StreamDesc, c
 	if err := cs.planFor(&p, method, opts); err != nil {
 		return nil, err
 	}
-	cs.budget.call()
 	if !p.retries() {
 		if p.callTimeout <= 0 {
 			return cs.newStream(ctx, desc, cc, method, streamer, opts)
 		}
 		p.maxAttempts = 1 // only the call timeout applies
+	} else {
+		cs.budget.call(nanotime()) // a stream that may retry earns extra attempts
 	}
 	s := &retryStream{cs: cs, p: p, method: method, desc: desc, cc: cc, streamer: streamer}
 	s.opts = append(append(make([]grpc.CallOption, 0, len(opts)+1), opts...), attemptOwner{})
