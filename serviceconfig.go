@@ -47,15 +47,18 @@ const hedgeAllAtOnce = time.Nanosecond
 // backoff (including WithBackoffFunc) and retryable codes, declares the method
 // safe to retry whatever its idempotency (as a retryPolicy does in grpc-go),
 // and turns hedging off for it; like grpc-go, such a call or stream is not
-// retried once the server's response headers have arrived. A matched hedgingPolicy enables hedging for
-// the method with a fixed delay ("0s" or absent: all attempts at once), its
-// non-fatal codes (absent: none) and attempt count, declares the method safe
-// to run more than once, and turns retrying off for it. maxAttempts above 5
-// count as 5. A matched timeout bounds the whole call (an earlier caller
-// deadline wins; "0s" fails every call, a negative timeout is ignored, as in
-// grpc-go). A method no entry matches, or whose entry has neither policy, keeps
-// the options' retry and hedging behaviour. WithRetryDisabled and
-// WithHedgingDisabled still turn retrying and hedging off.
+// retried once the server's response headers have arrived. A matched
+// hedgingPolicy enables hedging for the method with a fixed delay ("0s" or
+// absent: all attempts at once), its non-fatal codes (absent: none) and
+// attempt count, declares the method safe to run more than once, and turns
+// retrying off for it. maxAttempts above 5 count as 5. A matched timeout
+// bounds the whole call, hedged or not (an earlier caller deadline wins; "0s"
+// fails every call, a negative timeout is ignored, as in grpc-go). A method no
+// entry matches, or whose entry has neither policy, keeps the options' retry
+// and hedging behaviour. The policies apply where the interceptors run:
+// DialOptions hedges and retries every method; a call's own CallOptions
+// (WithMaxAttempts, WithRetryDisabled, WithHedgingDisabled, ...) still
+// override them for that call.
 //
 // The config is accepted or rejected exactly as grpc-go v1.85 accepts or
 // rejects it, with one addition: grpc-go ignores hedgingPolicy, while here it
