@@ -108,7 +108,7 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 		hedgeWins:       counter("hedge_wins_total", "Calls won by a hedged attempt rather than the original.", method...),
 		hedgeThrottled:  counter("hedges_throttled_total", "Hedged attempts not sent because the hedge budget was exhausted.", method...),
 		hedgeDelay: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "grpcguard", Name: "hedge_delay_seconds", Help: "Current hedging delay per method (adaptive or fixed).",
+			Namespace: "grpcguard", Name: "hedge_delay_seconds", Help: "Current adaptive hedging delay per method.",
 			ConstLabels: mc.constLabels,
 		}, method),
 		staleIdleAge: prometheus.NewHistogram(prometheus.HistogramOpts{
