@@ -39,6 +39,7 @@ func newClientState(opts []Option) *clientState {
 	}
 	cs.budget = newBudget(cfg.budget)
 	cs.methods.cs = cs
+	cs.methods.other.service, cs.methods.other.method = otherLabel, otherLabel
 	return cs
 }
 

@@ -45,46 +45,55 @@ func (s *methodSet) add(name string) error {
 }
 
 func (s *methodSet) contains(fullMethod string) bool {
-	if len(s.methods) > 0 {
-		if _, ok := s.methods[fullMethod]; ok {
-			return true
-		}
+	if s.names(fullMethod) {
+		return true
 	}
 	if len(s.services) > 0 {
-		service, _ := splitMethod(fullMethod)
-		if _, ok := s.services[service]; ok {
-			return true
+		if service, _, ok := parseMethod(fullMethod); ok {
+			_, ok = s.services[service]
+			return ok
 		}
 	}
 	return false
 }
 
-// lookupIdempotency reports whether the method's descriptor in the global
-// protobuf registry declares idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS.
-// A method not found there (no generated code linked in) is not idempotent.
-// Descriptors are registered at init time and never change, so an answer
-// stays true.
-func lookupIdempotency(fullMethod string) bool {
-	service, method := splitMethod(fullMethod)
+// names reports whether the set names fullMethod itself, not only its
+// service.
+func (s *methodSet) names(fullMethod string) bool {
+	_, ok := s.methods[fullMethod]
+	return ok
+}
+
+// describeMethod looks fullMethod up in the global protobuf registry, where
+// generated code registers its descriptors: found reports that the method is
+// there, idempotent that its descriptor declares idempotency_level IDEMPOTENT
+// or NO_SIDE_EFFECTS. A method not found (no generated code linked in, or an
+// invalid name) is not idempotent. Descriptors are registered at init time
+// and never change, so an answer stays true.
+func describeMethod(fullMethod string) (found, idempotent bool) {
+	service, method, ok := parseMethod(fullMethod)
+	if !ok {
+		return false, false
+	}
 	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
 	if err != nil {
-		return false
+		return false, false
 	}
 	sd, ok := d.(protoreflect.ServiceDescriptor)
 	if !ok {
-		return false
+		return false, false
 	}
 	md := sd.Methods().ByName(protoreflect.Name(method))
 	if md == nil {
-		return false
+		return false, false
 	}
 	opts, ok := md.Options().(*descriptorpb.MethodOptions)
 	if !ok || opts == nil {
-		return false
+		return true, false
 	}
 	switch opts.GetIdempotencyLevel() {
 	case descriptorpb.MethodOptions_IDEMPOTENT, descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
-		return true
+		return true, true
 	}
-	return false
+	return true, false
 }

@@ -29,6 +29,13 @@ import (
 //	grpcguard_hedge_wins_total{grpc_service,grpc_method}
 //	grpcguard_hedges_throttled_total{grpc_service,grpc_method}
 //	grpcguard_hedge_delay_seconds{grpc_service,grpc_method}
+//
+// The method labels name a method only when the client knows it (gRFC A66):
+// the call carries grpc.StaticMethod(), the method's descriptor is in the
+// global protobuf registry, or it is named in WithIdempotentMethods or the
+// service config. Any other name is recorded as grpc_service="other",
+// grpc_method="other", so names chosen by a client's callers cannot grow
+// the number of series.
 type Metrics struct {
 	stale           *prometheus.CounterVec
 	probes          *prometheus.CounterVec

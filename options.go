@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/retry"
@@ -387,7 +386,9 @@ func WithMetrics(m *Metrics) ClientOption {
 // be hedged. Names are full method names, "/pkg.Service/Method", or a whole
 // service, "/pkg.Service/*". Methods whose protobuf descriptor declares
 // idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS need not be listed. Repeated
-// uses add up.
+// uses add up. A method listed by its full name is known to the client and
+// keeps its own metric labels; the methods of a "/pkg.Service/*" are not,
+// unless known otherwise (see Metrics).
 func WithIdempotentMethods(methods ...string) ClientOption {
 	return clientOption(func(c *config) error {
 		set := c.idempotent.clone()
@@ -654,12 +655,3 @@ func newCodeSet(option string, cs []codes.Code) (codeSet, error) {
 }
 
 func (s codeSet) has(c codes.Code) bool { return c < 32 && s&(1<<c) != 0 }
-
-// splitMethod splits "/pkg.Service/Method" into its service and method names.
-func splitMethod(fullMethod string) (service, method string) {
-	name := strings.TrimPrefix(fullMethod, "/")
-	if i := strings.LastIndexByte(name, '/'); i >= 0 {
-		return name[:i], name[i+1:]
-	}
-	return "unknown", name
-}

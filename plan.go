@@ -42,7 +42,7 @@ type plan struct {
 // planFor resolves the plan of one call into p. An invalid CallOption among
 // opts is returned as an InvalidArgument status, before anything is sent.
 func (cs *clientState) planFor(p *plan, method string, opts []grpc.CallOption) error {
-	*p = cs.methods.get(method).base
+	cs.methods.plan(p, method, staticMethod(opts))
 	for _, o := range opts {
 		co, ok := o.(CallOption)
 		if !ok || co.apply == nil {
@@ -56,17 +56,18 @@ func (cs *clientState) planFor(p *plan, method string, opts []grpc.CallOption) e
 	return nil
 }
 
-// basePlan computes the plan of fullMethod before any call's options.
-func (cs *clientState) basePlan(mi *methodInfo, fullMethod string) plan {
-	p := plan{callSettings: cs.cfg.call, method: mi}
+// basePlan writes the plan of fullMethod before any call's options into p:
+// the client's options, then the service config's policy for the method.
+// described reports that the method's descriptor declares it idempotent.
+func (cs *clientState) basePlan(p *plan, mi *methodInfo, fullMethod string, described bool) {
+	*p = plan{callSettings: cs.cfg.call, method: mi}
 	policyRetryable := false
 	if sc := cs.cfg.serviceConfig; sc != nil {
 		if pol := sc.lookup(fullMethod); pol != nil {
-			policyRetryable = pol.applyTo(&p)
+			policyRetryable = pol.applyTo(p)
 		}
 	}
-	p.idempotent = policyRetryable || cs.cfg.idempotent.contains(fullMethod) || lookupIdempotency(fullMethod)
-	return p
+	p.idempotent = described || policyRetryable || cs.cfg.idempotent.contains(fullMethod)
 }
 
 // hedges reports whether the call is hedged, where a hedging interceptor

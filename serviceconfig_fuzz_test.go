@@ -29,7 +29,9 @@ func FuzzServiceConfig(f *testing.F) {
 			t.Fatalf("parse accepted, option rejected: %v", cs.invalid)
 		}
 		for _, m := range []string{"/a.B/C", "/a.B/", "", "x"} {
-			if d := cs.methods.get(m).base; d.maxAttempts < 1 || d.maxAttempts > maxAttemptsLimit {
+			var d plan
+			cs.methods.plan(&d, m, false)
+			if d.maxAttempts < 1 || d.maxAttempts > maxAttemptsLimit {
 				t.Fatalf("%q: maxAttempts %d out of range", m, d.maxAttempts)
 			}
 		}

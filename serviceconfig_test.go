@@ -339,7 +339,11 @@ func basePlans(t *testing.T, opts ...Option) func(method string) plan {
 	if cs.invalid != nil {
 		t.Fatal(cs.invalid)
 	}
-	return func(method string) plan { return cs.methods.get(method).base }
+	return func(method string) plan {
+		var p plan
+		cs.methods.plan(&p, method, false)
+		return p
+	}
 }
 
 func TestServiceConfigPrecedence(t *testing.T) {
@@ -396,7 +400,11 @@ func TestServiceConfigApplied(t *testing.T) {
 	if want := (budgetConfig{maxTokens: 20, tokenRatio: 0.5}); cs.cfg.budget != want {
 		t.Errorf("budget %+v, want %+v", cs.cfg.budget, want)
 	}
-	planOf := func(m string) plan { return cs.methods.get(m).base }
+	planOf := func(m string) plan {
+		var p plan
+		cs.methods.plan(&p, m, false)
+		return p
+	}
 	base := plan{callSettings: cs.cfg.call}
 
 	r := planOf("/r/M")
