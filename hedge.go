@@ -135,9 +135,10 @@ func (cs *clientState) unaryHedge(ctx context.Context, method string, req, reply
 // grpc.OnFinish options, once.
 func (cs *clientState) hedge(ctx context.Context, p *plan, method string, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
 	hc := hedgeCalls.Get().(*hedgeCall)
-	*hc = hedgeCall{cs: cs, p: *p, ctx: ctx, method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts, timer: hc.timer}
+	hc.hedgeArgs = hedgeArgs{cs: cs, p: *p, ctx: ctx, method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
 	hc.p.hedged = true
 	err := hc.run()
+	reusable := hc.orig.release()
 	for _, o := range opts {
 		switch o := o.(type) {
 		case grpc.OnFinishCallOption:
@@ -146,11 +147,12 @@ func (cs *clientState) hedge(ctx context.Context, p *plan, method string, req an
 			o.OnFinish(err)
 		}
 	}
-	if hc.started == 1 && !hc.timerBusy {
-		// Nothing but the caller's goroutine ever ran for this call, and the
-		// timer was stopped before it fired: nothing can touch hc any more,
-		// so it is reused, timer included.
-		*hc = hedgeCall{timer: hc.timer}
+	if reusable && hc.started == 1 && !hc.timerBusy {
+		// Nothing but the caller's goroutine ever ran for this call, the
+		// timer was stopped before it fired, and the original's context was
+		// never cancelled: nothing can touch hc any more, so it is reused,
+		// timer and channel included.
+		hc.recycle()
 		hedgeCalls.Put(hc)
 	}
 	return err
@@ -160,47 +162,50 @@ func (cs *clientState) hedge(ctx context.Context, p *plan, method string, req an
 // before their delay, the common case, for reuse.
 var hedgeCalls = sync.Pool{New: func() any { return new(hedgeCall) }}
 
+// hedgeArgs is what a hedged call is made of.
+type hedgeArgs struct {
+	cs      *clientState
+	p       plan
+	ctx     context.Context // the call's: the caller's, bounded by the call timeout
+	method  string
+	req     any
+	reply   proto.Message // the caller's: the original attempt writes into it directly
+	cc      *grpc.ClientConn
+	invoker grpc.UnaryInvoker
+	opts    []grpc.CallOption // the caller's
+}
+
 // hedgeCall is one hedged call. The caller's goroutine runs the original
 // attempt itself. A timer, which costs no goroutine until it fires, starts
 // each further attempt on the goroutine that runs the timer's function. Every
 // goroutine running an attempt settles its outcome under mu, and runs at once
 // the resend its failure may ask for.
 type hedgeCall struct {
-	cs     *clientState
-	p      plan
-	ctx    context.Context // the call's: the caller's, bounded by the call timeout
-	method string
-	req    any
-	reply  proto.Message // the caller's: the original attempt writes into it directly
+	hedgeArgs
 	// replyType makes each hedge's reply. It is read before the original
 	// attempt starts: reading it from reply later would race with the
 	// original attempt's decoding.
 	replyType protoreflect.MessageType
-	cc        *grpc.ClientConn
-	invoker   grpc.UnaryInvoker
-	opts      []grpc.CallOption // the caller's
 
 	start    int64         // nanotime of the original attempt's start
 	delay    time.Duration // between attempts; 0: hedge on failures only
 	adaptive bool
 
-	first hedgeAttempt // the original attempt: part of the call, no allocation of its own
-	// attemptsCtx is the context of every attempt: cancelled once the call
-	// is decided, which stops the losers (the winner has returned).
-	attemptsCtx    context.Context
-	cancelAttempts context.CancelFunc
-	timer          *time.Timer   // created when first armed; only under mu
-	wake           chan struct{} // made, under mu, when the caller has to wait
+	first hedgeAttempt  // the original attempt: part of the call, no allocation of its own
+	orig  originalCtx   // the original attempt's context
+	timer *time.Timer   // created when first armed; only under mu
+	wake  chan struct{} // made, under mu, when the caller has to wait
 
 	// mu guards what follows, and holds the invariant that lets the caller
 	// return: once over is set, no attempt starts and every attempt started
 	// has been cancelled; the caller returns only when over is set and
 	// running is 0, so no attempt can touch req, reply or the caller's
 	// options any more, and the timer is stopped.
-	mu      sync.Mutex
-	started int   // attempts started
-	running int   // attempts started and not yet settled
-	fireAt  int64 // nanotime at which the armed timer starts the next attempt; 0: not armed
+	mu       sync.Mutex
+	attempts [maxAttemptsLimit]*hedgeAttempt
+	started  int   // attempts started
+	running  int   // attempts started and not yet settled
+	fireAt   int64 // nanotime at which the armed timer starts the next attempt; 0: not armed
 	// armed: the timer is set and has not fired or been stopped. timerBusy:
 	// stopping or resetting it found it had fired, so its function may
 	// still run: the call is then not reused.
@@ -216,38 +221,75 @@ type hedgeCall struct {
 	ctxErr    error         // the caller gave up while nothing was running
 }
 
+// recycle clears what a call answered by its original attempt alone left
+// in hc, keeping the timer and the original's channel. It clears only the
+// references to the call's own values (context, messages, metadata, peer):
+// every pointer written costs a write barrier while the GC runs, and the
+// plan and the option buffer are overwritten by the next call anyway.
+func (hc *hedgeCall) recycle() {
+	hc.cs, hc.ctx, hc.req, hc.reply, hc.cc, hc.invoker, hc.opts = nil, nil, nil, nil, nil, nil, nil
+	hc.replyType, hc.delay, hc.adaptive = nil, 0, false
+	hc.first.clear()
+	hc.orig.clear()
+	hc.attempts[0], hc.result, hc.ctxErr = nil, nil, nil
+	hc.started, hc.running, hc.fireAt = 0, 0, 0
+	hc.armed, hc.fireHedge, hc.noHedges, hc.over = false, false, false, false
+}
+
 // hedgeAttempt is one attempt and everything it writes. Only the goroutine
 // running it touches it until it is settled.
 type hedgeAttempt struct {
 	a       attempt // the hand-off: start, peer and options
 	n       int     // 0 for the original
 	ctx     context.Context
-	cancel  context.CancelFunc // nil unless the attempt has a timeout of its own
+	cancel  context.CancelFunc // nil for the original without a timeout of its own: see endLocked
+	settled bool               // it returned and its outcome was taken (under mu)
+	begun   []grpc.CallOption  // the original's options, stamped by run
 	reply   proto.Message
-	header  metadata.MD
-	trailer metadata.MD
-	peer    peer.Peer
+	trailer metadata.MD // for the pushback
+	out     *hedgeOut   // a hedge's copy of what the caller asked for
 	err     error
 	end     int64 // when it returned, for the adaptive delay
 	expired bool  // ran out of its per-attempt timeout
-	optBuf  [6]grpc.CallOption
-	peerBuf [7]grpc.CallOption
-	opts    []grpc.CallOption
+	// optBuf holds the attempt's options, to which attempt.begin adds
+	// grpc.Peer in place: no allocation while they fit.
+	optBuf [7]grpc.CallOption
+	opts   []grpc.CallOption
+}
+
+// hedgeOut is where a hedge writes the header and peer the caller asked for
+// with grpc.Header and grpc.Peer; they are copied out if it decides the
+// call. The original attempt writes the caller's own.
+type hedgeOut struct {
+	header metadata.MD
+	peer   peer.Peer
+}
+
+// clear drops what the original attempt of a call held (see recycle).
+func (at *hedgeAttempt) clear() {
+	at.a.peer, at.begun = peer.Peer{}, nil
+	at.ctx, at.cancel, at.reply, at.trailer, at.err = nil, nil, nil, nil, nil
+	at.settled, at.expired = false, false
 }
 
 // run makes the attempts and returns the call's result.
 func (hc *hedgeCall) run() error {
 	hc.replyType = hc.reply.ProtoReflect().Type()
 	hc.chooseDelay()
-	hc.attemptsCtx, hc.cancelAttempts = context.WithCancel(hc.ctx)
+	hc.orig.reset(hc.ctx)
 	hc.mu.Lock()
-	hc.start = nanotime()
-	hc.cs.budget.call(hc.start)
 	at := hc.launchLocked()
+	// The original attempt is stamped now, and its start is the call's: the
+	// hedge delay counts from it. Stamping a little before the invoker runs
+	// is what the hand-off allows (earlier is only more cautious).
+	at.begun = at.a.begin(at.opts)
+	hc.start = at.a.start
+	hc.cs.budget.call(hc.start)
 	hc.armHedgeLocked(hc.start)
 	hc.mu.Unlock()
-	hc.runAttempts(at, verdict{})
-	hc.await()
+	if !hc.runAttempts(at, verdict{}) {
+		hc.await()
+	}
 	return hc.finish()
 }
 
@@ -277,17 +319,24 @@ func (hc *hedgeCall) launchLocked() *hedgeAttempt {
 		hc.cs.cfg.metrics.hedged(hc.p.method)
 	}
 	at.n = n
+	hc.attempts[n] = at
 	hc.started++
 	hc.running++
 
-	at.ctx = hc.attemptsCtx
+	var parent context.Context = &hc.orig
+	if n > 0 {
+		parent = hc.ctx
+	}
+	if d := hc.p.perAttemptTimeout; d > 0 {
+		at.ctx, at.cancel = context.WithTimeout(parent, d)
+	} else if n > 0 {
+		at.ctx, at.cancel = context.WithCancel(parent)
+	} else {
+		at.ctx = parent
+	}
 	if n > 0 {
 		at.ctx = metadata.AppendToOutgoingContext(at.ctx, previousAttemptsKey, strconv.Itoa(n))
 	}
-	if d := hc.p.perAttemptTimeout; d > 0 {
-		at.ctx, at.cancel = context.WithTimeout(at.ctx, d)
-	}
-	at.a.opts = at.peerBuf[:0]
 	at.opts = hc.attemptOptions(at)
 	return at
 }
@@ -323,12 +372,18 @@ func (hc *hedgeCall) attemptOptions(at *hedgeAttempt) []grpc.CallOption {
 		opts = append(opts, o)
 	}
 	opts = append(opts, grpc.Trailer(&at.trailer), attemptOwner{})
+	if header || peerOpt {
+		at.out = new(hedgeOut)
+	}
 	if header {
-		opts = append(opts, grpc.Header(&at.header))
+		opts = append(opts, grpc.Header(&at.out.header))
 	}
 	if peerOpt {
-		opts = append(opts, grpc.Peer(&at.peer))
+		opts = append(opts, grpc.Peer(&at.out.peer))
 	}
+	// attempt.begin copies them onto themselves and adds grpc.Peer after
+	// them, in the same array while it has room.
+	at.a.opts = opts[:0]
 	return opts
 }
 
@@ -387,32 +442,39 @@ func (hc *hedgeCall) onTimer() {
 }
 
 // runAttempts runs at, and then each resend its settling asks this
-// goroutine to run at once.
-func (hc *hedgeCall) runAttempts(at *hedgeAttempt, prev verdict) {
+// goroutine to run at once. It reports whether the call is over with no
+// attempt running, so that the caller need not wait for it.
+func (hc *hedgeCall) runAttempts(at *hedgeAttempt, prev verdict) (finished bool) {
 	for at != nil {
 		prev.awaitRelease(at.ctx) // the attempt before died with its conn: pick a fresh one
-		at.err = hc.cs.invoke(at.ctx, hc.method, hc.req, at.reply, hc.cc, hc.invoker, at.a.begin(at.opts))
+		opts := at.begun
+		if opts == nil {
+			opts = at.a.begin(at.opts)
+		}
+		at.err = hc.cs.invoke(at.ctx, hc.method, hc.req, at.reply, hc.cc, hc.invoker, opts)
 		if hc.adaptive {
 			at.end = nanotime()
 		}
 		if at.err != nil && status.Code(at.err) == codes.DeadlineExceeded {
 			at.expired = !expired(hc.ctx) && expired(at.ctx)
 		}
-		at, prev = hc.settle(at)
+		at, prev, finished = hc.settle(at)
 	}
+	return finished
 }
 
 // settle records the outcome of at, which has returned, and decides what
 // follows: the call won, the call lost, a resend that the calling goroutine
 // must run at once (with the verdict of at, to wait for its conn's release),
 // or nothing yet.
-func (hc *hedgeCall) settle(at *hedgeAttempt) (next *hedgeAttempt, v verdict) {
+func (hc *hedgeCall) settle(at *hedgeAttempt) (next *hedgeAttempt, v verdict, finished bool) {
 	if at.err != nil {
 		v = at.a.verdict()
 	}
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
 	hc.running--
+	at.settled = true
 	if at.cancel != nil {
 		at.cancel()
 	}
@@ -424,13 +486,14 @@ func (hc *hedgeCall) settle(at *hedgeAttempt) (next *hedgeAttempt, v verdict) {
 	default:
 		next = hc.failedLocked(at, v)
 	}
-	if hc.over && hc.running == 0 && hc.wake != nil {
+	finished = hc.over && hc.running == 0
+	if finished && hc.wake != nil {
 		select {
 		case hc.wake <- struct{}{}:
 		default:
 		}
 	}
-	return next, v
+	return next, v, finished
 }
 
 // wonLocked ends the call with the success of at: the others are cancelled.
@@ -477,7 +540,15 @@ func (hc *hedgeCall) failedLocked(at *hedgeAttempt, v verdict) *hedgeAttempt {
 func (hc *hedgeCall) endLocked(at *hedgeAttempt) {
 	hc.over, hc.result = true, at
 	hc.disarmLocked()
-	hc.cancelAttempts()
+	for _, o := range hc.attempts[:hc.started] {
+		switch {
+		case o.settled:
+		case o.n == 0:
+			hc.orig.cancel(context.Canceled) // the winner has returned; the original has not
+		default:
+			o.cancel()
+		}
+	}
 }
 
 // await returns once the call is over and no attempt runs. If the caller
@@ -531,20 +602,24 @@ func (hc *hedgeCall) finish() error {
 // copyOut gives the caller's header, trailer and peer options the values of
 // the hedge that decided the call.
 func (hc *hedgeCall) copyOut(at *hedgeAttempt) {
+	var out hedgeOut
+	if at.out != nil {
+		out = *at.out
+	}
 	for _, o := range hc.opts {
 		switch o := o.(type) {
 		case grpc.HeaderCallOption:
-			*o.HeaderAddr = at.header
+			*o.HeaderAddr = out.header
 		case *grpc.HeaderCallOption:
-			*o.HeaderAddr = at.header
+			*o.HeaderAddr = out.header
 		case grpc.TrailerCallOption:
 			*o.TrailerAddr = at.trailer
 		case *grpc.TrailerCallOption:
 			*o.TrailerAddr = at.trailer
 		case grpc.PeerCallOption:
-			*o.PeerAddr = at.peer
+			*o.PeerAddr = out.peer
 		case *grpc.PeerCallOption:
-			*o.PeerAddr = at.peer
+			*o.PeerAddr = out.peer
 		}
 	}
 }
