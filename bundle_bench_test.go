@@ -2,6 +2,7 @@ package grpcguard
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,4 +62,73 @@ func benchParallel(b *testing.B, cc *grpc.ClientConn, method string) {
 			}
 		}
 	})
+}
+
+// BenchmarkParallelOverhead measures the same as the Parallel benchmarks
+// above, but paired: plain grpc-go and the DialOptions clients take turns in
+// short rounds (64 callers, 64 calls each per round), so that any load the
+// machine has in the meantime weighs on both alike. Besides each client's
+// ns per call it reports the ratios guarded/plain:
+//
+//	go test -run '^$' -bench ParallelOverhead -benchtime 100x -count 8 . | benchstat -
+//
+// (-benchtime counts rounds per client.)
+func BenchmarkParallelOverhead(b *testing.B) {
+	const callers, perCaller = 64, 64
+	addr := startServer(b, &testsvc.Server{})
+	dial := func(opts ...Option) *grpc.ClientConn {
+		if opts == nil {
+			return newClient(b, addr)
+		}
+		dopts, err := DialOptions(opts...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return newClient(b, addr, dopts...)
+	}
+	clients := []struct {
+		name   string
+		cc     *grpc.ClientConn
+		method string
+		total  time.Duration
+	}{
+		{"echo-plain", dial(), testsvc.Echo, 0},
+		{"echo-dialoptions", dial(WithMaxAttempts(DefaultMaxAttempts)), testsvc.Echo, 0},
+		{"get-plain", dial(), testsvc.Get, 0},
+		{"get-hedge-armed", dial(WithHedgeDelay(50 * time.Millisecond)), testsvc.Get, 0},
+	}
+	round := func(cc *grpc.ClientConn, method string) time.Duration {
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range callers {
+			wg.Go(func() {
+				req, reply := wrapperspb.String("x"), new(wrapperspb.StringValue)
+				for range perCaller {
+					if err := cc.Invoke(context.Background(), method, req, reply); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	for i := range clients {
+		round(clients[i].cc, clients[i].method) // connect and warm up
+	}
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		for k := range clients {
+			i := (n + k) % len(clients) // rotate who goes first
+			clients[i].total += round(clients[i].cc, clients[i].method)
+		}
+	}
+	per := func(i int) float64 { return float64(clients[i].total) / float64(b.N*callers*perCaller) }
+	for i, c := range clients {
+		b.ReportMetric(per(i), c.name+"-ns/call")
+	}
+	b.ReportMetric(per(1)/per(0), "echo-dialoptions/plain")
+	b.ReportMetric(per(3)/per(2), "get-hedge-armed/plain")
+	b.ReportMetric(0, "ns/op")
 }
