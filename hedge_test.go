@@ -454,18 +454,20 @@ func TestHedgeDelayWindow(t *testing.T) {
 	for i := hedgeWarmup; i <= 100; i++ {
 		w.record(time.Duration(i)*time.Millisecond, false, c.hedgeQuantile)
 	}
-	// Recomputed at sample 96: the p95 of 1..96 ms.
-	if d := w.delay(&c); d != 92*time.Millisecond {
-		t.Errorf("delay %v, want 92ms", d)
+	// Estimated at samples 20, 32, 48, 64, 80 and 96: the p95 of 1..n ms,
+	// 31, 46, 61, 76 and 92 ms for the last five; the delay is their median.
+	if d := w.delay(&c); d != 61*time.Millisecond {
+		t.Errorf("delay %v, want 61ms", d)
 	}
-	// The ring forgets: 256 samples of 2ms replace the old ones.
-	for range hedgeWindow {
+	// The ring forgets: samples of 2ms replace the old ones, and a few
+	// estimates later the delay follows.
+	for range 2 * hedgeWindow {
 		w.record(2*time.Millisecond, false, c.hedgeQuantile)
 	}
 	if d := w.delay(&c); d != 5*time.Millisecond {
 		t.Errorf("delay %v, want the 5ms minimum", d)
 	}
-	for range hedgeWindow {
+	for range 2 * hedgeWindow {
 		w.record(time.Minute, false, c.hedgeQuantile)
 	}
 	if d := w.delay(&c); d != time.Second {
