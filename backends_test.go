@@ -278,7 +278,7 @@ func testHedgeLanding(t *testing.T) {
 		return req, nil
 	})
 	for _, lb := range []struct{ name, config string }{{"round_robin", roundRobinConfig}, {"pick_first", pickFirstConfig}} {
-		cc := b.client(t, lb.config, WithHedgeDelay(20*time.Millisecond), WithHedgeBudget(1), WithMaxAttempts(2))
+		cc := b.client(t, lb.config, WithHedgeDelay(20*time.Millisecond), WithMaxAttempts(2))
 		if lb.name == "round_robin" {
 			b.warmAll(t, cc, lb.name)
 		} else if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm-pf", grpc.WaitForReady(true)); err != nil {

@@ -44,7 +44,7 @@ func fullJitter(cap time.Duration, draw func(n int64) int64) time.Duration {
 
 // backoff returns the wait before retry n (n = 1 before the first retry) of a
 // failure the server returned, from the user's BackoffFunc if set.
-func (c *config) backoff(ctx context.Context, n int) time.Duration {
+func (c *callSettings) backoff(ctx context.Context, n int) time.Duration {
 	if c.backoffFunc != nil {
 		return max(c.backoffFunc(ctx, uint(n)), 0)
 	}

@@ -35,7 +35,7 @@ func TestBackoffFullJitterRange(t *testing.T) {
 	if got := fullJitter(capd, func(n int64) int64 { return n - 1 }); got != capd {
 		t.Errorf("highest draw = %v, want %v (the cap is included)", got, capd)
 	}
-	c := defaultConfig()
+	c := defaultConfig().call
 	for n := 1; n <= 10; n++ {
 		for range 50 {
 			got := c.backoff(context.Background(), n)
@@ -56,7 +56,7 @@ func TestBackoffFuncAttemptNumbering(t *testing.T) {
 		t.Fatal(err)
 	}
 	for n := 1; n <= 3; n++ {
-		if got := c.backoff(context.Background(), n); got != 0 {
+		if got := c.call.backoff(context.Background(), n); got != 0 {
 			t.Errorf("backoff = %v, want 0", got)
 		}
 	}
@@ -87,7 +87,7 @@ func TestPushbackParsing(t *testing.T) {
 }
 
 func TestRetryDecisionTable(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := defaultConfig().call
 	for _, tc := range []struct {
 		name            string
 		f               failure
@@ -105,7 +105,7 @@ func TestRetryDecisionTable(t *testing.T) {
 		{"attempt timeout never left", failure{code: codes.DeadlineExceeded, attemptExpiry: true, neverLeft: true}, false, true, true},
 		{"caller deadline", failure{code: codes.DeadlineExceeded, callerDone: true}, true, false, false},
 	} {
-		ok, unprocessed := mayRetry(&cfg, tc.f, tc.idempotent)
+		ok, unprocessed := mayRetry(cfg.retryable, tc.f, tc.idempotent)
 		if ok != tc.ok || unprocessed != tc.unprocessed {
 			t.Errorf("%s: mayRetry = %v %v, want %v %v", tc.name, ok, unprocessed, tc.ok, tc.unprocessed)
 		}

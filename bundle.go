@@ -14,11 +14,15 @@ type dialFunc = func(context.Context, string) (net.Conn, error)
 //
 //   - a Dialer (grpc.WithContextDialer) whose connections are probed and
 //     refuse to write when stale;
-//   - the unary chain hedging (only when configured: WithHedgeDelay,
-//     WithAdaptiveHedgeDelay or a service config hedgingPolicy) -> retry ->
-//     the Dialer's probe before the pick, and the stream chain retry -> probe,
-//     so that every attempt, original, retry or hedge, is probed before it
-//     picks a transport and the retry can tell whether it left the client;
+//   - one unary interceptor that hedges the calls that ask for it
+//     (WithHedgeDelay or WithAdaptiveHedgeDelay, given here or to one call,
+//     or a service config hedgingPolicy) and retries the others, and one
+//     stream interceptor that retries streams; each of their attempts,
+//     original, retry or hedge, runs the Dialer's check before the pick, so
+//     that it is probed and the retry can tell whether it left the client.
+//     They share one budget for every extra attempt and one view of each
+//     method, so the bound of WithRetryBudget (or WithRetryThrottling) holds
+//     for the client as a whole;
 //   - grpc.WithDisableRetry, so that grpc-go's own retry policy, which runs
 //     beneath interceptors, does not multiply attempts. grpc-go's transparent
 //     retry of streams that never reached the server stays on: it is not
@@ -33,6 +37,11 @@ type dialFunc = func(context.Context, string) (net.Conn, error)
 // names each option and value; nothing panics. The Dialer runs no goroutine
 // while it has no connection, so closing the grpc.ClientConn is all the
 // clean-up there is. Use one DialOptions result per grpc.ClientConn.
+//
+// The same can be built by hand from NewDialer, UnaryClientHedge,
+// UnaryClientRetry and StreamClientRetry (see their documentation for the
+// order), but each of those has its own budget: the bound then holds per
+// interceptor, and adds up.
 func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
 	return dialOptions(opts, nil)
 }
@@ -41,32 +50,37 @@ func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
 // wrapped, for tests that must dial from another network namespace.
 func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOption, error) {
 	opts = append(opts[:len(opts):len(opts)], proxyFromEnvironment())
-	cfg, err := newConfig(opts)
-	if err != nil {
-		return nil, err
+	cs := newClientState(opts)
+	if cs.invalid != nil {
+		return nil, cs.invalid
 	}
 	d := NewDialer(opts...)
 	dial := dialFunc(d.DialContext)
 	if wrapDial != nil {
 		dial = wrapDial(dial)
 	}
-	unary := []grpc.UnaryClientInterceptor{UnaryClientRetry(opts...), d.UnaryClientInterceptor()}
-	switch {
-	case cfg.hedgeEnabled:
-		unary = append([]grpc.UnaryClientInterceptor{UnaryClientHedge(opts...)}, unary...)
-	case cfg.serviceConfig != nil && cfg.serviceConfig.hedges():
-		onlyByPolicy := option(func(c *config) error { c.hedgeOnlyByPolicy = true; return nil })
-		hedge := UnaryClientHedge(append(append([]Option(nil), opts...), onlyByPolicy)...)
-		unary = append([]grpc.UnaryClientInterceptor{hedge}, unary...)
-	}
+	cs.pickUnary, cs.pickStream = d.UnaryClientInterceptor(), d.StreamClientInterceptor()
 	dopts := []grpc.DialOption{
 		grpc.WithContextDialer(dial),
-		grpc.WithChainUnaryInterceptor(unary...),
-		grpc.WithChainStreamInterceptor(StreamClientRetry(opts...), d.StreamClientInterceptor()),
+		grpc.WithChainUnaryInterceptor(cs.unary),
+		grpc.WithChainStreamInterceptor(cs.streamRetry),
 		grpc.WithDisableRetry(),
 	}
-	if cfg.proxies() {
-		dopts = append(dopts, grpc.WithResolvers(proxyResolver{proxy: cfg.proxy}))
+	if cs.cfg.proxies() {
+		dopts = append(dopts, grpc.WithResolvers(proxyResolver{proxy: cs.cfg.proxy}))
 	}
 	return dopts, nil
+}
+
+// unary is DialOptions' unary interceptor: hedging and retry over one plan,
+// each attempt through the Dialer's check before the pick.
+func (cs *clientState) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if ownedAttempt(opts) {
+		return cs.invoke(ctx, method, req, reply, cc, invoker, opts) // an outer interceptor owns the attempts
+	}
+	var p plan
+	if err := cs.planFor(&p, method, opts); err != nil {
+		return err
+	}
+	return cs.runUnary(ctx, &p, true, method, req, reply, cc, invoker, opts)
 }

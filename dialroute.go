@@ -36,8 +36,8 @@ import (
 // With f the Dialer sets no socket option (WithKeepAlive and
 // WithUserTimeout apply to sockets the Dialer makes) and never proxies: f
 // owns the route. Default: none, the Dialer dials. nil is invalid.
-func WithDialFunc(f func(ctx context.Context, addr string) (net.Conn, error)) Option {
-	return option(func(c *config) error {
+func WithDialFunc(f func(ctx context.Context, addr string) (net.Conn, error)) ClientOption {
+	return clientOption(func(c *config) error {
 		if f == nil {
 			return invalid("WithDialFunc", "nil", "must not be nil")
 		}

@@ -8,6 +8,8 @@ import (
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // idleGaps straddle a proxy idle time of 60ms: calls back to back, just
@@ -53,22 +55,35 @@ func TestE2EIdleCloses(t *testing.T) {
 	}
 }
 
-// TestE2EResetFirstBytesWithoutRetry measures what the dialer alone cannot
-// fix: a middlebox that resets the first bytes after idle accepts the write,
-// so no probe can see it coming. The retry interceptor handles these.
+// TestE2EResetFirstBytesWithoutRetry: a middlebox that resets the first
+// bytes after idle accepts the write, so no probe can see it coming: with
+// the Dialer alone (no retry), each reset fails the non-idempotent call it
+// hit, and nothing else fails. The reset connection is counted as stale. The
+// retry interceptor is what handles these (TestRetryResetFirstBytesAfterIdle).
 func TestE2EResetFirstBytesWithoutRetry(t *testing.T) {
 	p := startProxy(t, startServer(t, &testsvc.Server{}), faultproxy.Config{Mode: faultproxy.ResetFirstBytesAfterIdle, Idle: proxyIdle})
 	m := NewMetrics()
 	cc, _ := guardedClient(t, p.Addr(), WithMetrics(m), WithProbeAfterIdle(10*time.Millisecond))
 	failed := 0
 	for _, gap := range idleGaps {
-		time.Sleep(gap)
+		time.Sleep(gap) // the scenario: the client is quiet this long
 		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "x"); err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Errorf("a reset failed the call with %v, want Unavailable", err)
+			}
 			failed++
 		}
 	}
+	st := p.Stats()
 	t.Logf("reset-first-bytes-after-idle, dialer only: %d of %d RPCs failed; proxy %+v; stale counted %d",
-		failed, len(idleGaps), p.Stats(), staleTotal(m))
+		failed, len(idleGaps), st, staleTotal(m))
+	if st.RSTs == 0 {
+		t.Fatal("the proxy reset nothing: the scenario did not happen")
+	}
+	if int64(failed) != st.RSTs {
+		t.Errorf("%d calls failed for %d resets: want one failure per reset, no other", failed, st.RSTs)
+	}
+	waitFor(t, 5*time.Second, "every reset conn to be counted", func() bool { return int64(staleTotal(m)) >= st.RSTs })
 }
 
 // TestE2EWindowAfterPeerClose: RPCs issued right after the peer closed the

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 )
 
 // Check a connection from your own pool before reusing it: Probe reads
@@ -108,18 +109,52 @@ func ExampleWithIdempotentMethods() {
 
 // Hedging: a second attempt after the p95 latency of the method's recent
 // calls (adaptive) or after a fixed delay; the first answer wins and the
-// others are cancelled. Only idempotent methods are hedged.
+// others are cancelled. Only idempotent methods are hedged. With
+// DialOptions, asking for a hedge delay turns hedging on; built by hand, the
+// hedging interceptor goes outermost and gets the same options as the retry.
 func ExampleUnaryClientHedge() {
-	hedge := grpcguard.UnaryClientHedge(
-		grpcguard.WithHedgeDelay(30*time.Millisecond),
+	_, err := grpcguard.DialOptions(grpcguard.WithHedgeDelay(30 * time.Millisecond))
+	fmt.Println(err)
+
+	opts := []grpcguard.Option{
+		grpcguard.WithHedgeDelay(30 * time.Millisecond),
 		grpcguard.WithMaxAttempts(2),
 		grpcguard.WithIdempotentMethods("/shop.Catalog/*"),
-	)
-	_ = grpc.WithChainUnaryInterceptor(hedge) // outermost, then retry, then the Dialer's
-	// With DialOptions, asking for a hedge delay installs hedging:
-	_, err := grpcguard.DialOptions(grpcguard.WithAdaptiveHedgeDelay(0.95, 5*time.Millisecond, time.Second))
-	fmt.Println(err)
+	}
+	d := grpcguard.NewDialer(opts...)
+	defer d.Close()
+	_ = grpc.WithChainUnaryInterceptor(grpcguard.UnaryClientHedge(opts...), grpcguard.UnaryClientRetry(opts...), d.UnaryClientInterceptor())
 	// Output: <nil>
+}
+
+// Per-call options: a CallOption overrides the client's setting for one
+// call. Options about the whole client (WithKeepAlive, WithRetryBudget,
+// WithServiceConfig, WithMetrics, ...) are ClientOptions, which are not
+// grpc.CallOptions: passing one to a call does not compile.
+func ExampleCallOption() {
+	addr, stop, err := testsvc.Serve(&testsvc.Server{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stop()
+	opts, err := grpcguard.DialOptions(grpcguard.WithMaxAttempts(4))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+addr, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+
+	ctx := context.Background()
+	reply, err := testsvc.Call(ctx, cc, testsvc.Get, "once", grpcguard.WithRetryDisabled())
+	fmt.Println(reply, err)
+	reply, err = testsvc.Call(ctx, cc, testsvc.Get, "hedged", grpcguard.WithHedgeDelay(50*time.Millisecond), grpcguard.WithPerAttemptTimeout(time.Second))
+	fmt.Println(reply, err)
+	// Output:
+	// once <nil>
+	// hedged <nil>
 }
 
 // Metrics go on your own registry; one Metrics may serve a whole client.
@@ -154,24 +189,49 @@ func ExampleWithServiceConfig() {
 	// true
 }
 
-// Chaining with go-grpc-middleware/v2: its selector hedges only some
-// methods, and its BackoffFunc drives grpcguard's retry.
+// Chaining with go-grpc-middleware/v2: its selector hedges only one method,
+// and its BackoffFunc drives grpcguard's retry. Built by hand, every
+// interceptor gets the same options (here the hedged method must be known as
+// idempotent to the hedging interceptor too, or it hedges nothing), and each
+// has its own budget; DialOptions shares one.
 func Example_goGRPCMiddleware() {
-	hedgeSearch := selector.UnaryClientInterceptor(
-		grpcguard.UnaryClientHedge(grpcguard.WithHedgeDelay(20*time.Millisecond)),
-		selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool { return c.Service == "shop.Search" }),
-	)
-	d := grpcguard.NewDialer()
-	defer d.Close()
-	retry := grpcguard.UnaryClientRetry(
-		grpcguard.WithBackoffFunc(mwretry.BackoffExponentialWithJitter(50*time.Millisecond, 0.2)),
-		grpcguard.WithIdempotentMethods("/shop.Search/*"),
-	)
-	opts := []grpc.DialOption{
-		grpc.WithContextDialer(d.DialContext),
-		grpc.WithChainUnaryInterceptor(hedgeSearch, retry, d.UnaryClientInterceptor()),
-		grpc.WithDisableRetry(), // grpc-go's own retry would multiply attempts
+	srv := &testsvc.Server{Unary: func(ctx context.Context, _, req string) (string, error) {
+		if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("grpc-previous-rpc-attempts")) == 0 {
+			<-ctx.Done() // the original attempt is a straggler
+			return "", ctx.Err()
+		}
+		return req, nil
+	}}
+	addr, stop, err := testsvc.Serve(srv)
+	if err != nil {
+		log.Fatal(err)
 	}
-	fmt.Println(len(opts))
-	// Output: 3
+	defer stop()
+
+	common := []grpcguard.Option{
+		grpcguard.WithIdempotentMethods("/grpcguard.testing.Echo/*"),
+		grpcguard.WithBackoffFunc(mwretry.BackoffExponentialWithJitter(50*time.Millisecond, 0.2)),
+	}
+	hedgeGet := selector.UnaryClientInterceptor(
+		grpcguard.UnaryClientHedge(append(common, grpcguard.WithHedgeDelay(20*time.Millisecond))...),
+		selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool { return c.Method == "Get" }),
+	)
+	d := grpcguard.NewDialer(common...)
+	defer d.Close()
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(d.DialContext),
+		grpc.WithChainUnaryInterceptor(hedgeGet, grpcguard.UnaryClientRetry(common...), d.UnaryClientInterceptor()),
+		grpc.WithDisableRetry(), // grpc-go's own retry would multiply attempts
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reply, err := testsvc.Call(ctx, cc, testsvc.Get, "hedged")
+	fmt.Println(reply, err)
+	// Output: hedged <nil>
 }

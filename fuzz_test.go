@@ -280,6 +280,8 @@ func FuzzOptions(f *testing.F) {
 		// The mask picks the options; the rest are left out.
 		var opts []Option
 		var want []string
+		var callOpts []grpc.CallOption // the CallOptions among them
+		wantCall := ""                 // the first invalid CallOption's error
 		for i, o := range all {
 			if mask&(1<<i) == 0 {
 				continue
@@ -287,6 +289,12 @@ func FuzzOptions(f *testing.F) {
 			opts = append(opts, o.opt)
 			if o.want != "" {
 				want = append(want, o.want)
+			}
+			if co, ok := o.opt.(CallOption); ok {
+				callOpts = append(callOpts, co)
+				if wantCall == "" {
+					wantCall = o.want
+				}
 			}
 		}
 		cfg, err := newConfig(opts)
@@ -307,25 +315,17 @@ func FuzzOptions(f *testing.F) {
 			}
 		}
 
-		// The same options as a call's options: the first invalid one is the
-		// error, as with newConfig.
-		base := defaultConfig()
-		_, cerr := base.withCallOptions(toCallOptions(opts))
+		// The CallOptions among them as a call's options: the first invalid
+		// one fails the call with InvalidArgument and its text.
+		var p plan
+		cerr := newClientState(nil).planFor(&p, "/a.B/C", callOpts)
 		switch {
-		case len(want) == 0 && cerr != nil:
+		case wantCall == "" && cerr != nil:
 			t.Fatalf("per-call: valid options rejected: %v", cerr)
-		case len(want) > 0 && (cerr == nil || cerr.Error() != want[0]):
-			t.Fatalf("per-call: error %v, want %s", cerr, want[0])
+		case wantCall != "" && (status.Code(cerr) != codes.InvalidArgument || status.Convert(cerr).Message() != wantCall):
+			t.Fatalf("per-call: error %v, want %s", cerr, wantCall)
 		}
 	})
-}
-
-func toCallOptions(opts []Option) []grpc.CallOption {
-	cos := make([]grpc.CallOption, len(opts))
-	for i, o := range opts {
-		cos[i] = o
-	}
-	return cos
 }
 
 func ifs(cond bool, s string) string {
@@ -341,12 +341,13 @@ func checkValidConfig(t *testing.T, c *config) {
 	t.Helper()
 	prev := time.Duration(0)
 	for n := 1; n <= 70; n++ {
-		cp := backoffCap(c.initialBackoff, c.maxBackoff, c.backoffMultiplier, n)
-		if cp <= 0 || cp > c.maxBackoff || cp < prev {
-			t.Fatalf("backoffCap(%v, %v, %v, %d) = %v (previous %v)", c.initialBackoff, c.maxBackoff, c.backoffMultiplier, n, cp, prev)
+		cc := &c.call
+		cp := backoffCap(cc.initialBackoff, cc.maxBackoff, cc.backoffMultiplier, n)
+		if cp <= 0 || cp > cc.maxBackoff || cp < prev {
+			t.Fatalf("backoffCap(%v, %v, %v, %d) = %v (previous %v)", cc.initialBackoff, cc.maxBackoff, cc.backoffMultiplier, n, cp, prev)
 		}
 		prev = cp
-		if w := c.backoff(context.Background(), n); w < 0 || w > cp {
+		if w := cc.backoff(context.Background(), n); w < 0 || w > cp {
 			t.Fatalf("backoff %d = %v, cap %v", n, w, cp)
 		}
 	}
@@ -355,8 +356,9 @@ func checkValidConfig(t *testing.T, c *config) {
 	{
 		b := newBudget(c.budget)
 		for range 3 {
-			b.call()
-			b.allow()
+			b.call(nanotime())
+			b.allow(extraRetry)
+			b.allow(extraHedge)
 			b.result(true)
 		}
 	}

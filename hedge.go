@@ -3,6 +3,7 @@ package grpcguard
 import (
 	"context"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // UnaryClientHedge returns an interceptor that hedges unary calls of
@@ -37,15 +39,30 @@ import (
 // says stop (negative or unparsable), cancels every attempt and is returned.
 // If every attempt fails with a non-fatal code, the last error is returned.
 //
-// Budget: hedges of one interceptor are capped at WithHedgeBudget (default
-// 0.1) times its calls over the retry budget's window (default 10s). An
-// exhausted budget only stops new hedges; attempts in flight run on.
+// Budget: hedges spend from the budget of extra attempts (WithRetryBudget),
+// of which attempts started by the delay may take only the hedge share
+// (WithHedgeBudget: 10% of calls plus 5 per second), so that a fresh client
+// hedges its first call and hedges never leave retries without room; a hedge
+// the budget refuses never stops a later resend that the budget allows. A6
+// throttling (WithRetryThrottling) sees every attempt's outcome. An exhausted
+// budget only stops new attempts; attempts in flight run on.
 //
-// Each attempt gets its own reply message and its own header, trailer and
-// peer storage; the winner's are copied to the caller's, so concurrent
-// attempts never write to what the caller sees. Hedges carry the
-// grpc-previous-rpc-attempts metadata (1 for the first hedge, 2 for the
-// second). A grpc.OnFinish option is called once, with the call's result.
+// Deadlines: a service config timeout bounds the whole call, and
+// WithPerAttemptTimeout each attempt; an attempt that runs out of its own time
+// starts the next one at once.
+//
+// Each hedge gets its own reply message and its own header, trailer and peer
+// storage; the winner's are copied to the caller's, so concurrent attempts
+// never write to what the caller sees. The interceptor returns only once
+// every attempt has returned, so that the caller may reuse req and reply at
+// once. Hedges carry the grpc-previous-rpc-attempts metadata (1 for the first
+// hedge, 2 for the second). A grpc.OnFinish option is called once, with the
+// call's result.
+//
+// The cost: the original attempt runs on the caller's goroutine; the timer
+// that would start the next one costs no goroutine until it fires, and is
+// stopped when the call ends. A call answered before the delay runs no other
+// goroutine.
 //
 // # Composition
 //
@@ -53,14 +70,17 @@ import (
 //
 //	hedge -> retry -> dialer probe
 //
-// for example grpc.WithChainUnaryInterceptor(UnaryClientHedge(...),
-// UnaryClientRetry(...), d.UnaryClientInterceptor()). The hedging interceptor
-// puts an attempt marker in each attempt's context: the retry interceptor sees
-// it and passes the attempt through, so retries never multiply hedges (3
-// hedges x 3 retries = 9 attempts), and the Dialer's interceptor probes the
-// connection before each attempt's pick and tells which attempts never left
-// the client. In the other order the retry interceptor owns the attempts and
-// hedging passes every call through. Disable grpc-go's built-in retry
+// for example grpc.WithChainUnaryInterceptor(UnaryClientHedge(opts...),
+// UnaryClientRetry(opts...), d.UnaryClientInterceptor()), with the same
+// options for both. The hedging interceptor marks each attempt with a call
+// option (never in the context, so RPCs nested inside an attempt are not
+// mistaken for attempts): the retry interceptor sees it and passes the
+// attempt through, so retries never multiply hedges (3 hedges x 3 retries = 9
+// attempts), and the Dialer's interceptor probes the connection before each
+// attempt's pick and tells which attempts never left the client. In the other
+// order the retry interceptor owns the attempts and hedging passes every call
+// through. Built this way, each interceptor has its own budget; DialOptions
+// builds all of them over one. Disable grpc-go's built-in retry
 // (grpc.WithDisableRetry) if a service config sets a retryPolicy: it runs
 // beneath every interceptor.
 //
@@ -81,64 +101,44 @@ import (
 // Invalid options make every call fail with codes.InvalidArgument and the
 // option's error text; the interceptor never panics.
 func UnaryClientHedge(opts ...Option) grpc.UnaryClientInterceptor {
-	cfg, err := newConfig(opts)
-	if err != nil {
-		st := status.Error(codes.InvalidArgument, err.Error())
-		return func(context.Context, string, any, any, *grpc.ClientConn, grpc.UnaryInvoker, ...grpc.CallOption) error {
-			return st
-		}
-	}
-	window := cfg.budget.window
-	if window <= 0 {
-		window = DefaultBudgetWindow // A6 throttling has no window
-	}
-	h := &hedger{
-		cfg:    &cfg,
-		idem:   &idempotencyCache{},
-		budget: newBudget(budgetConfig{ratio: cfg.hedgeBudgetRatio, window: window}),
-		resend: newBudget(cfg.budget),
-	}
-	return h.intercept
+	cs := newClientState(opts)
+	cs.cfg.call.hedge = true // this interceptor hedges without being asked: that is what it is for
+	return cs.unaryHedge
 }
 
-// hedger is the state of one hedging interceptor.
-type hedger struct {
-	cfg    *config
-	idem   *idempotencyCache
-	budget *budget // attempts started by the hedge delay
-	// resend pays for attempts started because another failed with a
-	// non-fatal code: they are retries, and a burst of failures must not
-	// exhaust the hedge budget (which has no floor) and fail idempotent calls
-	// that a retry would have saved. It is sized as the retry budget.
-	resend *budget
-	delays hedgeDelays
+// unaryHedge is the hedging interceptor on its own: what it does not hedge
+// goes to the next interceptor untouched.
+func (cs *clientState) unaryHedge(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if cs.err != nil {
+		return cs.err
+	}
+	if ownedAttempt(opts) {
+		return invoker(ctx, method, req, reply, cc, opts...) // an outer interceptor owns the attempts
+	}
+	var p plan
+	if err := cs.planFor(&p, method, opts); err != nil {
+		return err
+	}
+	rm, ok := reply.(proto.Message) // each attempt needs its own reply
+	if !ok || !p.hedges() {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	if p.callTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.callTimeout)
+		defer cancel()
+	}
+	return cs.hedge(ctx, &p, method, req, rm, cc, invoker, opts)
 }
 
-func (h *hedger) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	c, err := h.cfg.forMethod(method).withCallOptions(opts)
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	// Hedging runs a call several times at once, so it is only for methods
-	// that may run more than once. An attempt marker already in ctx means an
-	// outer interceptor owns the attempts: hedging under it would multiply
-	// them.
-	if c.hedgeDisabled || c.maxAttempts < 2 || ownedAttempt(opts) ||
-		(c.hedgeOnlyByPolicy && !c.hedgeEnabled) ||
-		!(c.policyRetryable || (idempotency{declared: c.idempotent, cache: h.idem}).of(method)) {
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
-	// Each attempt needs its own reply; only proto messages can be made anew.
-	rm, ok := reply.(proto.Message)
-	if !ok {
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
-	hc := &hedgeCall{
-		h: h, c: c, ctx: ctx, method: method, req: req, reply: rm,
-		cc: cc, invoker: invoker, opts: opts,
-		results: make(chan *hedgeAttempt, c.maxAttempts),
-	}
-	err = hc.run()
+// hedge runs one hedged call and reports its result to the caller's
+// grpc.OnFinish options, once.
+func (cs *clientState) hedge(ctx context.Context, p *plan, method string, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+	hc := hedgeCalls.Get().(*hedgeCall)
+	hc.hedgeArgs = hedgeArgs{cs: cs, p: *p, ctx: ctx, method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
+	hc.p.hedged = true
+	err := hc.run()
+	reusable := hc.orig.release()
 	for _, o := range opts {
 		switch o := o.(type) {
 		case grpc.OnFinishCallOption:
@@ -147,234 +147,479 @@ func (h *hedger) intercept(ctx context.Context, method string, req, reply any, c
 			o.OnFinish(err)
 		}
 	}
+	if reusable && hc.started == 1 && !hc.timerBusy {
+		// Nothing but the caller's goroutine ever ran for this call, the
+		// timer was stopped before it fired, and the original's context was
+		// never cancelled: nothing can touch hc any more, so it is reused,
+		// timer and channel included.
+		hc.recycle()
+		hedgeCalls.Put(hc)
+	}
 	return err
 }
 
-// hedgeCall is one hedged call.
-type hedgeCall struct {
-	h       *hedger
-	c       *config
-	ctx     context.Context
+// hedgeCalls keeps the hedgeCalls (and their timers) of calls answered
+// before their delay, the common case, for reuse.
+var hedgeCalls = sync.Pool{New: func() any { return new(hedgeCall) }}
+
+// hedgeArgs is what a hedged call is made of.
+type hedgeArgs struct {
+	cs      *clientState
+	p       plan
+	ctx     context.Context // the call's: the caller's, bounded by the call timeout
 	method  string
 	req     any
-	reply   proto.Message
+	reply   proto.Message // the caller's: the original attempt writes into it directly
 	cc      *grpc.ClientConn
 	invoker grpc.UnaryInvoker
-	opts    []grpc.CallOption
-
-	start    int64 // nanotime of the original attempt's start
-	attempts []*hedgeAttempt
-	results  chan *hedgeAttempt // buffered for every attempt: senders never block
+	opts    []grpc.CallOption // the caller's
 }
 
-// hedgeAttempt is one attempt and everything it writes. Only its goroutine
-// touches it until it is received from hedgeCall.results.
+// hedgeCall is one hedged call. The caller's goroutine runs the original
+// attempt itself. A timer, which costs no goroutine until it fires, starts
+// each further attempt on the goroutine that runs the timer's function. Every
+// goroutine running an attempt settles its outcome under mu, and runs at once
+// the resend its failure may ask for.
+type hedgeCall struct {
+	hedgeArgs
+	// replyType makes each hedge's reply. It is read before the original
+	// attempt starts: reading it from reply later would race with the
+	// original attempt's decoding.
+	replyType protoreflect.MessageType
+
+	start    int64         // nanotime of the original attempt's start
+	delay    time.Duration // between attempts; 0: hedge on failures only
+	adaptive bool
+
+	first hedgeAttempt  // the original attempt: part of the call, no allocation of its own
+	orig  originalCtx   // the original attempt's context
+	timer *time.Timer   // created when first armed; only under mu
+	wake  chan struct{} // made, under mu, when the caller has to wait
+
+	// mu guards what follows, and holds the invariant that lets the caller
+	// return: once over is set, no attempt starts and every attempt started
+	// has been cancelled; the caller returns only when over is set and
+	// running is 0, so no attempt can touch req, reply or the caller's
+	// options any more, and the timer is stopped.
+	mu       sync.Mutex
+	attempts [maxAttemptsLimit]*hedgeAttempt
+	started  int   // attempts started
+	running  int   // attempts started and not yet settled
+	fireAt   int64 // nanotime at which the armed timer starts the next attempt; 0: not armed
+	// armed: the timer is set and has not fired or been stopped. timerBusy:
+	// stopping or resetting it found it had fired, so its function may
+	// still run: the call is then not reused.
+	armed     bool
+	timerBusy bool
+	// fireHedge: the armed timer starts a hedge, which the budget's hedge
+	// share must pay for; otherwise a resend the after-failure step has
+	// already paid for (after the server's pushback).
+	fireHedge bool
+	noHedges  bool // the budget refused a hedge: no more delay hedges for this call
+	over      bool
+	result    *hedgeAttempt // the attempt that decided the call; nil with ctxErr
+	ctxErr    error         // the caller gave up while nothing was running
+}
+
+// recycle clears what a call answered by its original attempt alone left
+// in hc, keeping the timer and the original's channel. It clears only the
+// references to the call's own values (context, messages, metadata, peer):
+// every pointer written costs a write barrier while the GC runs, and the
+// plan and the option buffer are overwritten by the next call anyway.
+func (hc *hedgeCall) recycle() {
+	hc.cs, hc.ctx, hc.req, hc.reply, hc.cc, hc.invoker, hc.opts = nil, nil, nil, nil, nil, nil, nil
+	hc.replyType, hc.delay, hc.adaptive = nil, 0, false
+	hc.first.clear()
+	hc.orig.clear()
+	hc.attempts[0], hc.result, hc.ctxErr = nil, nil, nil
+	hc.started, hc.running, hc.fireAt = 0, 0, 0
+	hc.armed, hc.fireHedge, hc.noHedges, hc.over = false, false, false, false
+}
+
+// hedgeAttempt is one attempt and everything it writes. Only the goroutine
+// running it touches it until it is settled.
 type hedgeAttempt struct {
-	a       attempt // the hand-off to the Dialer's interceptor
+	a       attempt // the hand-off: start, peer and options
 	n       int     // 0 for the original
-	cancel  context.CancelFunc
+	ctx     context.Context
+	cancel  context.CancelFunc // nil for the original without a timeout of its own: see endLocked
+	settled bool               // it returned and its outcome was taken (under mu)
+	begun   []grpc.CallOption  // the original's options, stamped by run
 	reply   proto.Message
-	header  metadata.MD
-	trailer metadata.MD
-	peer    peer.Peer
+	trailer metadata.MD // for the pushback
+	out     *hedgeOut   // a hedge's copy of what the caller asked for
 	err     error
-	end     int64
+	end     int64 // when it returned, for the adaptive delay
+	expired bool  // ran out of its per-attempt timeout
+	// optBuf holds the attempt's options, to which attempt.begin adds
+	// grpc.Peer in place: no allocation while they fit.
+	optBuf [7]grpc.CallOption
+	opts   []grpc.CallOption
+}
+
+// hedgeOut is where a hedge writes the header and peer the caller asked for
+// with grpc.Header and grpc.Peer; they are copied out if it decides the
+// call. The original attempt writes the caller's own.
+type hedgeOut struct {
+	header metadata.MD
+	peer   peer.Peer
+}
+
+// clear drops what the original attempt of a call held (see recycle).
+func (at *hedgeAttempt) clear() {
+	at.a.peer, at.begun = peer.Peer{}, nil
+	at.ctx, at.cancel, at.reply, at.trailer, at.err = nil, nil, nil, nil, nil
+	at.settled, at.expired = false, false
 }
 
 // run makes the attempts and returns the call's result.
 func (hc *hedgeCall) run() error {
-	h, c := hc.h, hc.c
-	h.budget.call()
-	h.resend.call()
-	win := h.delays.get(hc.method)
-	delay := c.hedgeDelay
-	adaptive := delay == 0
-	if adaptive {
-		delay = win.delay(c) // 0 while warming up: hedge on failures only
+	hc.replyType = hc.reply.ProtoReflect().Type()
+	hc.chooseDelay()
+	hc.orig.reset(hc.ctx)
+	hc.mu.Lock()
+	at := hc.launchLocked()
+	// The original attempt is stamped now, and its start is the call's: the
+	// hedge delay counts from it. Stamping a little before the invoker runs
+	// is what the hand-off allows (earlier is only more cautious).
+	at.begun = at.a.begin(at.opts)
+	hc.start = at.a.start
+	hc.cs.budget.call(hc.start)
+	hc.armHedgeLocked(hc.start)
+	hc.mu.Unlock()
+	if !hc.runAttempts(at, verdict{}) {
+		hc.await()
 	}
-	win.report(c.metrics, hc.method, delay)
+	return hc.finish()
+}
 
-	hc.start = nanotime()
-	hc.launch()
-	defer hc.cancelAll()
-	var (
-		timer   *time.Timer
-		timerC  <-chan time.Time
-		running = 1
-		stopped bool // the budget refused a hedge: no more for this call
-		last    *hedgeAttempt
-	)
-	arm := func(d time.Duration) {
-		if d <= 0 || len(hc.attempts) >= c.maxAttempts || stopped {
-			timerC = nil
-			return
-		}
-		if timer == nil {
-			timer = time.NewTimer(d)
-		} else {
-			timer.Reset(d)
-		}
-		timerC = timer.C
-	}
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	// hedge starts the next attempt if the budget allows. failed is the
-	// attempt whose non-fatal failure asks for it, nil when the delay does:
-	// such a resend is also a retry, paid for and counted as one.
-	var failed *hedgeAttempt
-	hedge := func() bool {
-		if stopped || len(hc.attempts) >= c.maxAttempts {
-			return false
-		}
-		b := h.budget
-		if failed != nil {
-			b = h.resend
-		}
-		if !b.allow() {
-			stopped = true
-			if failed != nil {
-				c.metrics.retryThrottledFor(hc.method)
-			} else {
-				c.metrics.hedgeThrottledFor(hc.method)
-			}
-			return false
-		}
-		if failed != nil {
-			c.metrics.retried(hc.method, status.Code(failed.err), false)
-			failed = nil
-		}
-		c.metrics.hedged(hc.method)
-		hc.launch()
-		running++
-		return true
-	}
-	arm(delay)
-	for {
-		select {
-		case at := <-hc.results:
-			running--
-			if at.err == nil {
-				hc.cancelAll() // losers stop now, before the copy
-				if at.n > 0 {
-					c.metrics.hedgeWon(hc.method)
-				}
-				if adaptive {
-					win.record(time.Duration(at.end-hc.start), at.n > 0, c.hedgeQuantile)
-				}
-				proto.Reset(hc.reply)
-				proto.Merge(hc.reply, at.reply)
-				hc.copyOut(at)
-				return nil
-			}
-			last = at
-			wait, present, stop := pushback(at.trailer)
-			if stop || !c.nonFatal.has(status.Code(at.err)) {
-				hc.copyOut(at)
-				return at.err
-			}
-			failed = at
-			switch {
-			case present && wait > 0:
-				arm(wait) // the resend waits for the server's word
-			case hedge():
-				arm(delay)
-			}
-			if stopped || len(hc.attempts) >= c.maxAttempts {
-				timerC = nil // nothing left to start
-			}
-			if running == 0 && timerC == nil {
-				hc.copyOut(last)
-				return last.err
-			}
-		case <-timerC:
-			timerC = nil
-			if hedge() {
-				arm(delay)
-			} else if running == 0 {
-				// Only after a pushback: the budget refused the hedge
-				// it was holding.
-				hc.copyOut(last)
-				return last.err
-			}
-		case <-hc.ctx.Done():
-			return status.FromContextError(hc.ctx.Err()).Err()
-		}
+// chooseDelay sets the delay between attempts: the fixed one, or the
+// method's adaptive one (0 while it warms up: the call is then hedged on
+// failures only).
+func (hc *hedgeCall) chooseDelay() {
+	hc.delay = hc.p.hedgeDelay
+	if hc.delay == 0 {
+		hc.adaptive = true
+		w := hc.p.method.latencies()
+		hc.delay = w.delay(&hc.cs.cfg)
+		w.report(hc.cs.cfg.metrics, hc.p.method, hc.delay)
 	}
 }
 
-// launch starts attempt number len(hc.attempts) in its own goroutine.
-func (hc *hedgeCall) launch() {
-	n := len(hc.attempts)
-	at := &hedgeAttempt{n: n, reply: hc.reply.ProtoReflect().New().Interface()}
-	ctx, cancel := context.WithCancel(hc.ctx)
-	at.cancel = cancel
+// launchLocked starts attempt number hc.started: its context, metadata and
+// options. The caller of launchLocked runs it.
+func (hc *hedgeCall) launchLocked() *hedgeAttempt {
+	n := hc.started
+	var at *hedgeAttempt
+	if n == 0 {
+		at = &hc.first
+		at.reply = hc.reply
+	} else {
+		at = &hedgeAttempt{reply: hc.replyType.New().Interface()}
+		hc.cs.cfg.metrics.hedged(hc.p.method)
+	}
+	at.n = n
+	hc.attempts[n] = at
+	hc.started++
+	hc.running++
+
+	var parent context.Context = &hc.orig
 	if n > 0 {
-		ctx = metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", strconv.Itoa(n))
+		parent = hc.ctx
 	}
-	opts := hc.attemptOptions(at)
-	hc.attempts = append(hc.attempts, at)
-	go func() {
-		at.err = hc.invoker(ctx, hc.method, hc.req, at.reply, hc.cc, at.a.begin(opts)...)
-		at.end = nanotime()
-		hc.results <- at
-	}()
+	if d := hc.p.perAttemptTimeout; d > 0 {
+		at.ctx, at.cancel = context.WithTimeout(parent, d)
+	} else if n > 0 {
+		at.ctx, at.cancel = context.WithCancel(parent)
+	} else {
+		at.ctx = parent
+	}
+	if n > 0 {
+		at.ctx = metadata.AppendToOutgoingContext(at.ctx, previousAttemptsKey, strconv.Itoa(n))
+	}
+	at.opts = hc.attemptOptions(at)
+	return at
 }
 
-// attemptOptions returns the call's options with every option that writes
-// through a pointer replaced by one writing into at, plus a trailer option
-// for the pushback. grpc.OnFinish is left out: it is called once per call.
+// attemptOptions returns the call's options for attempt at. Every attempt
+// gets a trailer of its own (for the pushback) and the owner marker;
+// grpc.OnFinish is left out (it is called once per call). The original
+// attempt writes the caller's header, trailer and peer options itself; a
+// hedge gets its own storage for them instead, copied out if it decides the
+// call.
 func (hc *hedgeCall) attemptOptions(at *hedgeAttempt) []grpc.CallOption {
-	opts := make([]grpc.CallOption, 0, len(hc.opts)+4)
+	opts := at.optBuf[:0]
 	var header, peerOpt bool
 	for _, o := range hc.opts {
 		switch o.(type) {
+		case grpc.OnFinishCallOption, *grpc.OnFinishCallOption:
+			continue
 		case grpc.HeaderCallOption, *grpc.HeaderCallOption:
-			header = true
+			if at.n > 0 {
+				header = true
+				continue
+			}
 		case grpc.PeerCallOption, *grpc.PeerCallOption:
-			peerOpt = true
-		case grpc.TrailerCallOption, *grpc.TrailerCallOption,
-			grpc.OnFinishCallOption, *grpc.OnFinishCallOption:
-		default:
-			opts = append(opts, o)
+			if at.n > 0 {
+				peerOpt = true
+				continue
+			}
+		case grpc.TrailerCallOption, *grpc.TrailerCallOption:
+			if at.n > 0 {
+				continue
+			}
 		}
+		opts = append(opts, o)
 	}
 	opts = append(opts, grpc.Trailer(&at.trailer), attemptOwner{})
+	if header || peerOpt {
+		at.out = new(hedgeOut)
+	}
 	if header {
-		opts = append(opts, grpc.Header(&at.header))
+		opts = append(opts, grpc.Header(&at.out.header))
 	}
 	if peerOpt {
-		opts = append(opts, grpc.Peer(&at.peer))
+		opts = append(opts, grpc.Peer(&at.out.peer))
 	}
+	// attempt.begin copies them onto themselves and adds grpc.Peer after
+	// them, in the same array while it has room.
+	at.a.opts = opts[:0]
 	return opts
 }
 
+// armHedgeLocked arms the timer for the next hedge, if the call hedges on
+// time and attempts are left. now is a recent nanotime.
+func (hc *hedgeCall) armHedgeLocked(now int64) {
+	if hc.delay > 0 && !hc.noHedges && hc.started < hc.p.maxAttempts {
+		hc.armLocked(now, hc.delay, true)
+	}
+}
+
+// armLocked arms the timer to start the next attempt d after now, replacing
+// what it was armed for. now is read before the timer is set, so the timer
+// can never fire before fireAt: an earlier firing is a stale one.
+func (hc *hedgeCall) armLocked(now int64, d time.Duration, hedge bool) {
+	hc.fireAt, hc.fireHedge = now+int64(d), hedge
+	switch {
+	case hc.timer == nil:
+		hc.timer = time.AfterFunc(d, hc.onTimer)
+	case !hc.timer.Reset(d) && hc.armed:
+		hc.timerBusy = true // it fired meanwhile: its function is stale
+	}
+	hc.armed = true
+}
+
+// disarmLocked stops the timer.
+func (hc *hedgeCall) disarmLocked() {
+	hc.fireAt = 0
+	if hc.armed && !hc.timer.Stop() {
+		hc.timerBusy = true
+	}
+	hc.armed = false
+}
+
+// onTimer starts the attempt the timer was armed for, on the timer's
+// goroutine, and runs it there.
+func (hc *hedgeCall) onTimer() {
+	hc.mu.Lock()
+	now := nanotime()
+	if hc.over || hc.fireAt == 0 || now < hc.fireAt {
+		hc.mu.Unlock() // stale: disarmed or re-armed since
+		return
+	}
+	hc.fireAt, hc.armed = 0, false
+	if hc.fireHedge && !hc.cs.mayHedge(&hc.p) {
+		// Refused: no more hedges on time, but a failure may still be
+		// resent, with the budget's own answer.
+		hc.noHedges = true
+		hc.mu.Unlock()
+		return
+	}
+	at := hc.launchLocked()
+	hc.armHedgeLocked(now)
+	hc.mu.Unlock()
+	hc.runAttempts(at, verdict{})
+}
+
+// runAttempts runs at, and then each resend its settling asks this
+// goroutine to run at once. It reports whether the call is over with no
+// attempt running, so that the caller need not wait for it.
+func (hc *hedgeCall) runAttempts(at *hedgeAttempt, prev verdict) (finished bool) {
+	for at != nil {
+		prev.awaitRelease(at.ctx) // the attempt before died with its conn: pick a fresh one
+		opts := at.begun
+		if opts == nil {
+			opts = at.a.begin(at.opts)
+		}
+		at.err = hc.cs.invoke(at.ctx, hc.method, hc.req, at.reply, hc.cc, hc.invoker, opts)
+		if hc.adaptive {
+			at.end = nanotime()
+		}
+		if at.err != nil && status.Code(at.err) == codes.DeadlineExceeded {
+			at.expired = !expired(hc.ctx) && expired(at.ctx)
+		}
+		at, prev, finished = hc.settle(at)
+	}
+	return finished
+}
+
+// settle records the outcome of at, which has returned, and decides what
+// follows: the call won, the call lost, a resend that the calling goroutine
+// must run at once (with the verdict of at, to wait for its conn's release),
+// or nothing yet.
+func (hc *hedgeCall) settle(at *hedgeAttempt) (next *hedgeAttempt, v verdict, finished bool) {
+	if at.err != nil {
+		v = at.a.verdict()
+	}
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	hc.running--
+	at.settled = true
+	if at.cancel != nil {
+		at.cancel()
+	}
+	switch {
+	case hc.over:
+		// Decided meanwhile; at was cancelled and has now returned.
+	case at.err == nil:
+		hc.wonLocked(at)
+	default:
+		next = hc.failedLocked(at, v)
+	}
+	finished = hc.over && hc.running == 0
+	if finished && hc.wake != nil {
+		select {
+		case hc.wake <- struct{}{}:
+		default:
+		}
+	}
+	return next, v, finished
+}
+
+// wonLocked ends the call with the success of at: the others are cancelled.
+func (hc *hedgeCall) wonLocked(at *hedgeAttempt) {
+	hc.endLocked(at)
+	hc.cs.succeeded()
+	if at.n > 0 {
+		hc.cs.cfg.metrics.hedgeWon(hc.p.method)
+	}
+	if hc.adaptive {
+		hc.p.method.latencies().record(time.Duration(at.end-hc.start), at.n > 0, hc.cs.cfg.hedgeQuantile)
+	}
+}
+
+// failedLocked takes the after-failure step for at. It returns the resend to
+// run at once, if any; a resend after a wait arms the timer. The call ends
+// with at's error if the step says the failure is final, or if nothing is
+// left that could still succeed: no attempt running and no resend pending.
+func (hc *hedgeCall) failedLocked(at *hedgeAttempt, v verdict) *hedgeAttempt {
+	f := failure{
+		code:          status.Code(at.err),
+		callerDone:    expired(hc.ctx),
+		attemptExpiry: at.expired,
+		neverLeft:     v.neverLeft,
+	}
+	d := hc.cs.afterFailure(hc.ctx, &hc.p, f, hc.started, at.trailer, v)
+	switch {
+	case d.final:
+		hc.endLocked(at)
+	case d.resend && d.wait <= 0:
+		next := hc.launchLocked()
+		hc.armHedgeLocked(nanotime())
+		return next
+	case d.resend:
+		hc.armLocked(nanotime(), d.wait, false) // the server's pushback: the resend waits for it
+	case hc.running == 0 && (hc.fireAt == 0 || hc.fireHedge):
+		hc.endLocked(at) // nothing left but hedges, which could not have more luck
+	}
+	return nil
+}
+
+// endLocked decides the call with at (nil when the caller gave up): every
+// other attempt is cancelled and the timer stopped.
+func (hc *hedgeCall) endLocked(at *hedgeAttempt) {
+	hc.over, hc.result = true, at
+	hc.disarmLocked()
+	for _, o := range hc.attempts[:hc.started] {
+		switch {
+		case o.settled:
+		case o.n == 0:
+			hc.orig.cancel(context.Canceled) // the winner has returned; the original has not
+		default:
+			o.cancel()
+		}
+	}
+}
+
+// await returns once the call is over and no attempt runs. If the caller
+// gives up while nothing runs (a resend waiting for the server's pushback),
+// the call ends with the caller's error.
+func (hc *hedgeCall) await() {
+	done := hc.ctx.Done()
+	for {
+		hc.mu.Lock()
+		if hc.over && hc.running == 0 {
+			hc.mu.Unlock()
+			return
+		}
+		if hc.wake == nil {
+			hc.wake = make(chan struct{}, 1)
+		}
+		wake := hc.wake
+		hc.mu.Unlock()
+		select {
+		case <-wake:
+		case <-done:
+			done = nil // the attempts see it too; wait for them to return
+			hc.mu.Lock()
+			if !hc.over {
+				hc.ctxErr = status.FromContextError(hc.ctx.Err()).Err()
+				hc.endLocked(nil)
+			}
+			hc.mu.Unlock()
+		}
+	}
+}
+
+// finish returns the call's result once no attempt runs: the winner's reply,
+// header, trailer and peer are copied to the caller's (the original attempt
+// wrote its own there already).
+func (hc *hedgeCall) finish() error {
+	at := hc.result
+	if at == nil {
+		return hc.ctxErr
+	}
+	if at.n > 0 {
+		if at.err == nil {
+			proto.Reset(hc.reply)
+			proto.Merge(hc.reply, at.reply)
+		}
+		hc.copyOut(at)
+	}
+	return at.err
+}
+
 // copyOut gives the caller's header, trailer and peer options the values of
-// the attempt that decided the call.
+// the hedge that decided the call.
 func (hc *hedgeCall) copyOut(at *hedgeAttempt) {
+	var out hedgeOut
+	if at.out != nil {
+		out = *at.out
+	}
 	for _, o := range hc.opts {
 		switch o := o.(type) {
 		case grpc.HeaderCallOption:
-			*o.HeaderAddr = at.header
+			*o.HeaderAddr = out.header
 		case *grpc.HeaderCallOption:
-			*o.HeaderAddr = at.header
+			*o.HeaderAddr = out.header
 		case grpc.TrailerCallOption:
 			*o.TrailerAddr = at.trailer
 		case *grpc.TrailerCallOption:
 			*o.TrailerAddr = at.trailer
 		case grpc.PeerCallOption:
-			*o.PeerAddr = at.peer
+			*o.PeerAddr = out.peer
 		case *grpc.PeerCallOption:
-			*o.PeerAddr = at.peer
+			*o.PeerAddr = out.peer
 		}
-	}
-}
-
-// cancelAll cancels every attempt; finished ones are unaffected.
-func (hc *hedgeCall) cancelAll() {
-	for _, at := range hc.attempts {
-		at.cancel()
 	}
 }

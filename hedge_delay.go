@@ -14,12 +14,15 @@ import (
 // Each method has a fixed ring of the last hedgeWindow latencies. A call
 // records its latency with one atomic add (the slot) and one atomic store;
 // every hedgeRecomputeEvery samples, the recording call copies the ring to
-// its stack, sorts it and publishes the quantile with an atomic store. So
+// its stack, sorts it and estimates the quantile, and the delay published
+// (with an atomic store) is the median of the last hedgeRecent estimates. So
 // memory is bounded (2 KiB per hedged method), readers never lock, and the
-// sort (a few microseconds for 256 values) is paid once per 16 calls.
+// sort (a few microseconds for 256 values) is paid once per 16 calls, by a
+// call that skips it if another is at it.
 //
 // The ring forgets: after hedgeWindow calls the estimate reflects only the
-// new latencies, so it follows a server that got slower or faster.
+// new latencies, so it follows a server that got slower or faster, a few
+// recomputes later (the median).
 //
 // What is recorded is the time from the original attempt's start to the
 // call's success. When a hedge wins, that is a lower bound of the original's
@@ -27,6 +30,14 @@ import (
 // a tail quantile needs: it lands in the tail, so hedging cannot drag its own
 // delay down. Samples are flagged as censored so that a hedge rate within
 // noise of 1-q does not raise the delay (see record).
+//
+// Why the median: a delay that moves around costs more than a steady one at
+// its mean (the p99 is set by the longest delays, the extra load by the
+// shortest), and a quantile read from 256 samples moves with their noise,
+// most of all when the quantile sits on a latency cliff or among rare
+// outliers. On the long-tail benchmark's model (BenchmarkHedgeLongTail,
+// TestHedgeDelayOnFrontier) the steadier delay is what puts the adaptive
+// delay on the frontier of the fixed ones.
 
 const (
 	// hedgeWindow is the number of recent latencies kept per method: enough
@@ -38,6 +49,9 @@ const (
 	// hedgeRecomputeEvery is how often, in samples, the quantile is
 	// recomputed.
 	hedgeRecomputeEvery = 16
+	// hedgeRecent is how many recent estimates the published delay is the
+	// median of.
+	hedgeRecent = 17
 )
 
 // latencyWindow is one method's recent latencies and current quantile.
@@ -48,6 +62,12 @@ type latencyWindow struct {
 	quantile atomic.Int64  // ns; 0 until warm
 	reported atomic.Int64  // ns; the delay last exported to metrics
 	samples  [hedgeWindow]atomic.Int64
+
+	// estimating is held by the call that recomputes; it guards what
+	// follows. A call that finds it held skips its recompute.
+	estimating sync.Mutex
+	recent     [hedgeRecent]int64 // the last estimates, ns
+	estimates  int                // estimates made
 }
 
 // record adds one call's latency and, now and then, recomputes the quantile
@@ -63,6 +83,10 @@ func (w *latencyWindow) record(d time.Duration, censored bool, q float64) {
 	if n < hedgeWarmup || (n != hedgeWarmup && n%hedgeRecomputeEvery != 0) {
 		return
 	}
+	if !w.estimating.TryLock() {
+		return // another call is recomputing
+	}
+	defer w.estimating.Unlock()
 	m := int(min(n, hedgeWindow))
 	var buf [hedgeWindow]int64
 	censoredN := 0
@@ -83,8 +107,10 @@ func (w *latencyWindow) record(d time.Duration, censored bool, q float64) {
 	// deviations) that is no evidence, and with a latency cliff at the
 	// quantile (5% of calls 20x slower) the noise alone would walk the
 	// delay up the cliff a hedge latency at a time. So near the target the
-	// delay is the largest latency of an original attempt that won, which
-	// keeps it where it is.
+	// delay is the largest latency of an original attempt that won, and
+	// never more than the current delay: with rare outliers among the fast
+	// calls, the largest such latency is an outlier, and taking it would
+	// ratchet the delay up to the outliers.
 	if v&1 == 1 && float64(censoredN) <= (1-q)*float64(m)+3*math.Sqrt(float64(m)*q*(1-q)) {
 		for j := i - 1; j >= 0; j-- {
 			if s[j]&1 == 0 {
@@ -92,8 +118,16 @@ func (w *latencyWindow) record(d time.Duration, censored bool, q float64) {
 				break
 			}
 		}
+		if cur := w.quantile.Load(); cur > 0 && v>>1 > cur {
+			v = cur << 1
+		}
 	}
-	w.quantile.Store(max(v>>1, 1))
+	w.recent[w.estimates%hedgeRecent] = max(v>>1, 1)
+	w.estimates++
+	var med [hedgeRecent]int64
+	r := med[:copy(med[:], w.recent[:min(w.estimates, hedgeRecent)])]
+	slices.Sort(r)
+	w.quantile.Store(r[len(r)/2])
 }
 
 // delay returns the hedge delay for a call configured by c: the quantile
@@ -107,26 +141,12 @@ func (w *latencyWindow) delay(c *config) time.Duration {
 	return min(max(q, c.hedgeMinDelay), c.hedgeMaxDelay)
 }
 
-// hedgeDelays holds a latencyWindow per hedged method. Only methods that may
-// be hedged get one, so it is bounded by the client's idempotent methods.
-type hedgeDelays struct {
-	byMethod sync.Map // string -> *latencyWindow
-}
-
-func (h *hedgeDelays) get(method string) *latencyWindow {
-	if w, ok := h.byMethod.Load(method); ok {
-		return w.(*latencyWindow)
-	}
-	w, _ := h.byMethod.LoadOrStore(method, new(latencyWindow))
-	return w.(*latencyWindow)
-}
-
 // report exports d as the method's current delay if it changed.
-func (w *latencyWindow) report(m *Metrics, method string, d time.Duration) {
+func (w *latencyWindow) report(m *Metrics, mi *methodInfo, d time.Duration) {
 	if m == nil || d == 0 {
 		return
 	}
 	if w.reported.Load() != int64(d) && w.reported.Swap(int64(d)) != int64(d) {
-		m.hedgeDelaySet(method, d.Seconds())
+		m.hedgeDelaySet(mi, d.Seconds())
 	}
 }

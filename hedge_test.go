@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,7 +66,7 @@ func TestHedgeBeatsSlowAttemptAndCancelsLoser(t *testing.T) {
 		}
 		return req + "-" + strconv.Itoa(previousAttempts(ctx)), nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(30*time.Millisecond), WithHedgeBudget(1))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(30*time.Millisecond))
 
 	start := time.Now()
 	got, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "a")
@@ -93,7 +94,7 @@ func TestHedgeNonIdempotentSentOnce(t *testing.T) {
 		time.Sleep(150 * time.Millisecond) // the scenario: slower than the hedge delay
 		return req, nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(1))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond))
 	for i := range 3 {
 		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "e"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
@@ -120,7 +121,7 @@ func TestHedgeFatalCodeEndsCall(t *testing.T) {
 		}
 		return "", status.Error(codes.PermissionDenied, "no")
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(20*time.Millisecond), WithHedgeBudget(1))
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(20*time.Millisecond))
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "f")
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("got %v, want PermissionDenied", err)
@@ -132,24 +133,13 @@ func TestHedgeFatalCodeOfOriginalEndsCall(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		return "", status.Error(codes.NotFound, "gone")
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Second), WithHedgeBudget(1))
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Second))
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "g")
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("got %v, want NotFound", err)
 	}
 	if n := srv.Calls(); n != 1 {
 		t.Errorf("%d attempts, want 1", n)
-	}
-}
-
-// warmBudget makes n successful calls so that a budget of ratio 1 allows n
-// hedges.
-func warmBudget(t *testing.T, cc *grpc.ClientConn, n int) {
-	t.Helper()
-	for i := range n {
-		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm"+strconv.Itoa(i)); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -162,8 +152,7 @@ func TestHedgeNonFatalCodeHedgesAtOnce(t *testing.T) {
 	}}
 	// The delay is far longer than the test: only the failures can start
 	// the hedges.
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	got, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "flaky")
 	if err != nil {
 		t.Fatal(err)
@@ -186,8 +175,7 @@ func TestHedgeAllNonFatalReturnsLastError(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	var trailer metadata.MD
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "down", grpc.Trailer(&trailer))
 	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "attempt 2" {
@@ -206,8 +194,7 @@ func TestHedgePushbackStop(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "stop")
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("got %v, want Unavailable", err)
@@ -234,8 +221,7 @@ func TestHedgePushbackDelaysNextHedge(t *testing.T) {
 		}
 		return "ok", nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour), WithHedgeBudget(1))
-	warmBudget(t, cc, 3)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(time.Hour))
 	got, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "later")
 	if err != nil || got != "ok" {
 		t.Fatalf("got %q, %v", got, err)
@@ -262,7 +248,7 @@ func TestHedgeCopiesWinnersHeaderTrailerPeer(t *testing.T) {
 		return req, nil
 	}}
 	addr := startServer(t, srv)
-	cc, _ := hedgedClient(t, addr, WithHedgeDelay(10*time.Millisecond), WithHedgeBudget(1))
+	cc, _ := hedgedClient(t, addr, WithHedgeDelay(10*time.Millisecond))
 	var header, trailer metadata.MD
 	var p peer.Peer
 	finished := 0
@@ -292,7 +278,8 @@ func TestHedgeBudgetExhaustedSendsNoHedge(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // the scenario: slower than the delay
 		return req, nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(0))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond),
+		WithRetryBudget(DefaultBudgetRatio, 0, DefaultBudgetWindow), WithHedgeBudget(0)) // no floor, no hedge share
 	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "b"); err != nil {
 		t.Fatal(err)
 	}
@@ -311,8 +298,7 @@ func TestHedgePerCallOptions(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(1))
-	warmBudget(t, cc, 4)
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond))
 	call := func(req string, opts ...grpc.CallOption) {
 		t.Helper()
 		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, req, opts...); err != nil {
@@ -360,7 +346,7 @@ func TestHedgeCallerCancelStopsAttempts(t *testing.T) {
 		<-ctx.Done()
 		return "", ctx.Err()
 	}}
-	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithHedgeBudget(1), WithMaxAttempts(2))
+	cc, _ := hedgedClient(t, startServer(t, srv), WithHedgeDelay(5*time.Millisecond), WithMaxAttempts(2))
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := testsvc.Call(ctx, cc, testsvc.Get, "c")
@@ -407,7 +393,7 @@ func TestHedgeComposesWithDialer(t *testing.T) {
 		return err
 	}
 	cc := newClient(t, addr, grpc.WithContextDialer(d.DialContext), grpc.WithDisableRetry(),
-		grpc.WithChainUnaryInterceptor(UnaryClientHedge(WithHedgeDelay(10*time.Millisecond), WithHedgeBudget(1)), spy, d.UnaryClientInterceptor()))
+		grpc.WithChainUnaryInterceptor(UnaryClientHedge(WithHedgeDelay(10*time.Millisecond)), spy, d.UnaryClientInterceptor()))
 	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "d"); err != nil {
 		t.Fatal(err)
 	}
@@ -468,18 +454,20 @@ func TestHedgeDelayWindow(t *testing.T) {
 	for i := hedgeWarmup; i <= 100; i++ {
 		w.record(time.Duration(i)*time.Millisecond, false, c.hedgeQuantile)
 	}
-	// Recomputed at sample 96: the p95 of 1..96 ms.
-	if d := w.delay(&c); d != 92*time.Millisecond {
-		t.Errorf("delay %v, want 92ms", d)
+	// Estimated at samples 20, 32, 48, 64, 80 and 96: the p95 of 1..n ms,
+	// 31, 46, 61, 76 and 92 ms for the last five; the delay is their median.
+	if d := w.delay(&c); d != 61*time.Millisecond {
+		t.Errorf("delay %v, want 61ms", d)
 	}
-	// The ring forgets: 256 samples of 2ms replace the old ones.
-	for range hedgeWindow {
+	// The ring forgets: samples of 2ms replace the old ones, and a few
+	// estimates later the delay follows.
+	for range 2 * hedgeWindow {
 		w.record(2*time.Millisecond, false, c.hedgeQuantile)
 	}
 	if d := w.delay(&c); d != 5*time.Millisecond {
 		t.Errorf("delay %v, want the 5ms minimum", d)
 	}
-	for range hedgeWindow {
+	for range 2 * hedgeWindow {
 		w.record(time.Minute, false, c.hedgeQuantile)
 	}
 	if d := w.delay(&c); d != time.Second {
@@ -557,7 +545,7 @@ func TestHedgeConcurrentCallersRace(t *testing.T) {
 		}
 		return req, nil
 	}}
-	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(2*time.Millisecond), WithHedgeBudget(1))
+	cc, m := hedgedClient(t, startServer(t, srv), WithHedgeDelay(2*time.Millisecond))
 	const callers, calls = 64, 8
 	var wg sync.WaitGroup
 	errs := make(chan error, callers*calls)
@@ -587,5 +575,94 @@ func TestHedgeConcurrentCallersRace(t *testing.T) {
 	t.Logf("%d calls, %d hedges, %d won by a hedge", callers*calls, h, w)
 	if h == 0 {
 		t.Error("no call was hedged")
+	}
+}
+
+// TestHedgeReturnsOnlyWhenNoAttemptTouchesRequest: a caller reuses its
+// request and reply as soon as the call returns. The invoker is built to
+// read the request late, after it was cancelled (as grpc's marshalling of a
+// losing attempt may): -race reports the access if the interceptor returns
+// while a losing attempt can still run. Both orders: the original loses, and
+// a hedge loses.
+func TestHedgeReturnsOnlyWhenNoAttemptTouchesRequest(t *testing.T) {
+	for _, originalWins := range []bool{false, true} {
+		t.Run(fmt.Sprint("original wins ", originalWins), func(t *testing.T) {
+			hedge := UnaryClientHedge(WithHedgeDelay(time.Millisecond), WithMaxAttempts(2))
+			invoker := func(ctx context.Context, _ string, req, reply any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+				loser := (previousAttemptsOut(ctx) == 0) != originalWins
+				if loser {
+					<-ctx.Done()
+					time.Sleep(5 * time.Millisecond) // still encoding the request
+					_ = req.(*wrapperspb.StringValue).GetValue()
+					return status.FromContextError(ctx.Err()).Err()
+				}
+				if originalWins {
+					time.Sleep(20 * time.Millisecond) // past the delay: the hedge is in flight
+				}
+				reply.(*wrapperspb.StringValue).Value = req.(*wrapperspb.StringValue).GetValue()
+				return nil
+			}
+			req, reply := wrapperspb.String("first"), new(wrapperspb.StringValue)
+			for i := range 3 {
+				if err := hedge(ctxTimeout(t, 5*time.Second), testsvc.Get, req, reply, nil, invoker); err != nil {
+					t.Fatal(err)
+				}
+				if want := fmt.Sprint("req", i); reply.Value != req.Value || (i > 0 && req.Value != want) {
+					t.Fatalf("reply %q for request %q", reply.Value, req.Value)
+				}
+				req.Value = fmt.Sprint("req", i+1) // reused at once
+			}
+		})
+	}
+}
+
+// previousAttemptsOut reads grpc-previous-rpc-attempts from an attempt's
+// outgoing context: 0 for the original.
+func previousAttemptsOut(ctx context.Context) int {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	if v := md.Get("grpc-previous-rpc-attempts"); len(v) > 0 {
+		n, _ := strconv.Atoi(v[len(v)-1])
+		return n
+	}
+	return 0
+}
+
+// goid returns the current goroutine's id, from its stack header.
+func goid() string {
+	var buf [64]byte
+	s := string(buf[:runtime.Stack(buf[:], false)])
+	return strings.Fields(s)[1]
+}
+
+// TestHedgeHappyPathOnCallersGoroutine: a hedged call answered before the
+// delay runs its one attempt on the caller's goroutine, and the timer that
+// would have started a hedge never does, even after the delay has passed.
+func TestHedgeHappyPathOnCallersGoroutine(t *testing.T) {
+	var mu sync.Mutex
+	var attempts []string
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		mu.Lock()
+		attempts = append(attempts, goid())
+		mu.Unlock()
+		return nil
+	}
+	const delay = 20 * time.Millisecond
+	hedge := UnaryClientHedge(WithHedgeDelay(delay))
+	caller := goid()
+	for range 10 {
+		if err := hedge(ctxTimeout(t, 5*time.Second), testsvc.Get, wrapperspb.String("x"), new(wrapperspb.StringValue), nil, invoker); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(3 * delay) // the scenario: long after every timer would have fired
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != 10 {
+		t.Fatalf("%d attempts for 10 calls: a timer outlived its call", len(attempts))
+	}
+	for _, g := range attempts {
+		if g != caller {
+			t.Fatalf("an attempt ran on goroutine %s, not the caller's %s", g, caller)
+		}
 	}
 }

@@ -156,3 +156,9 @@ func loopbackPair(t testing.TB, dial func(context.Context, string) (net.Conn, er
 func dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 	return new(net.Dialer).DialContext(ctx, "tcp", addr)
 }
+
+// splitMethod returns the metric labels of a known method "/pkg.Service/Method".
+func splitMethod(fullMethod string) (service, method string) {
+	service, method, _ = parseMethod(fullMethod)
+	return service, method
+}

@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"errors"
 	"strings"
-	"sync"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -46,72 +45,55 @@ func (s *methodSet) add(name string) error {
 }
 
 func (s *methodSet) contains(fullMethod string) bool {
-	if len(s.methods) > 0 {
-		if _, ok := s.methods[fullMethod]; ok {
-			return true
-		}
+	if s.names(fullMethod) {
+		return true
 	}
 	if len(s.services) > 0 {
-		service, _ := splitMethod(fullMethod)
-		if _, ok := s.services[service]; ok {
-			return true
+		if service, _, ok := parseMethod(fullMethod); ok {
+			_, ok = s.services[service]
+			return ok
 		}
 	}
 	return false
 }
 
-// idempotencyCache remembers, per full method name, what the protobuf
-// descriptor in the global registry says. Descriptors are registered at init
-// time and never change, so a cached answer stays true; the cache is bounded
-// by the number of distinct methods the client calls.
-type idempotencyCache struct {
-	byMethod sync.Map // string -> bool
+// names reports whether the set names fullMethod itself, not only its
+// service.
+func (s *methodSet) names(fullMethod string) bool {
+	_, ok := s.methods[fullMethod]
+	return ok
 }
 
-// declaredIdempotent reports whether the method's descriptor declares
-// idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS. A method not found in the
-// registry (no generated code linked in) is not idempotent.
-func (c *idempotencyCache) declaredIdempotent(fullMethod string) bool {
-	if v, ok := c.byMethod.Load(fullMethod); ok {
-		return v.(bool)
+// describeMethod looks fullMethod up in the global protobuf registry, where
+// generated code registers its descriptors: found reports that the method is
+// there, idempotent that its descriptor declares idempotency_level IDEMPOTENT
+// or NO_SIDE_EFFECTS. A method not found (no generated code linked in, or an
+// invalid name) is not idempotent. Descriptors are registered at init time
+// and never change, so an answer stays true.
+func describeMethod(fullMethod string) (found, idempotent bool) {
+	service, method, ok := parseMethod(fullMethod)
+	if !ok {
+		return false, false
 	}
-	v := lookupIdempotency(fullMethod)
-	c.byMethod.Store(fullMethod, v)
-	return v
-}
-
-func lookupIdempotency(fullMethod string) bool {
-	service, method := splitMethod(fullMethod)
 	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
 	if err != nil {
-		return false
+		return false, false
 	}
 	sd, ok := d.(protoreflect.ServiceDescriptor)
 	if !ok {
-		return false
+		return false, false
 	}
 	md := sd.Methods().ByName(protoreflect.Name(method))
 	if md == nil {
-		return false
+		return false, false
 	}
 	opts, ok := md.Options().(*descriptorpb.MethodOptions)
 	if !ok || opts == nil {
-		return false
+		return true, false
 	}
 	switch opts.GetIdempotencyLevel() {
 	case descriptorpb.MethodOptions_IDEMPOTENT, descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
-		return true
+		return true, true
 	}
-	return false
-}
-
-// idempotency answers "may this method run twice?" from both sources: the
-// user's list and the protobuf descriptor.
-type idempotency struct {
-	declared *methodSet
-	cache    *idempotencyCache
-}
-
-func (i idempotency) of(fullMethod string) bool {
-	return i.declared.contains(fullMethod) || i.cache.declaredIdempotent(fullMethod)
+	return true, false
 }

@@ -30,6 +30,13 @@ import (
 //	grpcguard_hedge_wins_total{grpc_service,grpc_method}
 //	grpcguard_hedges_throttled_total{grpc_service,grpc_method}
 //	grpcguard_hedge_delay_seconds{grpc_service,grpc_method}
+//
+// The method labels name a method only when the client knows it (gRFC A66):
+// the call carries grpc.StaticMethod(), the method's descriptor is in the
+// global protobuf registry, or it is named in WithIdempotentMethods or the
+// service config. Any other name is recorded as grpc_service="other",
+// grpc_method="other", so names chosen by a client's callers cannot grow
+// the number of series.
 type Metrics struct {
 	stale           *prometheus.CounterVec
 	probes          *prometheus.CounterVec
@@ -59,17 +66,23 @@ type Metrics struct {
 	verifyBy  [numVerifyResults]prometheus.Counter
 }
 
-// MetricsOption configures NewMetrics.
-type MetricsOption func(*metricsConfig)
+// MetricsOption configures NewMetrics. It follows the pattern of Option,
+// one opaque type per scope, and is a scope of its own: it configures the
+// collector, which one or several clients report to (through WithMetrics),
+// not a client, so it is neither an Option nor a grpc.CallOption. The zero
+// MetricsOption does nothing.
+type MetricsOption struct {
+	apply func(*metricsConfig)
+}
 
 type metricsConfig struct {
 	constLabels prometheus.Labels
 }
 
 // WithConstLabels adds labels to every series, for example to tell apart the
-// clients of one process that share a registry.
+// clients of one process that share a registry. Default none.
 func WithConstLabels(labels prometheus.Labels) MetricsOption {
-	return func(c *metricsConfig) { c.constLabels = labels }
+	return MetricsOption{apply: func(c *metricsConfig) { c.constLabels = labels }}
 }
 
 // NewMetrics returns a collector of every grpcguard series. Register it with
@@ -77,8 +90,8 @@ func WithConstLabels(labels prometheus.Labels) MetricsOption {
 func NewMetrics(opts ...MetricsOption) *Metrics {
 	var mc metricsConfig
 	for _, o := range opts {
-		if o != nil {
-			o(&mc)
+		if o.apply != nil {
+			o.apply(&mc)
 		}
 	}
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
@@ -104,7 +117,7 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 		hedgeWins:       counter("hedge_wins_total", "Calls won by a hedged attempt rather than the original.", method...),
 		hedgeThrottled:  counter("hedges_throttled_total", "Hedged attempts not sent because the hedge budget was exhausted.", method...),
 		hedgeDelay: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "grpcguard", Name: "hedge_delay_seconds", Help: "Current hedging delay per method (adaptive or fixed).",
+			Namespace: "grpcguard", Name: "hedge_delay_seconds", Help: "Current adaptive hedging delay per method.",
 			ConstLabels: mc.constLabels,
 		}, method),
 		staleIdleAge: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -210,49 +223,43 @@ func (m *Metrics) connClosed() {
 	}
 }
 
-func (m *Metrics) retried(fullMethod string, code codes.Code, unprocessed bool) {
+func (m *Metrics) retried(mi *methodInfo, code codes.Code, unprocessed bool) {
 	if m == nil {
 		return
 	}
-	service, method := splitMethod(fullMethod)
-	m.retries.WithLabelValues(service, method, code.String()).Inc()
+	m.retries.WithLabelValues(mi.service, mi.method, code.String()).Inc()
 	if unprocessed {
-		m.retryUnprocessd.WithLabelValues(service, method).Inc()
+		m.retryUnprocessd.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) retryThrottledFor(fullMethod string) {
+func (m *Metrics) retryThrottledFor(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.retryThrottled.WithLabelValues(service, method).Inc()
+		m.retryThrottled.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedged(fullMethod string) {
+func (m *Metrics) hedged(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedges.WithLabelValues(service, method).Inc()
+		m.hedges.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedgeWon(fullMethod string) {
+func (m *Metrics) hedgeWon(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedgeWins.WithLabelValues(service, method).Inc()
+		m.hedgeWins.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedgeThrottledFor(fullMethod string) {
+func (m *Metrics) hedgeThrottledFor(mi *methodInfo) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedgeThrottled.WithLabelValues(service, method).Inc()
+		m.hedgeThrottled.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 
-func (m *Metrics) hedgeDelaySet(fullMethod string, seconds float64) {
+func (m *Metrics) hedgeDelaySet(mi *methodInfo, seconds float64) {
 	if m != nil {
-		service, method := splitMethod(fullMethod)
-		m.hedgeDelay.WithLabelValues(service, method).Set(seconds)
+		m.hedgeDelay.WithLabelValues(mi.service, mi.method).Set(seconds)
 	}
 }
 

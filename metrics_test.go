@@ -22,9 +22,10 @@ func TestMetricsRegisterAndLint(t *testing.T) {
 	m.staleConn(Reset)
 	m.probed(true)
 	m.dialed(nil)
-	m.retried("/pkg.Svc/M", codes.Unavailable, true)
-	m.hedged("/pkg.Svc/M")
-	m.hedgeDelaySet("/pkg.Svc/M", 0.01)
+	mi := &methodInfo{service: "pkg.Svc", method: "M"}
+	m.retried(mi, codes.Unavailable, true)
+	m.hedged(mi)
+	m.hedgeDelaySet(mi, 0.01)
 	problems, err := testutil.CollectAndLint(m)
 	if err != nil {
 		t.Fatal(err)
@@ -50,10 +51,11 @@ func TestNilMetricsCountNothing(t *testing.T) {
 	m.probed(false)
 	m.dialed(nil)
 	m.connClosed()
-	m.retried("/a.B/C", codes.Unavailable, false)
-	m.retryThrottledFor("/a.B/C")
-	m.hedged("/a.B/C")
-	m.hedgeWon("/a.B/C")
-	m.hedgeThrottledFor("/a.B/C")
-	m.hedgeDelaySet("/a.B/C", 1)
+	mi := &methodInfo{service: "a.B", method: "C"}
+	m.retried(mi, codes.Unavailable, false)
+	m.retryThrottledFor(mi)
+	m.hedged(mi)
+	m.hedgeWon(mi)
+	m.hedgeThrottledFor(mi)
+	m.hedgeDelaySet(mi, 1)
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/retry"
@@ -16,17 +15,61 @@ import (
 // value. The message names the option and the value.
 var ErrInvalidOption = errors.New("grpcguard: invalid option")
 
-// Option configures a Dialer, the retry and hedging interceptors and
-// DialOptions. Every constructor accepts every Option and ignores the ones that
-// do not concern it.
+// Option configures grpcguard. Every constructor (NewDialer,
+// UnaryClientRetry, StreamClientRetry, UnaryClientHedge, DialOptions) accepts
+// every Option and ignores what does not concern it, so one list configures a
+// whole client:
 //
-// An Option is also a grpc.CallOption: the retry and hedging options
-// (WithMaxAttempts, WithRetryDisabled, WithPerAttemptTimeout, WithHedgeDelay,
-// ...) passed to a single call override the interceptor's configuration for
-// that call only. Dialer options passed to a call are ignored.
-type Option struct {
+//	opts := []grpcguard.Option{grpcguard.WithMetrics(m), grpcguard.WithMaxAttempts(4)}
+//
+// An Option is one of two kinds, told apart by the compiler:
+//
+//   - a CallOption (attempts, retry or hedging off, per-attempt timeout,
+//     hedge delay, codes, backoff, replay buffer) applies to every call when
+//     given to a constructor, and to one call when given to that call: it is
+//     also a grpc.CallOption;
+//   - a ClientOption (the Dialer's settings, keepalive, metrics, idempotent
+//     methods, budgets, throttling, the adaptive delay's estimator, the
+//     service config) is about the whole client, and is not a
+//     grpc.CallOption: passing one to a call does not compile.
+type Option interface {
+	applyConfig(*config) error
+}
+
+// CallOption is an Option that also applies to a single call: pass it to
+// the call, and it overrides the client's setting for that call only, for
+// example client.Get(ctx, req, grpcguard.WithMaxAttempts(1)). An invalid one
+// fails that call with InvalidArgument before anything is sent. The zero
+// CallOption does nothing.
+type CallOption struct {
 	grpc.EmptyCallOption
+	// apply takes and returns the settings by value, so that a call's
+	// plan, which it changes, stays on the call's stack.
+	apply func(callSettings) (callSettings, error)
+}
+
+func (o CallOption) applyConfig(c *config) error {
+	if o.apply == nil {
+		return nil
+	}
+	var err error
+	c.call, err = o.apply(c.call)
+	return err
+}
+
+// ClientOption is an Option that applies to a whole client: it configures
+// the Dialer, the state the interceptors share (budget, metrics, idempotent
+// methods, adaptive delay) or the service config. It is deliberately not a
+// grpc.CallOption. The zero ClientOption does nothing.
+type ClientOption struct {
 	apply func(*config) error
+}
+
+func (o ClientOption) applyConfig(c *config) error {
+	if o.apply == nil {
+		return nil
+	}
+	return o.apply(c)
 }
 
 // Defaults. Each is documented on the option that changes it.
@@ -44,7 +87,7 @@ const (
 	DefaultBackoffMultiplier = 2.0
 	DefaultRetryBufferBytes  = 256 << 10
 
-	DefaultBudgetRatio        = 0.1
+	DefaultBudgetRatio        = 0.2
 	DefaultBudgetMinPerSecond = 10
 	DefaultBudgetWindow       = 10 * time.Second
 	DefaultHedgeBudgetRatio   = 0.1
@@ -70,7 +113,8 @@ const learnHorizon time.Duration = -1
 // we allow more for users who ask, but not an unbounded number.
 const maxAttemptsLimit = 10
 
-// config is the resolved configuration shared by every constructor.
+// config is the resolved configuration of a client: what ClientOptions set,
+// and the defaults of every call (call), which CallOptions set.
 type config struct {
 	// Dialer.
 	probeAfterIdle    time.Duration
@@ -87,38 +131,17 @@ type config struct {
 	// a positive value retires conns idle that long.
 	maxIdle time.Duration
 
-	// Retry.
-	maxAttempts       int
-	retryable         codeSet
-	idempotent        *methodSet
-	initialBackoff    time.Duration
-	maxBackoff        time.Duration
-	backoffMultiplier float64
-	backoffFunc       retry.BackoffFunc
-	perAttemptTimeout time.Duration
-	retryDisabled     bool
-	retryBufferBytes  int
-	budget            budgetConfig
+	// call holds the defaults of every call; a call's own CallOptions
+	// override them in its plan.
+	call callSettings
 
-	// callTimeout, when positive, bounds the whole call (service config
-	// "timeout"); the caller's earlier deadline wins.
-	callTimeout time.Duration
-	// policyRetryable: a service config retryPolicy covers this method, which
-	// is the user's statement that it may run more than once.
-	policyRetryable bool
+	idempotent *methodSet
+	budget     budgetConfig
 
-	// Hedging.
-	hedgeEnabled     bool          // set by the hedging options; DialOptions installs hedging only then
-	hedgeDelay       time.Duration // 0: adaptive
-	hedgeQuantile    float64
-	hedgeMinDelay    time.Duration
-	hedgeMaxDelay    time.Duration
-	nonFatal         codeSet
-	hedgeBudgetRatio float64
-	hedgeDisabled    bool
-	// hedgeOnlyByPolicy limits hedging to methods whose service config has a
-	// hedgingPolicy: DialOptions sets it when hedging was asked for only there.
-	hedgeOnlyByPolicy bool
+	// The adaptive hedge delay's estimator, per client.
+	hedgeQuantile float64
+	hedgeMinDelay time.Duration
+	hedgeMaxDelay time.Duration
 
 	// Per-method policies from a gRFC A6 service config; nil when none.
 	serviceConfig *serviceConfig
@@ -129,20 +152,35 @@ type config struct {
 	proxy    proxyFunc // set by DialOptions: grpc-go's proxy rule; nil: never proxy
 }
 
-// forMethod returns the configuration for one method: c itself, or c with the
-// matching service config methodConfig applied.
-func (c *config) forMethod(fullMethod string) *config {
-	if c.serviceConfig == nil {
-		return c
-	}
-	return c.serviceConfig.forMethod(c, fullMethod)
+// callSettings are the settings a CallOption changes: per client as
+// defaults, per call in its plan.
+type callSettings struct {
+	maxAttempts       int
+	retryDisabled     bool
+	hedgeDisabled     bool
+	perAttemptTimeout time.Duration
+	// hedge: a hedge delay was asked for (WithHedgeDelay, a hedgingPolicy),
+	// so the call is hedged if its method may run twice. hedgeDelay 0 is
+	// the adaptive delay.
+	hedge             bool
+	hedgeDelay        time.Duration
+	retryable         codeSet
+	nonFatal          codeSet
+	initialBackoff    time.Duration
+	maxBackoff        time.Duration
+	backoffMultiplier float64
+	backoffFunc       retry.BackoffFunc
+	retryBufferBytes  int
 }
 
-// budgetConfig selects and sizes the retry budget.
+// budgetConfig selects and sizes the budget of extra attempts.
 type budgetConfig struct {
 	ratio        float64
 	minPerSecond float64
 	window       time.Duration
+	// hedgeRatio bounds the part of the budget that attempts started by the
+	// hedge delay may take.
+	hedgeRatio float64
 	// tokenBucket, when maxTokens > 0, replaces the ratio budget with gRFC A6
 	// retry throttling.
 	maxTokens  float64
@@ -159,72 +197,54 @@ func defaultConfig() config {
 		keepAliveCount:    DefaultKeepAliveCount,
 		userTimeout:       DefaultUserTimeout,
 
-		maxAttempts:       DefaultMaxAttempts,
-		retryable:         codeSetOf(codes.Unavailable),
-		idempotent:        &methodSet{},
-		initialBackoff:    DefaultInitialBackoff,
-		maxBackoff:        DefaultMaxBackoff,
-		backoffMultiplier: DefaultBackoffMultiplier,
-		retryBufferBytes:  DefaultRetryBufferBytes,
+		call: callSettings{
+			maxAttempts:       DefaultMaxAttempts,
+			retryable:         codeSetOf(codes.Unavailable),
+			nonFatal:          codeSetOf(codes.Unavailable),
+			initialBackoff:    DefaultInitialBackoff,
+			maxBackoff:        DefaultMaxBackoff,
+			backoffMultiplier: DefaultBackoffMultiplier,
+			retryBufferBytes:  DefaultRetryBufferBytes,
+		},
+		idempotent: &methodSet{},
 		budget: budgetConfig{
 			ratio:        DefaultBudgetRatio,
 			minPerSecond: DefaultBudgetMinPerSecond,
 			window:       DefaultBudgetWindow,
+			hedgeRatio:   DefaultHedgeBudgetRatio,
 		},
 
-		hedgeQuantile:    DefaultHedgeQuantile,
-		hedgeMinDelay:    DefaultHedgeMinDelay,
-		hedgeMaxDelay:    DefaultHedgeMaxDelay,
-		nonFatal:         codeSetOf(codes.Unavailable),
-		hedgeBudgetRatio: DefaultHedgeBudgetRatio,
+		hedgeQuantile: DefaultHedgeQuantile,
+		hedgeMinDelay: DefaultHedgeMinDelay,
+		hedgeMaxDelay: DefaultHedgeMaxDelay,
 	}
 }
 
 // newConfig applies opts over the defaults. It returns every invalid option,
-// joined, so a user fixes them all at once.
+// joined, so a user fixes them all at once. nil Options are skipped.
 func newConfig(opts []Option) (config, error) {
 	c := defaultConfig()
 	var errs []error
 	for _, o := range opts {
-		if o.apply == nil {
+		if o == nil {
 			continue
 		}
-		if err := o.apply(&c); err != nil {
+		if err := o.applyConfig(&c); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return c, errors.Join(errs...)
 }
 
-// withCallOptions returns c overridden by the grpcguard Options found among a
-// call's options, and whether there were any. It allocates only when there
-// are.
-func (c *config) withCallOptions(opts []grpc.CallOption) (*config, error) {
-	var cc *config
-	for _, o := range opts {
-		g, ok := o.(Option)
-		if !ok || g.apply == nil {
-			continue
-		}
-		if cc == nil {
-			copied := *c
-			cc = &copied
-		}
-		if err := g.apply(cc); err != nil {
-			return c, err
-		}
-	}
-	if cc == nil {
-		return c, nil
-	}
-	return cc, nil
-}
-
 func invalid(option string, value any, reason string) error {
 	return fmt.Errorf("%w: %s(%v): %s", ErrInvalidOption, option, value, reason)
 }
 
-func option(f func(*config) error) Option { return Option{apply: f} }
+func clientOption(f func(*config) error) ClientOption { return ClientOption{apply: f} }
+
+func callOption(f func(callSettings) (callSettings, error)) CallOption {
+	return CallOption{apply: f}
+}
 
 // WithProbeAfterIdle sets how long a connection must have been idle (no read
 // or write completed) before it is probed: by the interceptors before an RPC
@@ -236,8 +256,8 @@ func option(f func(*config) error) Option { return Option{apply: f} }
 // while a busy connection is never probed and a quiet one at most ten times a
 // second (a probe costs about one microsecond). 0 probes before every RPC and
 // every Write. A negative value is invalid.
-func WithProbeAfterIdle(d time.Duration) Option {
-	return option(func(c *config) error {
+func WithProbeAfterIdle(d time.Duration) ClientOption {
+	return clientOption(func(c *config) error {
 		if d < 0 {
 			return invalid("WithProbeAfterIdle", d, "must not be negative")
 		}
@@ -259,8 +279,8 @@ func WithProbeAfterIdle(d time.Duration) Option {
 // first call after it: the time to the kernel's next timer tick plus one round
 // trip (2 ms median on loopback here). A busy connection is never checked.
 // 0 turns the check off; otherwise d must be at least 1s.
-func WithVerifyAfterIdle(d time.Duration) Option {
-	return option(func(c *config) error {
+func WithVerifyAfterIdle(d time.Duration) ClientOption {
+	return clientOption(func(c *config) error {
 		if d < 0 || (d > 0 && d < time.Second) {
 			return invalid("WithVerifyAfterIdle", d, "must be 0 (off) or at least 1s")
 		}
@@ -279,8 +299,8 @@ func WithVerifyAfterIdle(d time.Duration) Option {
 // connections die and retires them at 80% of it (see the package
 // documentation); until a connection has died, nothing is retired. d = 0
 // turns retirement off; a negative d is invalid.
-func WithMaxIdle(d time.Duration) Option {
-	return option(func(c *config) error {
+func WithMaxIdle(d time.Duration) ClientOption {
+	return clientOption(func(c *config) error {
 		if d < 0 {
 			return invalid("WithMaxIdle", d, "must not be negative")
 		}
@@ -295,8 +315,8 @@ func WithMaxIdle(d time.Duration) Option {
 // connection. Off (0) by default: the probe before the pick already covers
 // RPCs; the sweep also frees sockets and reports stale connections on clients
 // that rarely call. Dialer.Close stops it. A negative value is invalid.
-func WithSweepInterval(d time.Duration) Option {
-	return option(func(c *config) error {
+func WithSweepInterval(d time.Duration) ClientOption {
+	return clientOption(func(c *config) error {
 		if d < 0 {
 			return invalid("WithSweepInterval", d, "must not be negative")
 		}
@@ -314,8 +334,8 @@ func WithSweepInterval(d time.Duration) Option {
 // TCP keepalive is answered by the peer's kernel, so unlike HTTP/2 keepalive
 // pings it never trips a server's too_many_pings enforcement. idle = 0
 // disables TCP keepalive; otherwise every value must be positive.
-func WithKeepAlive(idle, interval time.Duration, count int) Option {
-	return option(func(c *config) error {
+func WithKeepAlive(idle, interval time.Duration, count int) ClientOption {
+	return clientOption(func(c *config) error {
 		switch {
 		case idle < 0:
 			return invalid("WithKeepAlive", idle, "idle must not be negative")
@@ -344,8 +364,8 @@ func WithKeepAlive(idle, interval time.Duration, count int) Option {
 // kernel default. The value is rounded up to whole milliseconds and may be at
 // most 2^31-1 ms (about 24 days); a negative value is invalid. Ignored on
 // other platforms.
-func WithUserTimeout(d time.Duration) Option {
-	return option(func(c *config) error {
+func WithUserTimeout(d time.Duration) ClientOption {
+	return clientOption(func(c *config) error {
 		if d < 0 {
 			return invalid("WithUserTimeout", d, "must not be negative")
 		}
@@ -359,46 +379,9 @@ func WithUserTimeout(d time.Duration) Option {
 
 // WithMetrics reports to m. Without it nothing is counted and nothing costs.
 // The same Metrics may be shared by a Dialer and interceptors.
-func WithMetrics(m *Metrics) Option {
-	return option(func(c *config) error {
+func WithMetrics(m *Metrics) ClientOption {
+	return clientOption(func(c *config) error {
 		c.metrics = m
-		return nil
-	})
-}
-
-// WithMaxAttempts sets the maximum number of attempts of one call, including
-// the original: for retry, attempts in sequence; for hedging, attempts in
-// flight at once. Default 3, the SRE book's advice. Valid range 1 to 10; 1
-// disables retrying and hedging. Also a per-call option.
-func WithMaxAttempts(n int) Option {
-	return option(func(c *config) error {
-		if n < 1 || n > maxAttemptsLimit {
-			return invalid("WithMaxAttempts", n, fmt.Sprintf("must be between 1 and %d", maxAttemptsLimit))
-		}
-		c.maxAttempts = n
-		return nil
-	})
-}
-
-// WithRetryDisabled turns retrying off. Most useful as a per-call option.
-func WithRetryDisabled() Option {
-	return option(func(c *config) error {
-		c.retryDisabled = true
-		return nil
-	})
-}
-
-// WithRetryableCodes sets the status codes that may be retried. Default
-// Unavailable only: it is the one code that says the server could not take
-// the call. Only the listed codes are retried, and only when the retry is safe
-// (see UnaryClientRetry). OK is invalid.
-func WithRetryableCodes(cs ...codes.Code) Option {
-	return option(func(c *config) error {
-		set, err := newCodeSet("WithRetryableCodes", cs)
-		if err != nil {
-			return err
-		}
-		c.retryable = set
 		return nil
 	})
 }
@@ -408,9 +391,11 @@ func WithRetryableCodes(cs ...codes.Code) Option {
 // be hedged. Names are full method names, "/pkg.Service/Method", or a whole
 // service, "/pkg.Service/*". Methods whose protobuf descriptor declares
 // idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS need not be listed. Repeated
-// uses add up.
-func WithIdempotentMethods(methods ...string) Option {
-	return option(func(c *config) error {
+// uses add up. A method listed by its full name is known to the client and
+// keeps its own metric labels; the methods of a "/pkg.Service/*" are not,
+// unless known otherwise (see Metrics).
+func WithIdempotentMethods(methods ...string) ClientOption {
+	return clientOption(func(c *config) error {
 		set := c.idempotent.clone()
 		for _, m := range methods {
 			if err := set.add(m); err != nil {
@@ -422,51 +407,91 @@ func WithIdempotentMethods(methods ...string) Option {
 	})
 }
 
+// WithMaxAttempts sets the maximum number of attempts of one call, including
+// the original: for retry, attempts in sequence; for hedging, attempts that
+// may be in flight at once. Default 3, the SRE book's advice. Valid range 1
+// to 10; 1 turns retrying and hedging off.
+func WithMaxAttempts(n int) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
+		if n < 1 || n > maxAttemptsLimit {
+			return c, invalid("WithMaxAttempts", n, fmt.Sprintf("must be between 1 and %d", maxAttemptsLimit))
+		}
+		c.maxAttempts = n
+		return c, nil
+	})
+}
+
+// WithRetryDisabled turns retrying off: most useful for one call. Hedging,
+// where installed, is unaffected (see WithHedgingDisabled).
+func WithRetryDisabled() CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
+		c.retryDisabled = true
+		return c, nil
+	})
+}
+
+// WithRetryableCodes sets the status codes that may be retried. Default
+// Unavailable only: it is the one code that says the server could not take
+// the call. Only the listed codes are retried, and only when the retry is safe
+// (see UnaryClientRetry). OK is invalid.
+func WithRetryableCodes(cs ...codes.Code) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
+		set, err := newCodeSet("WithRetryableCodes", cs)
+		if err != nil {
+			return c, err
+		}
+		c.retryable = set
+		return c, nil
+	})
+}
+
 // WithBackoff sets the exponential backoff between retries of failures that
 // the server returned: before retry n the wait is random in
 // [0, min(initial*multiplier^(n-1), max)] (gRFC A6 full jitter). Defaults 50ms,
 // 5s and 2. Failures of a stale connection are retried at once, without
-// backoff. initial and max must be positive, initial <= max, multiplier >= 1.
-func WithBackoff(initial, max time.Duration, multiplier float64) Option {
-	return option(func(c *config) error {
+// backoff, and so are a hedged call's resends (gRFC A6). initial and max must
+// be positive, initial <= max, multiplier >= 1.
+func WithBackoff(initial, max time.Duration, multiplier float64) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
 		switch {
 		case initial <= 0:
-			return invalid("WithBackoff", initial, "initial must be positive")
+			return c, invalid("WithBackoff", initial, "initial must be positive")
 		case max < initial:
-			return invalid("WithBackoff", max, "max must be at least initial")
+			return c, invalid("WithBackoff", max, "max must be at least initial")
 		case !(multiplier >= 1) || math.IsInf(multiplier, 0):
-			return invalid("WithBackoff", multiplier, "multiplier must be a finite number >= 1")
+			return c, invalid("WithBackoff", multiplier, "multiplier must be a finite number >= 1")
 		}
 		c.initialBackoff, c.maxBackoff, c.backoffMultiplier = initial, max, multiplier
 		c.backoffFunc = nil
-		return nil
+		return c, nil
 	})
 }
 
 // WithBackoffFunc uses a go-grpc-middleware/v2 retry.BackoffFunc instead of
 // the built-in backoff; attempt is 1 before the first retry. Pushback and
 // deadlines still apply. nil is invalid.
-func WithBackoffFunc(f retry.BackoffFunc) Option {
-	return option(func(c *config) error {
+func WithBackoffFunc(f retry.BackoffFunc) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
 		if f == nil {
-			return invalid("WithBackoffFunc", "nil", "must not be nil")
+			return c, invalid("WithBackoffFunc", "nil", "must not be nil")
 		}
 		c.backoffFunc = f
-		return nil
+		return c, nil
 	})
 }
 
-// WithPerAttemptTimeout bounds each attempt. An attempt that runs out of its
-// own time is retried (if the method may be retried); the caller's deadline or
-// cancellation is never retried. 0 (the default) means no per-attempt bound.
-// A negative value is invalid. Also a per-call option.
-func WithPerAttemptTimeout(d time.Duration) Option {
-	return option(func(c *config) error {
+// WithPerAttemptTimeout bounds each attempt, retried or hedged. An attempt
+// that runs out of its own time is sent again if the method may be (a hedged
+// call starts its next attempt at once); the caller's deadline or
+// cancellation never is. 0 (the default) means no per-attempt bound. A
+// negative value is invalid.
+func WithPerAttemptTimeout(d time.Duration) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
 		if d < 0 {
-			return invalid("WithPerAttemptTimeout", d, "must not be negative")
+			return c, invalid("WithPerAttemptTimeout", d, "must not be negative")
 		}
 		c.perAttemptTimeout = d
-		return nil
+		return c, nil
 	})
 }
 
@@ -474,77 +499,66 @@ func WithPerAttemptTimeout(d time.Duration) Option {
 // stream keeps for replay on retry. Past it the stream commits to its current
 // attempt and is no longer retried. Default 256 KiB, as grpc-go. A negative
 // value is invalid.
-func WithRetryBufferSize(bytes int) Option {
-	return option(func(c *config) error {
+func WithRetryBufferSize(bytes int) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
 		if bytes < 0 {
-			return invalid("WithRetryBufferSize", bytes, "must not be negative")
+			return c, invalid("WithRetryBufferSize", bytes, "must not be negative")
 		}
 		c.retryBufferBytes = bytes
-		return nil
+		return c, nil
 	})
 }
 
-// WithRetryBudget caps retries at ratio times the calls of the last window,
-// plus minPerSecond retries per second that are always allowed, so that a
-// client never multiplies the load of a failing server. The defaults, 0.1, 10
-// and 10s, follow the SRE book (retries under 10% of requests) and Finagle
-// (10 retries per second floor over a 10 s window). Retries and hedges of one
-// interceptor share it. An exhausted budget refuses new retries only. ratio
-// must be in [0, 1], minPerSecond >= 0, window in [1s, 1h] (one bucket per second).
-func WithRetryBudget(ratio, minPerSecond float64, window time.Duration) Option {
-	return option(func(c *config) error {
-		switch {
-		case !(ratio >= 0 && ratio <= 1):
-			return invalid("WithRetryBudget", ratio, "ratio must be in [0, 1]")
-		case !(minPerSecond >= 0) || math.IsInf(minPerSecond, 0):
-			return invalid("WithRetryBudget", minPerSecond, "minPerSecond must be a finite number >= 0")
-		case window < time.Second || window > time.Hour:
-			return invalid("WithRetryBudget", window, "window must be between 1s and 1h")
-		}
-		c.budget = budgetConfig{ratio: ratio, minPerSecond: minPerSecond, window: window}
-		return nil
-	})
-}
-
-// WithRetryThrottling replaces the ratio budget with gRFC A6 retry throttling:
-// a token bucket of maxTokens that every failed attempt drains by 1 and every
-// success refills by tokenRatio; retries stop while it holds half or less.
-// maxTokens must be in (0, 1000], tokenRatio in (0, 1000].
-func WithRetryThrottling(maxTokens, tokenRatio float64) Option {
-	return option(func(c *config) error {
-		switch {
-		case !(maxTokens > 0 && maxTokens <= 1000):
-			return invalid("WithRetryThrottling", maxTokens, "maxTokens must be in (0, 1000]")
-		case !(tokenRatio > 0 && tokenRatio <= 1000):
-			return invalid("WithRetryThrottling", tokenRatio, "tokenRatio must be in (0, 1000]")
-		}
-		c.budget = budgetConfig{maxTokens: maxTokens, tokenRatio: tokenRatio}
-		return nil
-	})
-}
-
-// WithHedgeDelay sets a fixed delay after which each further hedged attempt
-// starts if no attempt has finished. By default (no WithHedgeDelay) the delay
-// is adaptive: see WithAdaptiveHedgeDelay. 0 selects the adaptive delay; a
-// negative value is invalid. Also a per-call option.
-func WithHedgeDelay(d time.Duration) Option {
-	return option(func(c *config) error {
+// WithHedgeDelay hedges calls of idempotent methods: if no attempt has
+// finished d after the last one started, another starts, up to
+// WithMaxAttempts attempts in flight. Given to DialOptions or to one call of
+// a client made with it, it turns hedging on (for that call); the interceptor
+// from UnaryClientHedge hedges without it, after the adaptive delay. 0 selects
+// the adaptive delay (see WithAdaptiveHedgeDelay); a negative value is
+// invalid.
+func WithHedgeDelay(d time.Duration) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
 		if d < 0 {
-			return invalid("WithHedgeDelay", d, "must not be negative")
+			return c, invalid("WithHedgeDelay", d, "must not be negative")
 		}
-		c.hedgeDelay = d
-		c.hedgeEnabled = true
-		return nil
+		c.hedge, c.hedgeDelay = true, d
+		return c, nil
 	})
 }
 
-// WithAdaptiveHedgeDelay hedges each method after the quantile of its recent
-// latencies, kept within [min, max]. It is the default, with quantile 0.95,
-// min 5ms and max 1s: hedging at the p95 sends about 5% more attempts (The
-// Tail at Scale). A method is not hedged until enough of its calls were seen.
+// WithHedgingDisabled turns hedging off: most useful for one call. The call
+// is then retried like any other.
+func WithHedgingDisabled() CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
+		c.hedgeDisabled = true
+		return c, nil
+	})
+}
+
+// WithNonFatalCodes sets the codes after which a hedged call sends its next
+// attempt at once instead of ending (gRFC A6 nonFatalStatusCodes). Default
+// Unavailable. OK is invalid.
+func WithNonFatalCodes(cs ...codes.Code) CallOption {
+	return callOption(func(c callSettings) (callSettings, error) {
+		set, err := newCodeSet("WithNonFatalCodes", cs)
+		if err != nil {
+			return c, err
+		}
+		c.nonFatal = set
+		return c, nil
+	})
+}
+
+// WithAdaptiveHedgeDelay hedges calls of idempotent methods after the
+// quantile of each method's recent attempt latencies, kept within [min, max],
+// and turns hedging on in DialOptions, as WithHedgeDelay(0) does. The
+// estimator belongs to the client, so this is a ClientOption; a call chooses
+// the adaptive delay with WithHedgeDelay(0). Defaults: quantile 0.95, min 5ms,
+// max 1s: hedging at the p95 sends about 5% more attempts (The Tail at
+// Scale). A method is not hedged on time until 20 of its calls were seen.
 // quantile must be in (0, 1), min > 0 and min <= max.
-func WithAdaptiveHedgeDelay(quantile float64, min, max time.Duration) Option {
-	return option(func(c *config) error {
+func WithAdaptiveHedgeDelay(quantile float64, min, max time.Duration) ClientOption {
+	return clientOption(func(c *config) error {
 		switch {
 		case !(quantile > 0 && quantile < 1):
 			return invalid("WithAdaptiveHedgeDelay", quantile, "quantile must be in (0, 1)")
@@ -553,41 +567,72 @@ func WithAdaptiveHedgeDelay(quantile float64, min, max time.Duration) Option {
 		case max < min:
 			return invalid("WithAdaptiveHedgeDelay", max, "max must be at least min")
 		}
-		c.hedgeDelay, c.hedgeQuantile, c.hedgeMinDelay, c.hedgeMaxDelay = 0, quantile, min, max
-		c.hedgeEnabled = true
+		c.hedgeQuantile, c.hedgeMinDelay, c.hedgeMaxDelay = quantile, min, max
+		c.call.hedge, c.call.hedgeDelay = true, 0
 		return nil
 	})
 }
 
-// WithNonFatalCodes sets the codes after which hedging sends the next hedge at
-// once instead of ending the call. Default Unavailable. OK is invalid.
-func WithNonFatalCodes(cs ...codes.Code) Option {
-	return option(func(c *config) error {
-		set, err := newCodeSet("WithNonFatalCodes", cs)
-		if err != nil {
-			return err
+// WithRetryBudget sizes the one budget that pays for every extra attempt of
+// a client: retries, stream retries, hedges and hedged calls' resends. In any
+// window, extra attempts may not exceed ratio times the calls of the window
+// plus minPerSecond per second of the window, which a fresh or quiet client
+// can always spend. The defaults, 0.2, 10 and 10s, are Finagle's and
+// Linkerd's. Attempts started by the hedge delay may take only part of it
+// (WithHedgeBudget), so that hedges never leave retries without room. An
+// exhausted budget only refuses new extra attempts. ratio must be in [0, 1],
+// minPerSecond >= 0, window in [1s, 1h] (one bucket per second). It replaces
+// WithRetryThrottling.
+func WithRetryBudget(ratio, minPerSecond float64, window time.Duration) ClientOption {
+	return clientOption(func(c *config) error {
+		switch {
+		case !(ratio >= 0 && ratio <= 1):
+			return invalid("WithRetryBudget", ratio, "ratio must be in [0, 1]")
+		case !(minPerSecond >= 0) || math.IsInf(minPerSecond, 0):
+			return invalid("WithRetryBudget", minPerSecond, "minPerSecond must be a finite number >= 0")
+		case window < time.Second || window > time.Hour:
+			return invalid("WithRetryBudget", window, "window must be between 1s and 1h")
 		}
-		c.nonFatal = set
+		c.budget = budgetConfig{ratio: ratio, minPerSecond: minPerSecond, window: window, hedgeRatio: c.budget.hedgeRatio}
 		return nil
 	})
 }
 
-// WithHedgeBudget caps hedged attempts at ratio times the calls of the retry
-// budget's window. Default 0.1. ratio must be in [0, 1].
-func WithHedgeBudget(ratio float64) Option {
-	return option(func(c *config) error {
+// WithHedgeBudget bounds the attempts that the hedge delay starts (not the
+// resends after a failure, which are retries) to ratio times the calls of the
+// budget's window plus half of its per-second floor, within the budget of
+// WithRetryBudget. Default 0.1, half the budget's ratio: hedges at a p95
+// delay need about 5%, and retries keep at least the other half. 0 sends no
+// hedge on time (a hedged call still resends after a non-fatal failure, as
+// a retry). ratio must be in [0, 1]. Under WithRetryThrottling hedges are
+// throttled by the token bucket instead.
+func WithHedgeBudget(ratio float64) ClientOption {
+	return clientOption(func(c *config) error {
 		if !(ratio >= 0 && ratio <= 1) {
 			return invalid("WithHedgeBudget", ratio, "ratio must be in [0, 1]")
 		}
-		c.hedgeBudgetRatio = ratio
+		c.budget.hedgeRatio = ratio
 		return nil
 	})
 }
 
-// WithHedgingDisabled turns hedging off. Most useful as a per-call option.
-func WithHedgingDisabled() Option {
-	return option(func(c *config) error {
-		c.hedgeDisabled = true
+// WithRetryThrottling replaces the ratio budget with gRFC A6 retry
+// throttling: a token bucket of maxTokens that every failed attempt, retried
+// or hedged, drains by 1 and every successful one refills by tokenRatio; no
+// extra attempt (retry or hedge) starts while it holds half or less. Against
+// a server that fails everything, a client then sends at most maxTokens/2
+// extra attempts in all, plus one per call whose extra attempt was allowed
+// in the same instant. maxTokens must be in (0, 1000], tokenRatio in
+// (0, 1000].
+func WithRetryThrottling(maxTokens, tokenRatio float64) ClientOption {
+	return clientOption(func(c *config) error {
+		switch {
+		case !(maxTokens > 0 && maxTokens <= 1000):
+			return invalid("WithRetryThrottling", maxTokens, "maxTokens must be in (0, 1000]")
+		case !(tokenRatio > 0 && tokenRatio <= 1000):
+			return invalid("WithRetryThrottling", tokenRatio, "tokenRatio must be in (0, 1000]")
+		}
+		c.budget = budgetConfig{maxTokens: maxTokens, tokenRatio: tokenRatio, hedgeRatio: c.budget.hedgeRatio}
 		return nil
 	})
 }
@@ -615,12 +660,3 @@ func newCodeSet(option string, cs []codes.Code) (codeSet, error) {
 }
 
 func (s codeSet) has(c codes.Code) bool { return c < 32 && s&(1<<c) != 0 }
-
-// splitMethod splits "/pkg.Service/Method" into its service and method names.
-func splitMethod(fullMethod string) (service, method string) {
-	name := strings.TrimPrefix(fullMethod, "/")
-	if i := strings.LastIndexByte(name, '/'); i >= 0 {
-		return name[:i], name[i+1:]
-	}
-	return "unknown", name
-}

@@ -131,7 +131,7 @@ func TestOptionBoundsAccepted(t *testing.T) {
 		WithNonFatalCodes(), WithNonFatalCodes(codes.Unauthenticated),
 		WithHedgeBudget(0), WithHedgeBudget(1),
 		WithMetrics(nil), WithRetryDisabled(), WithHedgingDisabled(), WithServiceConfig(`{}`),
-		{}, // the zero Option does nothing
+		nil, CallOption{}, ClientOption{}, // nil and the zero options do nothing
 	} {
 		if _, err := newConfig([]Option{o}); err != nil {
 			t.Errorf("option %d: %v", i, err)
@@ -203,8 +203,8 @@ func checkInvalidArgument(t *testing.T, who string, err error, want string) {
 // TestOptionInvalidPerCall: an invalid grpcguard option given to one call,
 // through a real client with DialOptions, fails that call with
 // InvalidArgument and its text before anything is sent, and the next call
-// is unaffected. A Dialer option is not applied per call, but an invalid one
-// is still reported.
+// is unaffected. (A ClientOption cannot be given to a call: see
+// TestOptionScopes.)
 func TestOptionInvalidPerCall(t *testing.T) {
 	srv := &testsvc.Server{}
 	addr := startServer(t, srv)
@@ -215,13 +215,13 @@ func TestOptionInvalidPerCall(t *testing.T) {
 	cc := newClient(t, addr, dopts...)
 	ctx := ctxTimeout(t, 5*time.Second)
 	for _, tc := range []struct {
-		opt  Option
+		opt  CallOption
 		want string
 	}{
 		{WithMaxAttempts(11), "grpcguard: invalid option: WithMaxAttempts(11): must be between 1 and 10"},
 		{WithPerAttemptTimeout(-1), "grpcguard: invalid option: WithPerAttemptTimeout(-1ns): must not be negative"},
 		{WithHedgeDelay(-1), "grpcguard: invalid option: WithHedgeDelay(-1ns): must not be negative"},
-		{WithUserTimeout(-1), "grpcguard: invalid option: WithUserTimeout(-1ns): must not be negative"},
+		{WithBackoff(0, 0, 0), "grpcguard: invalid option: WithBackoff(0s): initial must be positive"},
 	} {
 		for _, method := range []string{testsvc.Echo, testsvc.Get} { // Get is hedged, Echo only retried
 			_, err := testsvc.Call(ctx, cc, method, "x", tc.opt)

@@ -84,8 +84,8 @@ const proxyUserAgent = "grpc-go/" + grpc.Version
 // README); a Dialer made with NewDialer never proxies, as grpc-go does not
 // with a custom dialer. WithDialFunc implies it: the dial function owns the
 // route.
-func WithNoProxy() Option {
-	return option(func(c *config) error {
+func WithNoProxy() ClientOption {
+	return clientOption(func(c *config) error {
 		c.noProxy = true
 		return nil
 	})
@@ -95,8 +95,8 @@ func WithNoProxy() Option {
 // as grpc-go does, unless the user said otherwise. Without HTTPS_PROXY in the
 // environment it adds nothing, so that a client with no proxy configured
 // dials exactly as before: no rule to apply, no resolver of grpcguard's.
-func proxyFromEnvironment() Option {
-	return option(func(c *config) error {
+func proxyFromEnvironment() ClientOption {
+	return clientOption(func(c *config) error {
 		if c.proxy == nil && (os.Getenv("HTTPS_PROXY") != "" || os.Getenv("https_proxy") != "") {
 			c.proxy = http.ProxyFromEnvironment
 		}

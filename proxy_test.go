@@ -29,7 +29,7 @@ import (
 
 // withProxy makes the Dialer proxy as DialOptions' does, with f as the rule.
 func withProxy(f proxyFunc) Option {
-	return option(func(c *config) error { c.proxy = f; return nil })
+	return clientOption(func(c *config) error { c.proxy = f; return nil })
 }
 
 // connectProxy is an HTTP CONNECT proxy on 127.0.0.1 that records the head of

@@ -22,52 +22,59 @@ import (
 // first response message reached the caller; the new attempt replays what the
 // caller had sent, CloseSend included. Once a response message has been
 // delivered the stream is committed and never retried, so the application
-// never sees a message twice. Client and bidi streams keep the messages they
-// send for replay up to WithRetryBufferSize bytes (256 KiB by default,
-// measured with proto.Size; a message that is not a proto.Message cannot be
-// measured and commits the stream); past it the stream commits to its current
-// attempt. WithPerAttemptTimeout bounds each attempt until the stream commits.
+// never sees a message twice; a stream whose method has a service config
+// retryPolicy commits earlier, when the response headers arrive, as grpc-go
+// commits it. Client and bidi streams keep the messages they send for replay
+// up to WithRetryBufferSize bytes (256 KiB by default, measured with
+// proto.Size; a message that is not a proto.Message cannot be measured and
+// commits the stream); past it the stream commits to its current attempt.
+// WithPerAttemptTimeout bounds each attempt until the stream commits.
 //
-// Header, Trailer and Context are those of the current attempt, which after
-// commit is the final one. As with grpc-go, Header returns nil and no error if
-// the current attempt fails before its headers; RecvMsg then retries it.
-// Every abandoned attempt's context is cancelled, and the last one's when the
-// stream ends, so no attempt outlives the stream.
+// Context returns one context for the life of the stream, whatever attempts
+// come and go: it is done when the stream ends or the caller's context is,
+// and its values are the current attempt's (peer.FromContext gives the
+// transport of the current attempt). Header and Trailer are those of the
+// current attempt, which after commit is the final one. As with grpc-go,
+// Header returns nil and no error if the current attempt fails before its
+// headers; RecvMsg then retries it. Every abandoned attempt's context is
+// cancelled, and the last one's when the stream ends, so no attempt outlives
+// the stream.
 //
 // Install it outside the Dialer's stream interceptor, and pass
 // grpc.WithDisableRetry(): grpc-go's own retry would replay streams beneath
 // this one (see UnaryClientRetry for what grpc-go still retries then).
 func StreamClientRetry(opts ...Option) grpc.StreamClientInterceptor {
-	r := newRetrier(opts)
-	return r.stream
+	return newClientState(opts).streamRetry
 }
 
-func (r *retrier) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	if r.err != nil {
-		return nil, r.err
+func (cs *clientState) streamRetry(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if cs.err != nil {
+		return nil, cs.err
 	}
 	if ownedAttempt(opts) {
-		return streamer(ctx, desc, cc, method, opts...) // hedging owns the attempts
+		return cs.newStream(ctx, desc, cc, method, streamer, opts) // an outer interceptor owns the attempts
 	}
-	cfg, err := r.callConfig(method, opts)
-	if err != nil {
+	var p plan
+	if err := cs.planFor(&p, method, opts); err != nil {
 		return nil, err
 	}
-	disabled := cfg.retryDisabled || cfg.maxAttempts <= 1
-	if disabled && cfg.callTimeout <= 0 {
-		return streamer(ctx, desc, cc, method, opts...)
+	if !p.retries() {
+		if p.callTimeout <= 0 {
+			return cs.newStream(ctx, desc, cc, method, streamer, opts)
+		}
+		p.maxAttempts = 1 // only the call timeout applies
+	} else {
+		cs.budget.call(nanotime()) // a stream that may retry earns extra attempts
 	}
-	s := &retryStream{r: r, cfg: cfg, method: method, desc: desc, cc: cc, streamer: streamer, opts: opts}
-	if disabled {
-		copied := *cfg
-		copied.maxAttempts = 1 // only the call timeout applies
-		s.cfg = &copied
+	s := &retryStream{cs: cs, p: p, method: method, desc: desc, cc: cc, streamer: streamer}
+	s.opts = append(append(make([]grpc.CallOption, 0, len(opts)+1), opts...), attemptOwner{})
+	s.ctx, s.cancelCall = ctx, func() {}
+	if p.callTimeout > 0 {
+		s.ctx, s.cancelCall = context.WithTimeout(ctx, p.callTimeout)
 	}
-	s.ctx = ctx
-	if cfg.callTimeout > 0 {
-		s.ctx, s.cancelCall = context.WithTimeout(ctx, cfg.callTimeout)
-	}
-	r.budget.call()
+	var stable context.Context
+	stable, s.cancelStable = context.WithCancel(s.ctx)
+	s.stable = &streamContext{Context: stable, s: s}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -78,7 +85,7 @@ func (r *retrier) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cl
 			return nil, lastErr
 		}
 	} else {
-		s.cur = sa
+		s.cur.Store(sa)
 	}
 	return s, nil
 }
@@ -86,21 +93,27 @@ func (r *retrier) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cl
 // retryStream is a client stream whose attempts the retry interceptor
 // replaces until it commits.
 type retryStream struct {
-	r        *retrier
-	cfg      *config
+	cs       *clientState
+	p        plan
 	method   string
 	desc     *grpc.StreamDesc
 	cc       *grpc.ClientConn
 	streamer grpc.Streamer
-	opts     []grpc.CallOption
+	opts     []grpc.CallOption // the caller's, and the owner marker
 
-	ctx        context.Context // the call's: the caller's, bounded by the call timeout
-	cancelCall context.CancelFunc
+	ctx          context.Context // the call's: the caller's, bounded by the call timeout
+	cancelCall   context.CancelFunc
+	stable       *streamContext // what Context returns
+	cancelStable context.CancelFunc
+
+	// cur is the current attempt: it changes only under mu, and is read
+	// without it by Header, Trailer and Context, which must not wait for a
+	// backoff.
+	cur atomic.Pointer[streamAttempt]
 
 	// mu guards what follows. It is held while an attempt is replaced,
 	// backoff included, so a SendMsg waits for the replay to finish.
 	mu        sync.Mutex
-	cur       *streamAttempt
 	n         int // attempts started
 	committed bool
 	buf       []any // sent messages kept for replay, until commit
@@ -108,8 +121,30 @@ type retryStream struct {
 	closeSent bool
 	done      bool
 	finalErr  error
-	idem      bool
-	idemKnown bool
+}
+
+// streamContext is the context of a retried stream: the same value for the
+// life of the stream, done when the stream ends or the caller's context is,
+// and holding the values of the current attempt's context.
+type streamContext struct {
+	context.Context // done when the stream ends
+	s               *retryStream
+}
+
+// Value returns the current attempt's value for key: grpc's (the peer) and
+// the caller's.
+func (c *streamContext) Value(key any) any {
+	if sa := c.s.cur.Load(); sa != nil && sa.cs != nil {
+		return sa.cs.Context().Value(key)
+	}
+	return c.Context.Value(key)
+}
+
+// AfterFunc lets context.WithCancel and friends derive from the stream's
+// context without a goroutine: they ask a parent that is not one of the
+// context package's own for this method.
+func (c *streamContext) AfterFunc(f func()) (stop func() bool) {
+	return context.AfterFunc(c.Context, f)
 }
 
 // streamAttempt is one attempt of a retried stream. Each attempt has its own,
@@ -141,13 +176,13 @@ func (s *retryStream) start() (*streamAttempt, error) {
 	if s.n > 1 {
 		ctx = metadata.AppendToOutgoingContext(ctx, previousAttemptsKey, strconv.Itoa(s.n-1))
 	}
-	if d := s.cfg.perAttemptTimeout; d > 0 && !s.committed {
+	if d := s.p.perAttemptTimeout; d > 0 && !s.committed {
 		sa.timer = time.AfterFunc(d, func() {
 			sa.timedOut.Store(true)
 			cancel()
 		})
 	}
-	cs, err := s.streamer(ctx, s.desc, s.cc, s.method, sa.a.begin(s.opts)...)
+	cs, err := s.cs.newStream(ctx, s.desc, s.cc, s.method, s.streamer, sa.a.begin(s.opts))
 	if err != nil {
 		sa.stop()
 		return sa, err
@@ -170,64 +205,49 @@ func (s *retryStream) start() (*streamAttempt, error) {
 // error to return. Called with mu held.
 func (s *retryStream) retryLocked(sa *streamAttempt, err error) (ok bool, lastErr error) {
 	for {
-		if !s.mayRetryLocked(sa, err) {
+		if !s.resendLocked(sa, err) {
 			return false, err
 		}
 		next, cerr := s.start()
 		if cerr == nil {
-			s.cur = next
+			s.cur.Store(next)
 			return true, nil
 		}
 		sa, err = next, cerr
 	}
 }
 
-// mayRetryLocked applies mayRetry, the attempt limit, pushback, the deadline
-// and the budget to the failure of sa, and waits before the retry. It cancels
-// sa's context whatever it decides.
-func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
+// resendLocked takes the after-failure step for the failure of sa and waits
+// before the resend it allows. It cancels sa's context whatever it decides.
+func (s *retryStream) resendLocked(sa *streamAttempt, err error) bool {
 	defer sa.stop()
-	cfg, r := s.cfg, s.r
-	code := status.Code(err)
-	if cfg.retryable.has(code) {
-		r.budget.result(true)
-	}
-	if s.committed || s.n >= cfg.maxAttempts {
-		return false
-	}
 	var trailer metadata.MD
 	p := &sa.a.peer // empty when grpc gave the attempt no transport
+	headers := false
 	if sa.cs != nil {
 		if sp, ok := peer.FromContext(sa.cs.Context()); ok {
 			p = sp
 		}
 		trailer = sa.cs.Trailer()
+		if s.p.commitAtHeaders {
+			md, _ := sa.cs.Header() // the attempt has ended: this does not wait
+			headers = md != nil
+		}
 	}
 	v := verdictOf(sa.a.start, p)
-	if !s.idemKnown {
-		s.idem, s.idemKnown = r.idempotent(cfg, s.method), true
-	}
 	f := failure{
-		code:          code,
+		code:          status.Code(err),
 		callerDone:    expired(s.ctx),
 		attemptExpiry: sa.timedOut.Load(),
 		neverLeft:     v.neverLeft,
+		committed:     s.committed || headers,
 	}
-	ok, unprocessed := mayRetry(cfg, f, s.idem)
-	if !ok {
+	d := s.cs.afterFailure(s.ctx, &s.p, f, s.n, trailer, v)
+	if !d.resend {
 		return false
 	}
-	wait, stop := r.wait(s.ctx, cfg, s.n, trailer, v.connDied)
-	if stop {
-		return false
-	}
-	if !r.budget.allow() {
-		cfg.metrics.retryThrottledFor(s.method)
-		return false
-	}
-	cfg.metrics.retried(s.method, code, unprocessed)
 	sa.stop()
-	if sleep(s.ctx, wait) != nil {
+	if sleep(s.ctx, d.wait) != nil {
 		return false
 	}
 	v.awaitRelease(s.ctx)
@@ -238,9 +258,9 @@ func (s *retryStream) mayRetryLocked(sa *streamAttempt, err error) bool {
 // io.EOF for a stream that ended well.
 func (s *retryStream) attemptResultLocked(err error) {
 	if err == io.EOF {
-		s.r.budget.result(false)
-	} else if s.cfg.retryable.has(status.Code(err)) {
-		s.r.budget.result(true)
+		s.cs.succeeded()
+	} else if s.p.retryable.has(status.Code(err)) {
+		s.cs.budget.result(true)
 	}
 }
 
@@ -249,31 +269,24 @@ func (s *retryStream) attemptResultLocked(err error) {
 func (s *retryStream) commitLocked() {
 	s.committed = true
 	s.buf, s.bufBytes = nil, 0
-	if s.cur != nil && s.cur.timer != nil {
-		s.cur.timer.Stop()
+	if sa := s.cur.Load(); sa != nil && sa.timer != nil {
+		sa.timer.Stop()
 	}
 }
 
-// finishLocked ends the stream with err: the last attempt's context and the
-// call timeout are released.
+// finishLocked ends the stream with err: the last attempt's context, the
+// stream's context and the call timeout are released.
 func (s *retryStream) finishLocked(err error) {
 	if s.done {
 		return
 	}
 	s.done, s.finalErr = true, err
 	s.buf, s.bufBytes = nil, 0
-	if s.cur != nil {
-		s.cur.stop()
+	if sa := s.cur.Load(); sa != nil {
+		sa.stop()
 	}
-	if s.cancelCall != nil {
-		s.cancelCall()
-	}
-}
-
-func (s *retryStream) current() *streamAttempt {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cur
+	s.cancelStable()
+	s.cancelCall()
 }
 
 // SendMsg sends m on the current attempt and keeps it for replay until the
@@ -283,14 +296,14 @@ func (s *retryStream) SendMsg(m any) error {
 	s.mu.Lock()
 	if !s.committed && !s.done {
 		size, ok := messageSize(m)
-		if !ok || s.bufBytes+size > s.cfg.retryBufferBytes {
+		if !ok || s.bufBytes+size > s.p.retryBufferBytes {
 			s.commitLocked()
 		} else {
 			s.buf = append(s.buf, m)
 			s.bufBytes += size
 		}
 	}
-	sa, replayable := s.cur, !s.committed && !s.done
+	sa, replayable := s.cur.Load(), !s.committed && !s.done
 	s.mu.Unlock()
 	err := sa.cs.SendMsg(m)
 	if err == io.EOF && replayable {
@@ -304,7 +317,7 @@ func (s *retryStream) SendMsg(m any) error {
 func (s *retryStream) CloseSend() error {
 	s.mu.Lock()
 	s.closeSent = true
-	sa := s.cur
+	sa := s.cur.Load()
 	s.mu.Unlock()
 	return sa.cs.CloseSend()
 }
@@ -319,7 +332,7 @@ func (s *retryStream) RecvMsg(m any) error {
 			s.mu.Unlock()
 			return err
 		}
-		sa := s.cur
+		sa := s.cur.Load()
 		s.mu.Unlock()
 
 		err := sa.cs.RecvMsg(m)
@@ -337,7 +350,7 @@ func (s *retryStream) RecvMsg(m any) error {
 			s.mu.Unlock()
 			return nil
 		}
-		if sa != s.cur {
+		if sa != s.cur.Load() {
 			s.mu.Unlock() // replaced meanwhile
 			continue
 		}
@@ -358,13 +371,14 @@ func (s *retryStream) RecvMsg(m any) error {
 }
 
 // Header returns the current attempt's header metadata.
-func (s *retryStream) Header() (metadata.MD, error) { return s.current().cs.Header() }
+func (s *retryStream) Header() (metadata.MD, error) { return s.cur.Load().cs.Header() }
 
 // Trailer returns the current attempt's trailer metadata.
-func (s *retryStream) Trailer() metadata.MD { return s.current().cs.Trailer() }
+func (s *retryStream) Trailer() metadata.MD { return s.cur.Load().cs.Trailer() }
 
-// Context returns the current attempt's context.
-func (s *retryStream) Context() context.Context { return s.current().cs.Context() }
+// Context returns the stream's context: the same for the life of the
+// stream, done when it ends (see StreamClientRetry).
+func (s *retryStream) Context() context.Context { return s.stable }
 
 // messageSize is the size a message takes in the replay buffer: its encoded
 // size. ok is false for a message it cannot measure.

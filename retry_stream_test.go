@@ -14,6 +14,8 @@ import (
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -190,5 +192,100 @@ func TestRetryStreamWatchAfterConnectionReset(t *testing.T) {
 	}
 	if p.Stats().RSTs == 0 {
 		t.Error("the proxy reset nothing: the scenario did not happen")
+	}
+}
+
+// TestRetryStreamContextStable: the context a caller takes from a stream
+// before its first message stays the stream's through a retry: the same
+// value, not done while the stream lives, holding the current attempt's
+// peer, and done once the stream has ended.
+func TestRetryStreamContextStable(t *testing.T) {
+	var calls atomic.Int32
+	srv := &testsvc.Server{Watch: func(_ context.Context, req string, send func(string) error) error {
+		if calls.Add(1) == 1 {
+			return status.Error(codes.Unavailable, "not yet")
+		}
+		return send(req)
+	}}
+	cc := retryClient(t, startServer(t, srv), NewMetrics(), nil)
+	s, err := cc.NewStream(ctxTimeout(t, 5*time.Second), testsvc.WatchDesc, testsvc.Watch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := s.Context()
+	if err := s.SendMsg(wrapperspb.String("w")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	m := new(wrapperspb.StringValue)
+	if err := s.RecvMsg(m); err != nil || m.Value != "w" {
+		t.Fatalf("RecvMsg = %q, %v; want the retry's message", m.Value, err)
+	}
+	if calls.Load() != 2 {
+		t.Fatalf("%d attempts, want 2: the scenario is a retried stream", calls.Load())
+	}
+	if ctx.Err() != nil {
+		t.Errorf("the stream's context ended with its first attempt: %v", ctx.Err())
+	}
+	if s.Context() != ctx {
+		t.Error("Context changed with the attempt")
+	}
+	if p, ok := peer.FromContext(ctx); !ok || p.Addr == nil {
+		t.Error("no peer in the stream's context")
+	}
+	if err := s.RecvMsg(m); err != io.EOF {
+		t.Fatalf("RecvMsg = %v, want io.EOF", err)
+	}
+	waitFor(t, time.Second, "the stream's context to end with the stream", func() bool { return ctx.Err() != nil })
+	derived, cancel := context.WithCancel(ctx) // derives without a goroutine (goleak checks)
+	defer cancel()
+	if derived.Err() == nil {
+		t.Error("a context derived from the ended stream's is not done")
+	}
+}
+
+// TestRetryPolicyCommitsAtHeaders: under a service config retryPolicy a
+// call is not retried once the server's response headers arrived, as grpc-go
+// does; a trailers-only failure is. Unary calls and streams alike.
+func TestRetryPolicyCommitsAtHeaders(t *testing.T) {
+	headersFirst := func(ctx context.Context, req string) {
+		if strings.HasPrefix(req, "headers") {
+			grpc.SendHeader(ctx, metadata.Pairs("started", "yes"))
+		}
+	}
+	srv := &testsvc.Server{
+		Unary: func(ctx context.Context, _, req string) (string, error) {
+			if previousAttempts(ctx) == 0 {
+				headersFirst(ctx, req)
+				return "", status.Error(codes.Unavailable, "once")
+			}
+			return req, nil
+		},
+		Watch: func(ctx context.Context, req string, send func(string) error) error {
+			if previousAttempts(ctx) == 0 {
+				headersFirst(ctx, req)
+				return status.Error(codes.Unavailable, "once")
+			}
+			return send(req)
+		},
+	}
+	cc := retryClient(t, startServer(t, srv), NewMetrics(), nil, WithServiceConfig(`{"methodConfig":[{
+		"name":[{"service":"grpcguard.testing.Echo"}],
+		"retryPolicy":{"maxAttempts":3,"initialBackoff":"0.001s","maxBackoff":"0.005s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`))
+	for _, req := range []string{"trailers-only", "headers"} {
+		wantRuns, wantErr := 2, codes.OK
+		if req == "headers" {
+			wantRuns, wantErr = 1, codes.Unavailable
+		}
+		_, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, req)
+		if status.Code(err) != wantErr || srv.Runs(testsvc.Get, req) != wantRuns {
+			t.Errorf("unary %s: %v after %d attempts, want %v after %d", req, err, srv.Runs(testsvc.Get, req), wantErr, wantRuns)
+		}
+		_, err = watch(t, cc, req)
+		if status.Code(err) != wantErr || srv.Runs(testsvc.Watch, req) != wantRuns {
+			t.Errorf("stream %s: %v after %d attempts, want %v after %d", req, err, srv.Runs(testsvc.Watch, req), wantErr, wantRuns)
+		}
 	}
 }

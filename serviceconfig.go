@@ -8,8 +8,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/balancer"
@@ -48,15 +46,19 @@ const hedgeAllAtOnce = time.Nanosecond
 // retryPolicy overrides, for that method only, the options' maximum attempts,
 // backoff (including WithBackoffFunc) and retryable codes, declares the method
 // safe to retry whatever its idempotency (as a retryPolicy does in grpc-go),
-// and turns hedging off for it. A matched hedgingPolicy enables hedging for
-// the method with a fixed delay ("0s" or absent: all attempts at once), its
-// non-fatal codes (absent: none) and attempt count, declares the method safe
-// to run more than once, and turns retrying off for it. maxAttempts above 5
-// count as 5. A matched timeout bounds the whole call (an earlier caller
-// deadline wins; "0s" fails every call, a negative timeout is ignored, as in
-// grpc-go). A method no entry matches, or whose entry has neither policy, keeps
-// the options' retry and hedging behaviour. WithRetryDisabled and
-// WithHedgingDisabled still turn retrying and hedging off.
+// and turns hedging off for it; like grpc-go, such a call or stream is not
+// retried once the server's response headers have arrived. A matched
+// hedgingPolicy enables hedging for the method with a fixed delay ("0s" or
+// absent: all attempts at once), its non-fatal codes (absent: none) and
+// attempt count, declares the method safe to run more than once, and turns
+// retrying off for it. maxAttempts above 5 count as 5. A matched timeout
+// bounds the whole call, hedged or not (an earlier caller deadline wins; "0s"
+// fails every call, a negative timeout is ignored, as in grpc-go). A method no
+// entry matches, or whose entry has neither policy, keeps the options' retry
+// and hedging behaviour. The policies apply where the interceptors run:
+// DialOptions hedges and retries every method; a call's own CallOptions
+// (WithMaxAttempts, WithRetryDisabled, WithHedgingDisabled, ...) still
+// override them for that call.
 //
 // The config is accepted or rejected exactly as grpc-go v1.85 accepts or
 // rejects it, with one addition: grpc-go ignores hedgingPolicy, while here it
@@ -65,16 +67,14 @@ const hedgeAllAtOnce = time.Nanosecond
 // in one methodConfig). An invalid config is an error wrapping
 // ErrInvalidOption that names the offending field, for example
 // "methodConfig[0].retryPolicy.maxAttempts". The last WithServiceConfig wins.
-func WithServiceConfig(json string) Option {
+func WithServiceConfig(json string) ClientOption {
 	parsed, err := parseServiceConfig(json, true)
-	return option(func(c *config) error {
+	return clientOption(func(c *config) error {
 		if err != nil {
 			return err
 		}
 		c.serviceConfig = nil
 		if len(parsed.methods) > 0 {
-			// A fresh memo per config: it caches configs derived from this
-			// config's base.
 			c.serviceConfig = &serviceConfig{methods: parsed.methods}
 		}
 		if parsed.throttling != nil {
@@ -85,22 +85,11 @@ func WithServiceConfig(json string) Option {
 }
 
 // serviceConfig holds the per-method policies of a gRFC A6 service config.
+// It is immutable.
 type serviceConfig struct {
 	// methods is keyed as grpc-go keys ServiceConfig.Methods: "/svc/method",
 	// "/svc/" and "" (the default).
 	methods map[string]*methodPolicy
-	// memo caches, per full method name, the config derived from one base, so
-	// that the steady state of an interceptor (always the same base) costs a
-	// map lookup and no allocation.
-	memo sync.Map // string -> *memoEntry
-}
-
-type memoEntry struct {
-	base, cfg *config
-	// used is set on the first hit. An entry that was hit belongs to a
-	// long-lived base (an interceptor's) and is kept; one never hit most
-	// likely belongs to a per-call copy and may be replaced.
-	used atomic.Bool
 }
 
 // parsedServiceConfig is the immutable result of parsing.
@@ -146,72 +135,36 @@ func (sc *serviceConfig) lookup(fullMethod string) *methodPolicy {
 	return sc.methods[""]
 }
 
-// hedges reports whether any methodConfig holds a hedgingPolicy, so that a
-// caller can tell whether hedging must be installed for the service config.
-func (sc *serviceConfig) hedges() bool {
-	for _, p := range sc.methods {
-		if p.hedge != nil {
-			return true
-		}
-	}
-	return false
-}
-
-// forMethod returns base with the methodConfig matching fullMethod applied,
-// or base itself when none matches. The result has no service config of its
-// own, so forMethod on it returns it unchanged. base must not be modified
-// afterwards (configs are copied, never mutated, once built).
-func (sc *serviceConfig) forMethod(base *config, fullMethod string) *config {
-	p := sc.lookup(fullMethod)
-	if p == nil {
-		return base
-	}
-	if v, ok := sc.memo.Load(fullMethod); ok {
-		e := v.(*memoEntry)
-		if e.base == base {
-			if !e.used.Load() {
-				e.used.Store(true)
-			}
-			return e.cfg
-		}
-		if e.used.Load() {
-			return p.apply(base)
-		}
-	}
-	c := p.apply(base)
-	sc.memo.Store(fullMethod, &memoEntry{base: base, cfg: c})
-	return c
-}
-
-// apply returns a copy of base overridden by p.
-func (p *methodPolicy) apply(base *config) *config {
-	c := *base
-	c.serviceConfig = nil
-	if p.hasTimeout && p.timeout >= 0 {
+// applyTo overrides the plan p of a method with the policy p covers, and
+// reports whether the policy declares the method safe to run more than once
+// (either policy does, as a retryPolicy does in grpc-go).
+func (pol *methodPolicy) applyTo(p *plan) (retryable bool) {
+	if pol.hasTimeout && pol.timeout >= 0 {
 		// grpc-go applies a zero timeout as an already expired deadline;
 		// callTimeout 0 would mean "none".
-		c.callTimeout = max(p.timeout, time.Nanosecond)
+		p.callTimeout = max(pol.timeout, time.Nanosecond)
 	}
-	if r := p.retry; r != nil {
-		c.maxAttempts = r.maxAttempts
-		c.initialBackoff, c.maxBackoff, c.backoffMultiplier = r.initialBackoff, r.maxBackoff, r.multiplier
-		c.backoffFunc = nil
-		c.retryable = r.retryable
-		c.policyRetryable = true
-		c.hedgeDisabled = true // A6: a method has a retry or a hedging policy, not both
+	if r := pol.retry; r != nil {
+		p.maxAttempts = r.maxAttempts
+		p.initialBackoff, p.maxBackoff, p.backoffMultiplier = r.initialBackoff, r.maxBackoff, r.multiplier
+		p.backoffFunc = nil
+		p.retryable = r.retryable
+		p.commitAtHeaders = true
+		p.hedgeDisabled = true // A6: a method has a retry or a hedging policy, not both
+		retryable = true
 	}
-	if h := p.hedge; h != nil {
-		c.hedgeEnabled = true
-		c.maxAttempts = h.maxAttempts
-		c.hedgeDelay = h.delay
-		if c.hedgeDelay == 0 {
-			c.hedgeDelay = hedgeAllAtOnce
+	if h := pol.hedge; h != nil {
+		p.hedge = true
+		p.maxAttempts = h.maxAttempts
+		p.hedgeDelay = h.delay
+		if p.hedgeDelay == 0 {
+			p.hedgeDelay = hedgeAllAtOnce
 		}
-		c.nonFatal = h.nonFatal
-		c.policyRetryable = true
-		c.retryDisabled = true
+		p.nonFatal = h.nonFatal
+		p.retryDisabled = true
+		retryable = true
 	}
-	return &c
+	return retryable
 }
 
 // The JSON shapes below mirror grpc-go v1.85's service_config.go (jsonSC,

@@ -24,12 +24,14 @@ func FuzzServiceConfig(f *testing.F) {
 			return
 		}
 		checkRoundTrip(t, p)
-		c, err := newConfig([]Option{WithServiceConfig(js)})
-		if err != nil {
-			t.Fatalf("parse accepted, option rejected: %v", err)
+		cs := newClientState([]Option{WithServiceConfig(js)})
+		if cs.invalid != nil {
+			t.Fatalf("parse accepted, option rejected: %v", cs.invalid)
 		}
 		for _, m := range []string{"/a.B/C", "/a.B/", "", "x"} {
-			if d := c.forMethod(m); d.maxAttempts < 1 || d.maxAttempts > maxAttemptsLimit {
+			var d plan
+			cs.methods.plan(&d, m, false)
+			if d.maxAttempts < 1 || d.maxAttempts > maxAttemptsLimit {
 				t.Fatalf("%q: maxAttempts %d out of range", m, d.maxAttempts)
 			}
 		}

@@ -331,11 +331,23 @@ func TestServiceConfigMatchesNewClient(t *testing.T) {
 	}
 }
 
-func TestServiceConfigPrecedence(t *testing.T) {
-	base, err := newConfig([]Option{WithServiceConfig(precedenceJS)})
-	if err != nil {
-		t.Fatal(err)
+// basePlans resolves the plans of a client made with opts: the base plan of
+// a method, before any call's options.
+func basePlans(t *testing.T, opts ...Option) func(method string) plan {
+	t.Helper()
+	cs := newClientState(opts)
+	if cs.invalid != nil {
+		t.Fatal(cs.invalid)
 	}
+	return func(method string) plan {
+		var p plan
+		cs.methods.plan(&p, method, false)
+		return p
+	}
+}
+
+func TestServiceConfigPrecedence(t *testing.T) {
+	planOf := basePlans(t, WithServiceConfig(precedenceJS))
 	for _, tc := range []struct {
 		method   string
 		attempts int
@@ -348,19 +360,16 @@ func TestServiceConfigPrecedence(t *testing.T) {
 		{"/pkg/Svc/Exact", 2, time.Second},       // the service is everything before the last '/'
 		{"Exact", 2, time.Second},                // no '/' at all: the default
 	} {
-		c := base.forMethod(tc.method)
+		c := planOf(tc.method)
 		if c.maxAttempts != tc.attempts || c.callTimeout != tc.timeout {
 			t.Errorf("%s: maxAttempts %d, timeout %v; want %d, %v", tc.method, c.maxAttempts, c.callTimeout, tc.attempts, tc.timeout)
 		}
 	}
 
-	// Without a default entry an unmatched method keeps the base config.
-	noDefault, err := newConfig([]Option{WithServiceConfig(`{"methodConfig": [{"name": [{"service": "pkg.Svc"}], "timeout": "1s"}]}`)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := noDefault.forMethod("/pkg.Else/M"); c != &noDefault {
-		t.Errorf("unmatched method got a derived config")
+	// Without a default entry an unmatched method keeps the options' plan.
+	planOf = basePlans(t, WithServiceConfig(`{"methodConfig": [{"name": [{"service": "pkg.Svc"}], "timeout": "1s"}]}`))
+	if c := planOf("/pkg.Else/M"); c.callTimeout != 0 || c.maxAttempts != DefaultMaxAttempts {
+		t.Errorf("unmatched method: %+v", c)
 	}
 }
 
@@ -375,7 +384,7 @@ func TestServiceConfigApplied(t *testing.T) {
 		{"name": [{"service": "t"}], "timeout": "-1s"},
 		{"name": [{"service": "z"}], "timeout": "0s"}
 	  ]}`
-	base, err := newConfig([]Option{
+	opts := []Option{
 		WithMaxAttempts(7),
 		WithBackoff(time.Millisecond, time.Second, 3),
 		WithBackoffFunc(func(context.Context, uint) time.Duration { return time.Second }),
@@ -383,70 +392,71 @@ func TestServiceConfigApplied(t *testing.T) {
 		WithHedgeDelay(time.Second),
 		WithNonFatalCodes(codes.Aborted),
 		WithServiceConfig(js),
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	if want := (budgetConfig{maxTokens: 20, tokenRatio: 0.5}); base.budget != want {
-		t.Errorf("budget %+v, want %+v", base.budget, want)
+	cs := newClientState(opts)
+	if cs.invalid != nil {
+		t.Fatal(cs.invalid)
 	}
+	if want := (budgetConfig{maxTokens: 20, tokenRatio: 0.5}); cs.cfg.budget != want {
+		t.Errorf("budget %+v, want %+v", cs.cfg.budget, want)
+	}
+	planOf := func(m string) plan {
+		var p plan
+		cs.methods.plan(&p, m, false)
+		return p
+	}
+	base := plan{callSettings: cs.cfg.call}
 
-	r := base.forMethod("/r/M")
+	r := planOf("/r/M")
 	want := base
-	want.serviceConfig = nil
 	want.callTimeout = 2500 * time.Millisecond
 	want.maxAttempts = 5 // clamped
 	want.initialBackoff, want.maxBackoff, want.backoffMultiplier = 200*time.Millisecond, 3*time.Second, 1.5
 	want.backoffFunc = nil // the policy's backoff replaces WithBackoffFunc
 	want.retryable = codeSetOf(codes.Unavailable, codes.ResourceExhausted, codes.OK)
-	want.policyRetryable = true
+	want.idempotent = true
+	want.commitAtHeaders = true
 	want.hedgeDisabled = true
-	assertConfig(t, "retry", r, &want)
+	assertPlan(t, "retry", r, want)
 
-	h := base.forMethod("/h/M")
+	h := planOf("/h/M")
 	want = base
-	want.serviceConfig = nil
-	want.hedgeEnabled = true
+	want.hedge = true
 	want.maxAttempts = 3
 	want.hedgeDelay = 50 * time.Millisecond
 	want.nonFatal = codeSetOf(codes.Internal)
-	want.policyRetryable = true
+	want.idempotent = true
 	want.retryDisabled = true
-	assertConfig(t, "hedge", h, &want)
+	assertPlan(t, "hedge", h, want)
 
-	h0 := base.forMethod("/h0/M")
+	h0 := planOf("/h0/M")
 	want.maxAttempts = 2
 	want.hedgeDelay = hedgeAllAtOnce // A6: absent or "0s" sends all attempts at once
 	want.nonFatal = 0                // absent: every failure is fatal
-	assertConfig(t, "hedge at once", h0, &want)
+	assertPlan(t, "hedge at once", h0, want)
 
-	tm := base.forMethod("/t/M") // negative timeout: ignored, like grpc-go
+	tm := planOf("/t/M") // negative timeout: ignored, like grpc-go
+	assertPlan(t, "negative timeout", tm, base)
+
+	z := planOf("/z/M") // zero timeout: grpc-go fails the call at once
 	want = base
-	want.serviceConfig = nil
-	assertConfig(t, "negative timeout", tm, &want)
-
-	z := base.forMethod("/z/M") // zero timeout: grpc-go fails the call at once
 	want.callTimeout = time.Nanosecond
-	assertConfig(t, "zero timeout", z, &want)
+	assertPlan(t, "zero timeout", z, want)
 
-	if c := base.forMethod("/other/M"); c != &base {
-		t.Errorf("unmatched method got a derived config")
-	}
-	if r.forMethod("/r/M") != r {
-		t.Errorf("forMethod on a derived config is not the identity")
-	}
+	assertPlan(t, "unmatched", planOf("/other/M"), base)
 }
 
-func assertConfig(t *testing.T, what string, got, want *config) {
+func assertPlan(t *testing.T, what string, got, want plan) {
 	t.Helper()
-	g, w := *got, *want
-	// Functions compare by nil-ness only.
-	if (g.backoffFunc == nil) != (w.backoffFunc == nil) {
-		t.Errorf("%s: backoffFunc set=%v, want %v", what, g.backoffFunc != nil, w.backoffFunc != nil)
+	// Functions compare by nil-ness only; the method is not part of the
+	// settings.
+	if (got.backoffFunc == nil) != (want.backoffFunc == nil) {
+		t.Errorf("%s: backoffFunc set=%v, want %v", what, got.backoffFunc != nil, want.backoffFunc != nil)
 	}
-	g.backoffFunc, w.backoffFunc = nil, nil
-	if !reflect.DeepEqual(g, w) {
-		t.Errorf("%s:\n got %+v\nwant %+v", what, g, w)
+	got.backoffFunc, want.backoffFunc = nil, nil
+	got.method, want.method = nil, nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
 	}
 }
 
@@ -473,41 +483,27 @@ func TestServiceConfigOptionOrder(t *testing.T) {
 	if c.budget.maxTokens != 10 {
 		t.Errorf("a WithServiceConfig without retryThrottling changed the budget: %+v", c.budget)
 	}
-	if c.serviceConfig.hedges() {
-		t.Errorf("hedges() true without a hedgingPolicy")
-	}
-	c, _ = newConfig([]Option{WithServiceConfig(a6Hedge)})
-	if !c.serviceConfig.hedges() {
-		t.Errorf("hedges() false with a hedgingPolicy")
-	}
 }
 
-// TestServiceConfigMemo checks that the steady state of an interceptor (same
-// base, same method) allocates nothing, and that a per-call base gets its own
-// correct config.
-func TestServiceConfigMemo(t *testing.T) {
-	base, err := newConfig([]Option{WithServiceConfig(a6Retry)})
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestServiceConfigPlanPerCall: a call's own CallOptions override the
+// service config's policy for that call only, and resolving a plan in the
+// steady state allocates nothing.
+func TestServiceConfigPlanPerCall(t *testing.T) {
+	cs := newClientState([]Option{WithServiceConfig(a6Retry)})
 	const m = "/grpc.testing.Echo/Echo"
-	first := base.forMethod(m)
-	if base.forMethod(m) != first {
-		t.Errorf("second call did not reuse the derived config")
-	}
-	if n := testing.AllocsPerRun(100, func() { base.forMethod(m) }); n != 0 {
-		t.Errorf("forMethod allocates %v times per call in the steady state", n)
-	}
-	perCall, err := base.withCallOptions([]grpc.CallOption{WithPerAttemptTimeout(time.Second)})
-	if err != nil {
+	var p plan
+	if err := cs.planFor(&p, m, []grpc.CallOption{WithPerAttemptTimeout(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
-	pc := perCall.forMethod(m)
-	if pc.perAttemptTimeout != time.Second || pc.maxAttempts != 4 || !pc.policyRetryable {
-		t.Errorf("per-call base: %+v", pc)
+	if p.perAttemptTimeout != time.Second || p.maxAttempts != 4 || !p.idempotent {
+		t.Errorf("per-call plan: %+v", p)
 	}
-	if base.forMethod(m) != first {
-		t.Errorf("a per-call base evicted the interceptor's memo entry")
+	if err := cs.planFor(&p, m, nil); err != nil || p.perAttemptTimeout != 0 {
+		t.Errorf("the next call kept the per-call option: %+v, %v", p, err)
+	}
+	opts := []grpc.CallOption{WithMaxAttempts(2), grpc.WaitForReady(true)}
+	if n := testing.AllocsPerRun(100, func() { cs.planFor(&p, m, opts) }); n != 0 {
+		t.Errorf("planFor allocates %v times per call in the steady state", n)
 	}
 }
 

@@ -93,9 +93,9 @@ func TestSoak(t *testing.T) {
 	var ccs []*grpc.ClientConn
 	for _, p := range proxies {
 		dopts, err := DialOptions(WithMetrics(m), WithProbeAfterIdle(idle/4),
-			// Default budgets: resends after a reset are paid from the
-			// retry-sized budget, so 32 callers failing at once early in the
-			// run do not exhaust the 10% hedge budget.
+			// The default budget: one for retries and hedges, with a floor,
+			// so that 32 callers failing at once early in the run can all
+			// resend.
 			WithAdaptiveHedgeDelay(0.95, 2*time.Millisecond, 100*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)

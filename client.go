@@ -1,0 +1,61 @@
+package grpcguard
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// clientState is what the interceptors of one client share: the resolved
+// options, the one budget of extra attempts, and what is known per method.
+// DialOptions builds one and gives it to the unary and stream interceptors it
+// installs, so that retries, stream retries and hedges spend from one budget
+// and A6 throttling sees every attempt. Interceptors built one by one
+// (UnaryClientRetry, StreamClientRetry, UnaryClientHedge) each have their
+// own, and each bounds only its own extra attempts.
+type clientState struct {
+	cfg     config
+	invalid error // the invalid options, as DialOptions returns them
+	err     error // the same as an InvalidArgument status, which every call fails with
+	budget  *budget
+
+	methods methodTable
+
+	// The Dialer's check before the pick, when DialOptions runs it inside
+	// each attempt rather than as a further interceptor of the chain; nil
+	// when the chain runs it (or there is none).
+	pickUnary  grpc.UnaryClientInterceptor
+	pickStream grpc.StreamClientInterceptor
+}
+
+func newClientState(opts []Option) *clientState {
+	cfg, err := newConfig(opts)
+	cs := &clientState{cfg: cfg}
+	if err != nil {
+		cs.invalid, cs.err = err, status.Error(codes.InvalidArgument, err.Error())
+		return cs
+	}
+	cs.budget = newBudget(cfg.budget)
+	cs.methods.cs = cs
+	cs.methods.other.service, cs.methods.other.method = otherLabel, otherLabel
+	return cs
+}
+
+// invoke sends one attempt of a unary call: through the Dialer's check
+// before the pick when this state runs it, else straight to invoker.
+func (cs *clientState) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+	if cs.pickUnary != nil {
+		return cs.pickUnary(ctx, method, req, reply, cc, invoker, opts...)
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// newStream creates one attempt of a stream, as invoke does for unary calls.
+func (cs *clientState) newStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts []grpc.CallOption) (grpc.ClientStream, error) {
+	if cs.pickStream != nil {
+		return cs.pickStream(ctx, desc, cc, method, streamer, opts...)
+	}
+	return streamer(ctx, desc, cc, method, opts...)
+}

@@ -1,0 +1,159 @@
+package grpcguard
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+)
+
+// Every extra attempt a client sends is decided here, whichever interceptor
+// sends it: a failed attempt of a retried call, of a retried stream or of a
+// hedged call goes through afterFailure, and an attempt started by the hedge
+// delay through mayHedge. Both spend from the client's one budget and count
+// what they decide.
+
+// failure is what is known of a failed attempt when deciding whether it may
+// be sent again.
+type failure struct {
+	code codes.Code
+	// callerDone: the caller's context (or the call's own timeout) ended.
+	callerDone bool
+	// attemptExpiry: the attempt ran out of its per-attempt timeout while the
+	// caller's context was alive.
+	attemptExpiry bool
+	// neverLeft: no byte of the attempt left the client or ever will, a
+	// fact from its connection (see handoff.go).
+	neverLeft bool
+	// committed: the call can no longer be resent whatever the failure: a
+	// stream delivered a message or outgrew its replay buffer, or response
+	// headers arrived under a service config retryPolicy.
+	committed bool
+}
+
+// mayRetry decides whether a failed attempt may be sent again. It is the only
+// place that does, for retries, stream retries and hedged calls' resends
+// alike; everything else (attempt count, pushback, budget, deadline) only
+// decides whether there is time and room for it. resendable is the set of
+// codes the call's plan allows to resend. unprocessed reports that the
+// resend is allowed only because the attempt never reached the server.
+//
+// The safety argument. A resend sends the request again, so it is safe
+// exactly when running the call twice cannot harm, or when the first attempt
+// cannot have run:
+//
+//   - The caller's own cancellation or deadline is never retried: the caller
+//     has given up, and a retry would outlive its wish.
+//   - Only codes the user called retryable (or non-fatal, for a hedged call)
+//     are resent (Unavailable by default, which says the server could not
+//     take the call). An attempt that ran out of its own per-attempt timeout
+//     while the caller waits is resent whatever the codes, since that
+//     timeout is the user's request to try again.
+//   - If no byte of the attempt left the client, the server cannot have seen
+//     it: any method may be sent again, idempotent or not. Only facts prove
+//     it: the attempt's own connection can no longer write and wrote nothing
+//     since the attempt started, or grpc gave the attempt no transport (see
+//     handoff.go). Never the text of a status: a server or a middle tier can
+//     send any text, after any side effect. Streams the server refused
+//     (REFUSED_STREAM, or above a GOAWAY's last stream id) are grpc-go's to
+//     resend, transparently, and it does.
+//   - Otherwise the request may have reached the server and run, even when
+//     the reply says Unavailable or the connection broke before the answer.
+//     It may be sent again only if the method is idempotent: declared by the
+//     user (WithIdempotentMethods, or a service config policy) or by its
+//     protobuf descriptor (idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS).
+//     Hedging runs only such methods.
+func mayRetry(resendable codeSet, f failure, idempotent bool) (ok, unprocessed bool) {
+	if f.callerDone {
+		return false, false
+	}
+	if !f.attemptExpiry && !resendable.has(f.code) {
+		return false, false
+	}
+	if idempotent {
+		return true, false
+	}
+	if f.neverLeft {
+		return true, true
+	}
+	return false, false
+}
+
+// next is the after-failure step's answer.
+type next struct {
+	// resend: send the call again after wait (0: at once). The budget has
+	// paid for it and it is counted.
+	resend bool
+	wait   time.Duration
+	// final: the failure ends the call, attempts still in flight included
+	// (a hedged call): it may not be resent at all, or the server said
+	// stop. Without resend or final, the failure only sends nothing more
+	// (no attempt, time or budget left) and a hedged call waits for the
+	// attempts still in flight.
+	final bool
+}
+
+// afterFailure is the one step every interceptor takes after a failed
+// attempt: it feeds the budget's throttling, asks mayRetry, reads the
+// server's pushback, checks the attempts left and the deadline, takes the
+// resend from the budget, counts it, and answers: resend now, resend after a
+// wait, or not. started is the number of attempts the call has started.
+func (cs *clientState) afterFailure(ctx context.Context, p *plan, f failure, started int, trailer metadata.MD, v verdict) next {
+	resendable := p.resendable()
+	if resendable.has(f.code) {
+		cs.budget.result(true) // gRFC A6: a failure that may be resent drains a token
+	}
+	ok, unprocessed := mayRetry(resendable, f, p.idempotent)
+	if !ok {
+		return next{final: true}
+	}
+	pb, pushed, stop := pushback(trailer)
+	if stop {
+		return next{final: true}
+	}
+	if f.committed || started >= p.maxAttempts {
+		return next{}
+	}
+	var wait time.Duration
+	switch {
+	case pushed:
+		wait = pb // the server's word, exact
+	case v.connDied, p.hedged:
+		wait = 0 // a new connection is the cure, not time; A6 resends hedges at once
+	default:
+		wait = p.backoff(ctx, started)
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= wait {
+		return next{}
+	}
+	m := cs.cfg.metrics
+	if !cs.budget.allow(extraRetry) {
+		m.retryThrottledFor(p.method)
+		return next{}
+	}
+	m.retried(p.method, f.code, unprocessed)
+	return next{resend: true, wait: wait}
+}
+
+// mayHedge decides whether the hedge delay may start another attempt of a
+// hedged call now: the budget's hedge share pays for it, and it is counted.
+func (cs *clientState) mayHedge(p *plan) bool {
+	if !cs.budget.allow(extraHedge) {
+		cs.cfg.metrics.hedgeThrottledFor(p.method)
+		return false
+	}
+	return true
+}
+
+// succeeded feeds a successful attempt to the budget's throttling.
+func (cs *clientState) succeeded() { cs.budget.result(false) }
+
+// expired reports whether ctx has ended or its deadline has passed.
+func expired(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
