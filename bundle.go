@@ -45,6 +45,9 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 	if err != nil {
 		return nil, err
 	}
+	// Request ids outermost, once per call (issue 11); their knowledge is shared by the chain.
+	opts = append(opts[:len(opts):len(opts)], withDedupKnowledge(newDedupKnowledge()))
+	ids := newRequestIDs(opts)
 	d := NewDialer(opts...)
 	dial := dialFunc(d.DialContext)
 	if wrapDial != nil {
@@ -59,10 +62,11 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 		hedge := UnaryClientHedge(append(append([]Option(nil), opts...), onlyByPolicy)...)
 		unary = append([]grpc.UnaryClientInterceptor{hedge}, unary...)
 	}
+	unary = append([]grpc.UnaryClientInterceptor{ids.unary}, unary...)
 	dopts := []grpc.DialOption{
 		grpc.WithContextDialer(dial),
 		grpc.WithChainUnaryInterceptor(unary...),
-		grpc.WithChainStreamInterceptor(StreamClientRetry(opts...), d.StreamClientInterceptor()),
+		grpc.WithChainStreamInterceptor(ids.stream, StreamClientRetry(opts...), d.StreamClientInterceptor()),
 		grpc.WithDisableRetry(),
 	}
 	if cfg.proxies() {
