@@ -155,7 +155,9 @@ func TestDedupKnowledgeLearnedPerReplica(t *testing.T) {
 
 	k := newDedupKnowledge()
 	ids := newRequestIDs([]Option{withDedupKnowledge(k)})
-	dial := func(addr string) *grpc.ClientConn { return newClient(t, addr, grpc.WithChainUnaryInterceptor(ids.unary)) }
+	dial := func(addr string) *grpc.ClientConn {
+		return newClient(t, addr, grpc.WithChainUnaryInterceptor(ids.unary))
+	}
 	tcp := func(addr string) net.Addr { a, _ := net.ResolveTCPAddr("tcp", addr); return a }
 
 	if _, err := testsvc.Call(ctx, dial(plainAddr), testsvc.Get, "a"); err != nil {
