@@ -10,6 +10,7 @@ import (
 
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // TestMemoryStoreFloodStaysWithinBounds: a flood of unique ids through the
@@ -135,7 +136,7 @@ func TestMemoryStoreInvalidConfig(t *testing.T) {
 
 func TestDedupRecordRoundTrip(t *testing.T) {
 	fp := fingerprint{7}
-	b, err := encodeOutcome(fp, storedOutcome{status: statusOf(nil).Proto(), reply: []byte{1, 2, 3},
+	b, err := encodeOutcome(fp, storedOutcome{reply: wrapperspb.String("abc"),
 		header: map[string][]string{"a": {"1", "2"}}, trailer: map[string][]string{"b": {"3"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +146,7 @@ func TestDedupRecordRoundTrip(t *testing.T) {
 		t.Fatalf("decode: %+v, %v", rec, err)
 	}
 	o, err := rec.outcome()
-	if err != nil || string(o.reply) != "\x01\x02\x03" || len(o.header["a"]) != 2 || o.trailer["b"][0] != "3" {
+	if err != nil || string(o.replyBytes) != "\x0a\x03abc" || len(o.header["a"]) != 2 || o.trailer["b"][0] != "3" {
 		t.Fatalf("outcome: %+v, %v", o, err)
 	}
 	for i := range b {

@@ -66,12 +66,14 @@ func newClaim(fp fingerprint) []byte {
 	return b
 }
 
-// outcome is a stored result of a call.
+// storedOutcome is a stored result of a call.
 type storedOutcome struct {
-	status  *spb.Status
-	reply   []byte // nil when the call failed
+	status  *spb.Status   // nil for OK
+	reply   proto.Message // encoding: nil when the call failed
 	header  metadata.MD
 	trailer metadata.MD
+
+	replyBytes []byte // decoding
 }
 
 func appendBytes(b, v []byte) []byte {
@@ -98,20 +100,45 @@ func appendMD(b []byte, md metadata.MD) []byte {
 	return b
 }
 
-// encodeOutcome returns the outcome record of o for fp.
+// encodeOutcome returns the outcome record of o for fp. The reply is encoded
+// in place, so that it is not copied.
 func encodeOutcome(fp fingerprint, o storedOutcome) ([]byte, error) {
-	st, err := proto.Marshal(o.status)
-	if err != nil {
-		return nil, err
+	var st []byte
+	if o.status != nil && o.status.GetCode() != 0 {
+		var err error
+		if st, err = proto.Marshal(o.status); err != nil {
+			return nil, err
+		}
 	}
-	b := make([]byte, 0, 1+fpLen+len(st)+len(o.reply)+16)
+	size := 0
+	if o.reply != nil {
+		size = proto.Size(o.reply)
+	}
+	b := make([]byte, 0, 1+fpLen+len(st)+size+2*binary.MaxVarintLen64+mdSize(o.header)+mdSize(o.trailer))
 	b = append(b, recOutcome)
 	b = append(b, fp[:]...)
 	b = appendBytes(b, st)
-	b = appendBytes(b, o.reply)
+	b = binary.AppendUvarint(b, uint64(size))
+	if o.reply != nil {
+		var err error
+		if b, err = (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend(b, o.reply); err != nil {
+			return nil, err
+		}
+	}
 	b = appendMD(b, o.header)
 	b = appendMD(b, o.trailer)
 	return b, nil
+}
+
+// mdSize is about the encoded size of md: the buffer's capacity.
+func mdSize(md metadata.MD) int {
+	n := binary.MaxVarintLen64
+	for k, vs := range md {
+		for _, v := range vs {
+			n += len(k) + len(v) + 2*binary.MaxVarintLen64
+		}
+	}
+	return n
 }
 
 // record is a decoded store value.
@@ -178,7 +205,7 @@ func (rec record) outcome() (storedOutcome, error) {
 		return storedOutcome{}, errBadRecord
 	}
 	if o.status.GetCode() == 0 {
-		o.reply = reply
+		o.replyBytes = reply
 	}
 	return o, nil
 }

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -244,10 +243,6 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	if err != nil {
 		return handler(ctx, req) // cannot tell requests apart: no dedup
 	}
-	resend, isResend, err := parseResend(ctx)
-	if err != nil {
-		return nil, err
-	}
 	waited := false
 	for range maxClaimRounds {
 		claim := newClaim(fp)
@@ -260,6 +255,11 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
 		}
 		if existing == nil {
+			resend, isResend, err := parseResend(ctx)
+			if err != nil {
+				d.release(ctx, key, claim, false)
+				return nil, err
+			}
 			if isResend {
 				if why := d.refusal(resend, scope); why != "" {
 					d.release(ctx, key, claim, false)
@@ -337,9 +337,16 @@ func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		d.release(ctx, key, claim, true)
 		return resp, ne.err
 	}
-	o := storedOutcome{status: statusOf(err).Proto(), header: rec.header, trailer: rec.trailer}
-	if err == nil {
-		o.reply, o.status = d.encodeReply(info.FullMethod, resp)
+	o := storedOutcome{header: rec.header, trailer: rec.trailer}
+	if err != nil {
+		o.status = statusOf(err).Proto()
+	} else if m, ok := resp.(proto.Message); ok {
+		o.reply = m
+		if _, known := d.types.Load(info.FullMethod); !known {
+			d.types.Store(info.FullMethod, m.ProtoReflect().Type())
+		}
+	} else {
+		o.status = status.New(codes.Internal, "grpcguard: this request id ran; its reply, not a protobuf message, could not be kept for a resend").Proto()
 	}
 	b, encErr := encodeOutcome(fp, o)
 	if encErr == nil {
@@ -361,25 +368,6 @@ func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	return resp, err
 }
 
-// encodeReply encodes a successful reply for the store and remembers its type
-// for replays. A reply that is not a protobuf message is stored as an error,
-// so that a resend does not run the call again.
-func (d *deduper) encodeReply(method string, resp any) ([]byte, *spb.Status) {
-	m, ok := resp.(proto.Message)
-	if ok {
-		if b, err := proto.Marshal(m); err == nil {
-			if _, known := d.types.Load(method); !known {
-				d.types.Store(method, m.ProtoReflect().Type())
-			}
-			if b == nil {
-				b = []byte{}
-			}
-			return b, status.New(codes.OK, "").Proto()
-		}
-	}
-	return nil, status.New(codes.Internal, "grpcguard: this request id ran; its reply could not be kept for a resend").Proto()
-}
-
 // replay answers a duplicate with a stored outcome.
 func (d *deduper) replay(ctx context.Context, method string, rec record, scope string) (any, error) {
 	o, err := rec.outcome()
@@ -397,7 +385,7 @@ func (d *deduper) replay(ctx context.Context, method string, rec record, scope s
 		return nil, status.Errorf(codes.Internal, "grpcguard: cannot rebuild the stored reply: %v", err)
 	}
 	m := mt.New().Interface()
-	if err := proto.Unmarshal(o.reply, m); err != nil {
+	if err := proto.Unmarshal(o.replyBytes, m); err != nil {
 		return nil, status.Errorf(codes.Internal, "grpcguard: cannot decode the stored reply: %v", err)
 	}
 	return m, nil
@@ -440,9 +428,12 @@ func (d *deduper) release(ctx context.Context, key string, claim []byte, count b
 	}
 }
 
-// advertise sets DedupHeader on the response.
+// advertise sets DedupHeader on the response. The retention is rounded
+// down to two significant digits or so, so that the header, built once per
+// value, is not rebuilt for every call while a store under pressure drops ids
+// at slightly different ages.
 func (d *deduper) advertise(ctx context.Context, scope string) {
-	ms := d.store.Retention(d.cfg.ttl).Milliseconds()
+	ms := roundDown(d.store.Retention(d.cfg.ttl).Milliseconds())
 	a := d.advert.Load()
 	if a == nil || a.scope != scope || a.ms != ms {
 		v := "scope=" + scope + ";ttl-ms=" + strconv.FormatInt(ms, 10)
@@ -450,6 +441,15 @@ func (d *deduper) advertise(ctx context.Context, scope string) {
 		d.advert.Store(a)
 	}
 	_ = grpc.SetHeader(ctx, a.md)
+}
+
+// roundDown rounds ms down to its two leading decimal digits.
+func roundDown(ms int64) int64 {
+	unit := int64(1)
+	for ms/unit >= 100 {
+		unit *= 10
+	}
+	return ms / unit * unit
 }
 
 // statusOf converts a handler's error as grpc-go does before sending it.

@@ -134,8 +134,11 @@ func TestDedupDuplicateWaitsForRunningCall(t *testing.T) {
 	if got := srv.Runs(testsvc.Echo, "w"); got != 1 {
 		t.Fatalf("handler ran %d times, want 1", got)
 	}
-	if w := testutil.ToFloat64(m.waited); w != 1 {
-		t.Fatalf("waited = %v, want 1", w)
+	// The short duplicate may still be waiting on the server when the
+	// outcome arrives (its deadline reaches the server a little later than
+	// it ends the call for the client), and is then counted too.
+	if w := testutil.ToFloat64(m.waited); w < 1 || w > 2 {
+		t.Fatalf("waited = %v, want 1 or 2", w)
 	}
 }
 
