@@ -25,6 +25,8 @@ const idsPerBatch = 64
 type idBatch struct {
 	s    string // idsPerBatch ids, 32 hex digits each
 	next int
+	raw  [idsPerBatch * 16]byte
+	hex  [idsPerBatch * 32]byte
 }
 
 // idBatches is per P (sync.Pool), so that calls share no lock. A batch dropped
@@ -35,9 +37,9 @@ var idBatches = sync.Pool{New: func() any { return new(idBatch) }}
 func newRequestID() string {
 	b := idBatches.Get().(*idBatch)
 	if b.next == 0 {
-		var raw [idsPerBatch * 16]byte
-		_, _ = crand.Read(raw[:]) // never fails (Go 1.24+: it crashes the program rather)
-		b.s = hex.EncodeToString(raw[:])
+		_, _ = crand.Read(b.raw[:]) // never fails (Go 1.24+: it crashes the program rather)
+		hex.Encode(b.hex[:], b.raw[:])
+		b.s = string(b.hex[:])
 	}
 	id := b.s[b.next*32 : (b.next+1)*32]
 	b.next = (b.next + 1) % idsPerBatch
