@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -136,4 +137,44 @@ func BenchmarkDedupServer(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Unary Echo over loopback through DialOptions without request ids, to set
+// against BenchmarkEchoDialOptions (ids on, the default) in one run:
+//
+//	go test -run '^$' -bench 'EchoDialOptions' -benchmem -count 10 . | benchstat -
+func BenchmarkEchoDialOptionsNoIDs(b *testing.B) {
+	opts, err := DialOptions(WithRequestIDs(false))
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchEcho(b, newClient(b, startServer(b, &testsvc.Server{}), opts...))
+}
+
+// Unary Echo over loopback, each call with its own request id, against a
+// plain server and one with UnaryServerDedup and the memory store, in one
+// run: the interceptor's whole cost, with grpc-go's header handling and the
+// bytes of DedupHeader on the wire.
+//
+//	go test -run '^$' -bench 'EchoServer' -benchmem -count 10 . | benchstat -
+func BenchmarkEchoServerPlain(b *testing.B) {
+	benchEchoIDs(b, newClient(b, startServer(b, &testsvc.Server{})))
+}
+
+func BenchmarkEchoServerDedup(b *testing.B) {
+	addr := startServer(b, &testsvc.Server{}, grpc.ChainUnaryInterceptor(UnaryServerDedup(nil)))
+	benchEchoIDs(b, newClient(b, addr))
+}
+
+func benchEchoIDs(b *testing.B, cc *grpc.ClientConn) {
+	ctx := context.Background()
+	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "warm"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := testsvc.Call(withRequestID(ctx, newRequestID()), cc, testsvc.Echo, "x"); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
