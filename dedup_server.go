@@ -350,14 +350,14 @@ func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	}
 	b, encErr := encodeOutcome(fp, o)
 	if encErr == nil {
-		encErr = d.store.Finish(context.WithoutCancel(ctx), key, claim, b, d.cfg.ttl)
+		encErr = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
 	}
 	if errors.Is(encErr, ErrStoreFull) {
 		// Too large to keep: keep that the id ran, so that a resend does not
 		// run it again.
 		o = storedOutcome{status: status.New(codes.ResourceExhausted, "grpcguard: this request id ran; its reply was too large to keep for a resend").Proto()}
 		if b, encErr = encodeOutcome(fp, o); encErr == nil {
-			encErr = d.store.Finish(context.WithoutCancel(ctx), key, claim, b, d.cfg.ttl)
+			encErr = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
 		}
 	}
 	if encErr != nil {
@@ -423,7 +423,7 @@ func (d *deduper) release(ctx context.Context, key string, claim []byte, count b
 	if count {
 		d.cfg.metrics.release()
 	}
-	if err := d.store.Release(context.WithoutCancel(ctx), key, claim); err != nil {
+	if err := d.store.Release(ctx, key, claim); err != nil {
 		d.cfg.metrics.storeErr(opRelease)
 	}
 }

@@ -24,9 +24,12 @@ type Store interface {
 	// Finish replaces claim, the value key holds, with outcome, kept for ttl
 	// from now, and wakes the waiters of key. If key no longer holds claim
 	// (it expired, or another claim took its place) it returns an error
-	// matching ErrClaimLost and changes nothing.
+	// matching ErrClaimLost and changes nothing. ctx is the call's: Finish
+	// must not give up because it is canceled (the caller may have gone, the
+	// outcome is still wanted), only bound itself in time.
 	Finish(ctx context.Context, key string, claim, outcome []byte, ttl time.Duration) error
 	// Release removes key if it holds claim, and wakes the waiters of key.
+	// Like Finish, it must not give up because ctx is canceled.
 	Release(ctx context.Context, key string, claim []byte) error
 	// Wait blocks until key no longer holds running (it was finished,
 	// released or expired) or ctx ends, and returns what key holds then (nil

@@ -306,3 +306,35 @@ grpcguard_dedup_store_errors_total{op="wait"} 0
 		t.Fatal(err)
 	}
 }
+
+// TestReplicasOutcomeStoredAfterCallerLeft: the caller goes away while the
+// handler runs; the handler finishes anyway, and its outcome is stored for
+// the resend, although the call's context was canceled.
+func TestReplicasOutcomeStoredAfterCallerLeft(t *testing.T) {
+	r := startRedis(t)
+	var runs atomic.Int32
+	a := startReplica(t, "A", r.store(t, Options{}), func(ctx context.Context, method, req string) (string, error) {
+		runs.Add(1)
+		<-ctx.Done() // the caller left; the work is done all the same
+		return "done anyway", nil
+	})
+	cc := dial(t, "passthrough:///"+a.addr)
+	ctx := withID(ctxTimeout(t, 10*time.Second), "left")
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := testsvc.Call(short, cc, testsvc.Echo, "x"); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("first call: %v, want DeadlineExceeded", err)
+	}
+	var reply string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var err error
+		if reply, err = testsvc.Call(ctx, cc, testsvc.Echo, "x"); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the first execution may still be storing its outcome
+	}
+	if reply != "done anyway" || runs.Load() != 1 {
+		t.Fatalf("resend got %q after %d runs, want the stored outcome of the one run", reply, runs.Load())
+	}
+}

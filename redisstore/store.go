@@ -144,6 +144,12 @@ func (s *Store) op(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.opts.OpTimeout)
 }
 
+// detached bounds an operation that must not stop because the call's
+// context was canceled (Finish, Release), only by OpTimeout.
+func (s *Store) detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), s.opts.OpTimeout)
+}
+
 // Claim implements grpcguard.Store.
 func (s *Store) Claim(ctx context.Context, key string, value []byte, ttl time.Duration) ([]byte, string, error) {
 	ctx, cancel := s.op(ctx)
@@ -171,7 +177,7 @@ func (s *Store) Claim(ctx context.Context, key string, value []byte, ttl time.Du
 
 // Finish implements grpcguard.Store.
 func (s *Store) Finish(ctx context.Context, key string, claim, outcome []byte, ttl time.Duration) error {
-	ctx, cancel := s.op(ctx)
+	ctx, cancel := s.detached(ctx)
 	defer cancel()
 	n, err := finishScript.Run(ctx, s.rdb, []string{s.opts.Prefix + key}, claim, outcome, ttl.Milliseconds(), s.channel).Int()
 	if err != nil {
@@ -185,7 +191,7 @@ func (s *Store) Finish(ctx context.Context, key string, claim, outcome []byte, t
 
 // Release implements grpcguard.Store.
 func (s *Store) Release(ctx context.Context, key string, claim []byte) error {
-	ctx, cancel := s.op(ctx)
+	ctx, cancel := s.detached(ctx)
 	defer cancel()
 	n, err := releaseScript.Run(ctx, s.rdb, []string{s.opts.Prefix + key}, claim, s.channel).Int()
 	if err != nil {
