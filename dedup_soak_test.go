@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -49,10 +50,10 @@ func (r *testResender) unary(ctx context.Context, method string, req, reply any,
 		if a, ok := parseAdvert(hdr); ok {
 			r.scope.Store(&a.scope)
 		}
-		if status.Code(err) != codes.Unavailable || attempt == 9 || ctx.Err() != nil {
+		if status.Code(err) != codes.Unavailable || attempt == 19 || ctx.Err() != nil {
 			return err
 		}
-		if err := sleep(ctx, time.Duration(attempt+1)*time.Millisecond); err != nil {
+		if err := sleep(ctx, time.Duration(min(attempt+1, 4))*5*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -68,7 +69,7 @@ func TestDedupSoakEveryIDRunsOnce(t *testing.T) {
 	const (
 		callers   = 32
 		perCaller = 40
-		idle      = 30 * time.Millisecond
+		idle      = 100 * time.Millisecond
 	)
 	m := NewDedupMetrics()
 	srv := &testsvc.Server{}
@@ -78,7 +79,10 @@ func TestDedupSoakEveryIDRunsOnce(t *testing.T) {
 	p := startProxy(t, addr, faultproxy.Config{Choose: faultproxy.Random(0xded0, modes...), Idle: idle})
 	var rs testResender
 	ids := newRequestIDs(nil)
-	cc := newClient(t, p.Addr(), grpc.WithChainUnaryInterceptor(ids.unary, rs.unary))
+	// A proxy may reset a connection before its preface (the first bytes
+	// after the idle time): the client reconnects at once rather than after
+	// grpc-go's default backoff of a second, which would outlast the resends.
+	cc := newClient(t, p.Addr(), grpc.WithChainUnaryInterceptor(ids.unary, rs.unary), fastReconnect)
 	ctx := ctxTimeout(t, 60*time.Second)
 
 	// Connections are also closed under the callers now and then, FIN or
@@ -139,3 +143,9 @@ func TestDedupSoakEveryIDRunsOnce(t *testing.T) {
 func counterValue(c interface{ Inc() }) float64 {
 	return testutil.ToFloat64(c.(prometheus.Collector))
 }
+
+// fastReconnect makes a client redial within milliseconds of a failed
+// connection attempt.
+var fastReconnect = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, MaxDelay: 50 * time.Millisecond},
+})

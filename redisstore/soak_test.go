@@ -15,6 +15,7 @@ import (
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -51,11 +52,11 @@ func (r *resender) unary(ctx context.Context, method string, req, reply any, cc 
 				}
 			}
 		}
-		if status.Code(err) != codes.Unavailable || attempt == 9 || ctx.Err() != nil {
+		if status.Code(err) != codes.Unavailable || attempt == 19 || ctx.Err() != nil {
 			return err
 		}
 		select {
-		case <-time.After(time.Duration(attempt+1) * time.Millisecond):
+		case <-time.After(time.Duration(min(attempt+1, 4)) * 5 * time.Millisecond):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -74,7 +75,7 @@ func TestReplicasSoakEveryIDRunsOnce(t *testing.T) {
 	const (
 		callers   = 32
 		perCaller = 30
-		idle      = 30 * time.Millisecond
+		idle      = 100 * time.Millisecond
 	)
 	r := startRedis(t)
 	echo := func(ctx context.Context, method, req string) (string, error) { return req, nil }
@@ -92,7 +93,10 @@ func TestReplicasSoakEveryIDRunsOnce(t *testing.T) {
 		proxies = append(proxies, p)
 	}
 	var rs resender
-	cc := roundRobin(t, []string{proxies[0].Addr(), proxies[1].Addr()}, grpc.WithChainUnaryInterceptor(rs.unary))
+	// A proxy may reset a connection before its preface: reconnect at once
+	// rather than after grpc-go's default backoff of a second.
+	cc := roundRobin(t, []string{proxies[0].Addr(), proxies[1].Addr()}, grpc.WithChainUnaryInterceptor(rs.unary),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, MaxDelay: 50 * time.Millisecond}}))
 	ctx := ctxTimeout(t, 60*time.Second)
 
 	stop := make(chan struct{})
