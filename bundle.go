@@ -49,11 +49,14 @@ func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
 // dialOptions is DialOptions with the Dialer's dial function optionally
 // wrapped, for tests that must dial from another network namespace.
 func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOption, error) {
-	opts = append(opts[:len(opts):len(opts)], proxyFromEnvironment())
+	// One dedup knowledge per client: the request-id interceptor learns into
+	// it, the after-failure step reads it (issue 11).
+	opts = append(opts[:len(opts):len(opts)], proxyFromEnvironment(), withDedupKnowledge(newDedupKnowledge()))
 	cs := newClientState(opts)
 	if cs.invalid != nil {
 		return nil, cs.invalid
 	}
+	ids := newRequestIDs(opts)
 	d := NewDialer(opts...)
 	dial := dialFunc(d.DialContext)
 	if wrapDial != nil {
@@ -62,8 +65,9 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 	cs.pickUnary, cs.pickStream = d.UnaryClientInterceptor(), d.StreamClientInterceptor()
 	dopts := []grpc.DialOption{
 		grpc.WithContextDialer(dial),
-		grpc.WithChainUnaryInterceptor(cs.unary),
-		grpc.WithChainStreamInterceptor(cs.streamRetry),
+		// Request ids outermost: one id per call, the same on every attempt.
+		grpc.WithChainUnaryInterceptor(ids.unary, cs.unary),
+		grpc.WithChainStreamInterceptor(ids.stream, cs.streamRetry),
 		grpc.WithDisableRetry(),
 	}
 	if cs.cfg.proxies() {

@@ -30,6 +30,9 @@ type failure struct {
 	// stream delivered a message or outgrew its replay buffer, or response
 	// headers arrived under a service config retryPolicy.
 	committed bool
+	// deduplicated: the server runs this call's request id at most once, and
+	// a resend reaches it within the window it keeps ids (dedupCovers).
+	deduplicated bool
 }
 
 // mayRetry decides whether a failed attempt may be sent again. It is the only
@@ -64,6 +67,14 @@ type failure struct {
 //     user (WithIdempotentMethods, or a service config policy) or by its
 //     protobuf descriptor (idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS).
 //     Hedging runs only such methods.
+//   - Or if the server deduplicates it: the call carries a request id, the
+//     very replica the attempt reached said so in its responses (or the user
+//     declared it with WithServerDedup), every attempt that may have run did
+//     so under one store, and the resend reaches it well within the time the
+//     store keeps ids. The resend carries the same id and says which store
+//     the first attempt met; the server answers it from the first outcome,
+//     or refuses it, and never runs it twice (UnaryServerDedup). Streams are
+//     not deduplicated.
 func mayRetry(resendable codeSet, f failure, idempotent bool) (ok, unprocessed bool) {
 	if f.callerDone {
 		return false, false
@@ -76,6 +87,9 @@ func mayRetry(resendable codeSet, f failure, idempotent bool) (ok, unprocessed b
 	}
 	if f.neverLeft {
 		return true, true
+	}
+	if f.deduplicated {
+		return true, false
 	}
 	return false, false
 }
@@ -103,6 +117,11 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, f failure, sta
 	resendable := p.resendable()
 	if resendable.has(f.code) {
 		cs.budget.result(true) // gRFC A6: a failure that may be resent drains a token
+	}
+	if p.dedup != nil && !p.idempotent && !f.neverLeft && !f.callerDone {
+		// The attempt may have reached the server: only its deduplication
+		// can make a resend safe. Every such attempt is recorded.
+		f.deduplicated = cs.cfg.dedupCovers(p.dedup, p.fullMethod, v.remote, v.start, nanotime())
 	}
 	ok, unprocessed := mayRetry(resendable, f, p.idempotent)
 	if !ok {
@@ -133,6 +152,9 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, f failure, sta
 		return next{}
 	}
 	m.retried(p.method, f.code, unprocessed)
+	if f.deduplicated && !p.idempotent && !f.neverLeft {
+		m.retriedDeduplicated(p.method)
+	}
 	return next{resend: true, wait: wait}
 }
 

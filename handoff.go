@@ -69,6 +69,11 @@ type verdict struct {
 	connDied bool
 	// conn is the attempt's connection when a Dialer made it.
 	conn *conn
+	// remote is the server address the attempt ended on (nil: no
+	// transport), and start when it began: what a resend relying on the
+	// server's deduplication needs (dedupCovers).
+	remote net.Addr
+	start  int64
 }
 
 // verdict judges the attempt from the transport grpc reported for it.
@@ -79,14 +84,14 @@ func (a *attempt) verdict() verdict { return verdictOf(a.start, &a.peer) }
 // stream's context, which grpc sets when the stream is created.
 func verdictOf(start int64, p *peer.Peer) verdict {
 	if p == nil || (p.Addr == nil && p.LocalAddr == nil) {
-		return verdict{neverLeft: true}
+		return verdict{neverLeft: true, start: start}
 	}
 	ca, ok := p.LocalAddr.(*connAddr)
 	if !ok {
-		return verdict{} // not a Dialer's conn: nothing is known
+		return verdict{remote: p.Addr, start: start} // not a Dialer's conn: nothing is known
 	}
 	c := ca.c
-	return verdict{neverLeft: c.quietSince(start), connDied: c.died(), conn: c}
+	return verdict{neverLeft: c.quietSince(start), connDied: c.died(), conn: c, remote: p.Addr, start: start}
 }
 
 // awaitRelease waits, when the attempt's conn died, until grpc has let go of

@@ -26,6 +26,7 @@ import (
 //	grpcguard_retries_total{grpc_service,grpc_method,grpc_code}
 //	grpcguard_retries_throttled_total{grpc_service,grpc_method}
 //	grpcguard_retries_unprocessed_total{grpc_service,grpc_method}
+//	grpcguard_retries_deduplicated_total{grpc_service,grpc_method}
 //	grpcguard_hedges_total{grpc_service,grpc_method}
 //	grpcguard_hedge_wins_total{grpc_service,grpc_method}
 //	grpcguard_hedges_throttled_total{grpc_service,grpc_method}
@@ -45,6 +46,7 @@ type Metrics struct {
 	retries         *prometheus.CounterVec
 	retryThrottled  *prometheus.CounterVec
 	retryUnprocessd *prometheus.CounterVec
+	retryDedup      *prometheus.CounterVec
 	hedges          *prometheus.CounterVec
 	hedgeWins       *prometheus.CounterVec
 	hedgeThrottled  *prometheus.CounterVec
@@ -113,6 +115,7 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 			"Retries sent, by the status code of the attempt being retried.", append(method, "grpc_code")...),
 		retryThrottled:  counter("retries_throttled_total", "Retries refused because the retry budget was exhausted.", method...),
 		retryUnprocessd: counter("retries_unprocessed_total", "Retries allowed because the failed attempt provably never left the client.", method...),
+		retryDedup:      counter("retries_deduplicated_total", "Retries of non-idempotent calls that may have reached the server, allowed because the server deduplicates their request id.", method...),
 		hedges:          counter("hedges_total", "Hedged attempts sent (beyond the original).", method...),
 		hedgeWins:       counter("hedge_wins_total", "Calls won by a hedged attempt rather than the original.", method...),
 		hedgeThrottled:  counter("hedges_throttled_total", "Hedged attempts not sent because the hedge budget was exhausted.", method...),
@@ -164,7 +167,7 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.stale, m.probes, m.dials, m.open, m.retries, m.retryThrottled,
-		m.retryUnprocessd, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay,
+		m.retryUnprocessd, m.retryDedup, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay,
 		m.staleIdleAge, m.horizon, m.retiredConns, m.verifications, m.verifyWait, m.unprobed}
 }
 
@@ -230,6 +233,12 @@ func (m *Metrics) retried(mi *methodInfo, code codes.Code, unprocessed bool) {
 	m.retries.WithLabelValues(mi.service, mi.method, code.String()).Inc()
 	if unprocessed {
 		m.retryUnprocessd.WithLabelValues(mi.service, mi.method).Inc()
+	}
+}
+
+func (m *Metrics) retriedDeduplicated(mi *methodInfo) {
+	if m != nil {
+		m.retryDedup.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 

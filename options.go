@@ -150,6 +150,11 @@ type config struct {
 	dialFunc dialFunc  // WithDialFunc; nil: the Dialer dials
 	noProxy  bool      // WithNoProxy
 	proxy    proxyFunc // set by DialOptions: grpc-go's proxy rule; nil: never proxy
+
+	// Request ids and server deduplication (issue 11; options_dedup.go).
+	requestIDsOff bool            // WithRequestIDs(false)
+	serverDedup   *methodSet      // WithServerDedup: declared by hand
+	dedup         *dedupKnowledge // learned from responses; shared by DialOptions' interceptors
 }
 
 // callSettings are the settings a CallOption changes: per client as

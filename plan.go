@@ -37,12 +37,19 @@ type plan struct {
 	// judged by the non-fatal codes and resent at once (gRFC A6).
 	hedged bool
 	method *methodInfo
+	// fullMethod is the call's method as the caller named it.
+	fullMethod string
+	// dedup, when set, is where a unary call records the attempts that may
+	// have reached a deduplicating server (see dedupCovers): only unary
+	// calls that are retried may rely on it; streams and hedges never do.
+	dedup *dedupCover
 }
 
 // planFor resolves the plan of one call into p. An invalid CallOption among
 // opts is returned as an InvalidArgument status, before anything is sent.
 func (cs *clientState) planFor(p *plan, method string, opts []grpc.CallOption) error {
 	cs.methods.plan(p, method, staticMethod(opts))
+	p.fullMethod = method
 	for _, o := range opts {
 		co, ok := o.(CallOption)
 		if !ok || co.apply == nil {

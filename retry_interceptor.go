@@ -101,6 +101,8 @@ type unaryCall struct {
 	// peerOpts backs attempt.opts, where the attempt adds grpc.Peer, so
 	// that it needs no allocation of its own.
 	peerOpts [7]grpc.CallOption
+	// cover records attempts that may have reached a deduplicating server.
+	cover dedupCover
 }
 
 // retry sends the call until it succeeds or the after-failure step says
@@ -121,10 +123,14 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 	if p.commitAtHeaders {
 		attemptOpts = append(attemptOpts, grpc.Header(&c.header))
 	}
+	p.dedup = &c.cover
 	for n := 1; ; n++ {
 		attemptCtx, cancel := ctx, context.CancelFunc(nil)
 		if n > 1 {
 			attemptCtx = metadata.AppendToOutgoingContext(attemptCtx, previousAttemptsKey, strconv.Itoa(n-1))
+			if c.cover.used { // the resend relies on the server's deduplication
+				attemptCtx = c.cover.resendContext(attemptCtx, nanotime())
+			}
 		}
 		if p.perAttemptTimeout > 0 {
 			attemptCtx, cancel = context.WithTimeout(attemptCtx, p.perAttemptTimeout)

@@ -33,15 +33,15 @@ var callScoped = []string{
 }
 
 // TestOptionScopes: every exported With... function returns a CallOption
-// exactly when it is in callScoped, and a ClientOption (or MetricsOption)
-// otherwise; a CallOption is a grpc.CallOption and a ClientOption is not, so
+// exactly when it is in callScoped, and a ClientOption (or MetricsOption, or
+// the server's DedupOption) otherwise; a CallOption is a grpc.CallOption and a ClientOption is not, so
 // the compiler refuses a client-wide option given to a call.
 func TestOptionScopes(t *testing.T) {
 	callOpt := reflect.TypeFor[grpc.CallOption]()
 	if !reflect.TypeFor[CallOption]().Implements(callOpt) {
 		t.Error("CallOption is not a grpc.CallOption")
 	}
-	for _, typ := range []reflect.Type{reflect.TypeFor[ClientOption](), reflect.TypeFor[MetricsOption](), reflect.TypeFor[Option]()} {
+	for _, typ := range []reflect.Type{reflect.TypeFor[ClientOption](), reflect.TypeFor[MetricsOption](), reflect.TypeFor[DedupOption](), reflect.TypeFor[Option]()} {
 		if typ.Implements(callOpt) {
 			t.Errorf("%v is a grpc.CallOption", typ)
 		}
@@ -73,6 +73,8 @@ func TestOptionScopes(t *testing.T) {
 				want = "CallOption"
 			case res == "MetricsOption":
 				want = "MetricsOption"
+			case res == "DedupOption": // the server interceptor's own scope
+				want = "DedupOption"
 			}
 			if res != want {
 				t.Errorf("%s returns %s, want %s", fd.Name.Name, res, want)

@@ -1,7 +1,8 @@
 // Package faultproxy is a loopback TCP proxy that injects the connection
 // faults grpcguard defends against: an idle connection closed with FIN or
 // RST, half-closed, reset when the client next sends (what a load balancer or
-// NAT whose state expired does), blackholed, delayed, or closed on command.
+// NAT whose state expired does), blackholed, delayed, closed on command, or
+// reset after the server ran a call and before its reply reaches the client.
 //
 // It listens on 127.0.0.1 only, forwards to one target, and stops by itself
 // after Config.Lifetime, so a test that forgets it cannot leak it for long.
@@ -40,6 +41,13 @@ const (
 	// Blackhole stops forwarding in both directions and keeps the sockets
 	// open: nothing is closed, nothing arrives.
 	Blackhole
+	// LostReply forwards the client's first request to the server and then,
+	// when the server starts its reply (HTTP/2 HEADERS or DATA on a stream),
+	// resets the client's connection without forwarding it, and closes the
+	// server's: the server ran the call, the client never hears of it (an L7
+	// proxy or a dying connection losing the answer). It reads the HTTP/2
+	// frame headers, so it needs plaintext (h2c) connections.
+	LostReply
 )
 
 func (m Mode) String() string {
@@ -56,13 +64,15 @@ func (m Mode) String() string {
 		return "reset-first-bytes-after-idle"
 	case Blackhole:
 		return "blackhole"
+	case LostReply:
+		return "lost-reply"
 	}
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
 // ParseMode parses the String form of a Mode.
 func ParseMode(s string) (Mode, error) {
-	for m := Pass; m <= Blackhole; m++ {
+	for m := Pass; m <= LostReply; m++ {
 		if m.String() == strings.ToLower(s) {
 			return m, nil
 		}
@@ -94,6 +104,9 @@ type Stats struct {
 	FINs       int64 // client connections closed with FIN by a fault
 	RSTs       int64 // client connections reset by a fault (idle or first bytes)
 	HalfCloses int64 // client connections half-closed by a fault
+	// LostReplies counts client connections reset by LostReply (also counted
+	// in RSTs).
+	LostReplies int64
 }
 
 // Closes is every client connection a fault closed, reset or half-closed.
@@ -108,7 +121,7 @@ type Proxy struct {
 	black  atomic.Bool
 	stall  atomic.Pointer[chan struct{}] // non-nil while reading from clients is stalled
 
-	accepted, fins, rsts, halfCloses atomic.Int64
+	accepted, fins, rsts, halfCloses, lostReplies atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[*pconn]struct{}
@@ -169,7 +182,8 @@ func (p *Proxy) SetStall(on bool) {
 
 // Stats returns the counts so far.
 func (p *Proxy) Stats() Stats {
-	return Stats{Accepted: p.accepted.Load(), FINs: p.fins.Load(), RSTs: p.rsts.Load(), HalfCloses: p.halfCloses.Load()}
+	return Stats{Accepted: p.accepted.Load(), FINs: p.fins.Load(), RSTs: p.rsts.Load(), HalfCloses: p.halfCloses.Load(),
+		LostReplies: p.lostReplies.Load()}
 }
 
 // Open returns the number of client connections open now.
@@ -248,6 +262,7 @@ func (p *Proxy) accept() {
 		}
 		p.n++
 		c := &pconn{p: p, client: cc.(*net.TCPConn), server: sc.(*net.TCPConn), fixedMode: mode}
+		c.clientScan.preface = len(h2Preface)
 		if p.cfg.ClientRcvBuf > 0 {
 			c.client.SetReadBuffer(p.cfg.ClientRcvBuf)
 		}
@@ -277,6 +292,10 @@ type pconn struct {
 	halfClosed     atomic.Bool
 	idleTimer      *time.Timer
 	pipes          atomic.Int32 // pipes that have ended
+	// LostReply: each pipe follows the frames of its own direction.
+	requested  atomic.Bool // a request's HEADERS went to the server
+	clientScan h2scan
+	serverScan h2scan
 }
 
 func (c *pconn) mode() Mode {
@@ -378,6 +397,9 @@ func (c *pconn) pipe(src, dst *net.TCPConn, fromClient bool) {
 				c.fault(true)
 				return
 			}
+			if c.mode() == LostReply && c.lostReply(buf[:n], fromClient) {
+				return
+			}
 			if c.faulted.Load() {
 				if fromClient {
 					continue // half-closed: drop what the client still sends
@@ -411,4 +433,74 @@ func Random(seed uint64, modes ...Mode) func(int) Mode {
 		defer mu.Unlock()
 		return modes[r.IntN(len(modes))]
 	}
+}
+
+// lostReply follows the HTTP/2 frames of a LostReply connection and reports
+// whether it reset the client: b, from the server, starts a reply to a
+// request the client sent.
+func (c *pconn) lostReply(b []byte, fromClient bool) bool {
+	if fromClient {
+		if c.clientScan.feed(b, frameHeaders) {
+			c.requested.Store(true)
+		}
+		return false
+	}
+	reply := c.serverScan.feed(b, frameHeaders, frameData)
+	if reply && c.requested.Load() && c.fault(true) {
+		c.p.lostReplies.Add(1)
+		return true
+	}
+	return false
+}
+
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// HTTP/2 frame types (RFC 9113, section 6).
+const (
+	frameData    = 0x0
+	frameHeaders = 0x1
+)
+
+// h2scan follows the frames of one direction of an HTTP/2 connection, across
+// reads: it skips the client preface, then reads each 9-byte frame header
+// and skips the payload.
+type h2scan struct {
+	preface int // bytes of the client preface still to skip
+	hdr     [9]byte
+	nhdr    int
+	skip    int // payload bytes still to skip
+}
+
+// feed scans b and reports whether a frame of one of types on a stream (not
+// the connection, stream 0) begins in it.
+func (s *h2scan) feed(b []byte, types ...byte) bool {
+	found := false
+	for len(b) > 0 {
+		switch {
+		case s.preface > 0:
+			n := min(s.preface, len(b))
+			s.preface -= n
+			b = b[n:]
+		case s.skip > 0:
+			n := min(s.skip, len(b))
+			s.skip -= n
+			b = b[n:]
+		default:
+			n := copy(s.hdr[s.nhdr:], b)
+			s.nhdr += n
+			b = b[n:]
+			if s.nhdr < len(s.hdr) {
+				continue
+			}
+			s.nhdr = 0
+			s.skip = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
+			stream := (uint32(s.hdr[5])<<24 | uint32(s.hdr[6])<<16 | uint32(s.hdr[7])<<8 | uint32(s.hdr[8])) & 0x7fffffff
+			for _, t := range types {
+				if s.hdr[3] == t && stream != 0 {
+					found = true
+				}
+			}
+		}
+	}
+	return found
 }

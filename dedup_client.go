@@ -1,0 +1,267 @@
+package grpcguard
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+)
+
+// What a client knows about its target's deduplication, and the one question
+// the safety decision asks of it: may a call whose request may have reached
+// the server be resent, because the server will run it at most once?
+//
+// It is learned from facts of this client's own calls, never assumed: the
+// DedupHeader of responses, per method and per replica (peer address), or
+// declared by hand (WithServerDedup). A resend then names, in ResendHeader,
+// the store scope of the replica the earlier attempt went to, and its age;
+// the replica the resend reaches answers from its store, or refuses when its
+// store cannot have seen the first attempt (another scope, or older than it
+// keeps ids). So a stale or wrong belief here costs a failed call, not a
+// second execution, with one exception documented on observe.
+
+const (
+	// dedupObserveEvery is how often, per method, a call reads the response
+	// metadata to learn (a few allocations each): every call would cost them
+	// on every call; once in a while keeps the knowledge fresh.
+	dedupObserveEvery = 100 * time.Millisecond
+	// dedupMaxMethods and dedupMaxPeers bound what one client remembers.
+	dedupMaxMethods = 1024
+	dedupMaxPeers   = 256
+	// dedupWindowShare is the share of the advertised retention within which
+	// a resend is sent, leaving the rest for the resend's own way to the
+	// server.
+	dedupWindowShare = 0.9
+)
+
+// dedupKnowledge is what one client (one DialOptions result, so one target)
+// learned. Safe for concurrent use.
+type dedupKnowledge struct {
+	methods  sync.Map // full method -> *methodDedup
+	nMethods atomic.Int32
+
+	mu    sync.Mutex
+	peers map[string]*peerDedup // peer address -> its advertised store
+}
+
+func newDedupKnowledge() *dedupKnowledge {
+	return &dedupKnowledge{peers: make(map[string]*peerDedup)}
+}
+
+// methodDedup is what is known of one method.
+type methodDedup struct {
+	due         atomic.Int64 // nanotime from which the next call observes
+	seen        atomic.Int64 // nanotime of the last response that advertised dedup; 0: never
+	deniedUntil atomic.Int64 // nanotime until which a response without it denies
+}
+
+// peerDedup is the store one replica advertised.
+type peerDedup struct {
+	scope      string
+	ttl        int64 // retention, ns
+	seen       int64 // nanotime
+	mixedUntil int64 // two scopes seen at one address (several processes behind it): no resend until then
+}
+
+func (k *dedupKnowledge) method(name string, create bool) *methodDedup {
+	if v, ok := k.methods.Load(name); ok {
+		return v.(*methodDedup)
+	}
+	if !create || k.nMethods.Load() >= dedupMaxMethods {
+		return nil
+	}
+	v, loaded := k.methods.LoadOrStore(name, new(methodDedup))
+	if !loaded {
+		k.nMethods.Add(1)
+	}
+	return v.(*methodDedup)
+}
+
+// due reports whether this call of method should read its response metadata
+// for observe, at most once per dedupObserveEvery per method.
+func (k *dedupKnowledge) due(method string, now int64) bool {
+	m := k.method(method, true)
+	if m == nil {
+		return false
+	}
+	d := m.due.Load()
+	return now >= d && m.due.CompareAndSwap(d, now+int64(dedupObserveEvery))
+}
+
+// observe learns from one call's response: its header and trailer (an error
+// response carries DedupHeader in the trailer), the address of the replica
+// that answered, and whether the call succeeded. A successful response
+// without DedupHeader comes from a server that does not deduplicate the
+// method (a replica not yet upgraded): the method is then denied for the
+// longest retention seen. A failed one proves nothing: the failure may not
+// come from the server at all.
+//
+// The exception to "a wrong belief costs a failed call": several processes
+// with memory stores behind one address (an L4 load balancer) look like one
+// replica whose scope changes; until two scopes have been seen there, a
+// resend may reach the process that did not run the first attempt and whose
+// store has the scope this client saw. Use a shared store (redisstore) for
+// such servers.
+func (k *dedupKnowledge) observe(method string, addr net.Addr, header, trailer metadata.MD, ok bool, now int64) {
+	m := k.method(method, true)
+	if m == nil {
+		return
+	}
+	adv, found := parseAdvert(header)
+	if !found {
+		adv, found = parseAdvert(trailer)
+	}
+	if !found {
+		if ok {
+			m.deniedUntil.Store(now + int64(DefaultDedupTTL))
+		}
+		return
+	}
+	m.seen.Store(now)
+	if addr == nil {
+		return
+	}
+	a := addr.String()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	p := k.peers[a]
+	if p == nil {
+		if len(k.peers) >= dedupMaxPeers {
+			k.forgetOldestLocked()
+		}
+		p = &peerDedup{}
+		k.peers[a] = p
+	}
+	if p.scope != "" && p.scope != adv.scope && now-p.seen < p.ttl {
+		p.mixedUntil = now + max(p.ttl, adv.ttl)
+	}
+	p.scope, p.ttl, p.seen = adv.scope, adv.ttl, now
+}
+
+func (k *dedupKnowledge) forgetOldestLocked() {
+	var oldest string
+	var at int64
+	for a, p := range k.peers {
+		if oldest == "" || p.seen < at {
+			oldest, at = a, p.seen
+		}
+	}
+	delete(k.peers, oldest)
+}
+
+// dedupCover is what a resend of one call relies on, accumulated over the
+// attempts of the call that may have reached a server. The zero value is a
+// call none of whose attempts may have run.
+type dedupCover struct {
+	used  bool   // an attempt may have run: a resend needs dedup
+	scope string // the store scope every such attempt's replica advertised; "" when declared by hand
+	first int64  // nanotime at which the first such attempt began
+}
+
+// dedupCovers reports whether a call of method may be sent again after an
+// attempt that began at start, ended on a transport to peer, and may have
+// reached the server: true when the server deduplicates the method (declared
+// with WithServerDedup, or advertised by that very replica and not denied
+// since), every attempt of the call that may have run did so under one store
+// scope, and the first of them began within the retention the store
+// advertised. It records the attempt in cover, which the call keeps across
+// attempts; resendContext then marks the resend. Without request ids it is
+// always false.
+//
+// It is the only place that says whether deduplication covers a resend; the
+// one safety decision calls it for attempts that may have reached the server
+// of a method that is not idempotent.
+func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, start, now int64) bool {
+	if c.requestIDsOff || c.dedup == nil {
+		// Only DialOptions puts request ids on calls, and it alone makes
+		// the knowledge: interceptors composed by hand send no id, and a
+		// resend without one would run again.
+		return false
+	}
+	scope, window, ok := c.dedup.lookup(method, peer, now)
+	if !ok {
+		if c.serverDedup == nil || !c.serverDedup.contains(method) {
+			return false
+		}
+		scope, window = "", int64(DefaultDedupTTL)
+	}
+	if cover.used && cover.scope != scope {
+		return false // two attempts may have run under different stores
+	}
+	first := start
+	if cover.used {
+		first = cover.first
+	}
+	if float64(now-first) >= dedupWindowShare*float64(window) {
+		return false
+	}
+	*cover = dedupCover{used: true, scope: scope, first: first}
+	return true
+}
+
+// lookup returns the scope and retention the replica at peer advertised for
+// method, when that is still current.
+func (k *dedupKnowledge) lookup(method string, peer net.Addr, now int64) (scope string, window int64, ok bool) {
+	if k == nil || peer == nil {
+		return "", 0, false
+	}
+	m := k.method(method, false)
+	if m == nil {
+		return "", 0, false
+	}
+	seen := m.seen.Load()
+	if seen == 0 || now < m.deniedUntil.Load() {
+		return "", 0, false
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	p := k.peers[peer.String()]
+	if p == nil || now < p.mixedUntil || now-p.seen >= p.ttl || now-seen >= p.ttl {
+		return "", 0, false
+	}
+	return p.scope, p.ttl, true
+}
+
+// resendContext marks the outgoing context of a resend that relies on
+// deduplication with ResendHeader: the scope and age of the call's first
+// attempt that may have run. Call it only when cover.used.
+func (cover *dedupCover) resendContext(ctx context.Context, now int64) context.Context {
+	age := time.Duration(now - cover.first).Milliseconds()
+	return metadata.AppendToOutgoingContext(ctx, ResendHeader, "scope="+cover.scope+";age-ms="+strconv.FormatInt(age, 10))
+}
+
+// dedupAdvert is a parsed DedupHeader.
+type dedupAdvert struct {
+	scope string
+	ttl   int64 // ns
+}
+
+func parseAdvert(md metadata.MD) (dedupAdvert, bool) {
+	vs := md[DedupHeader]
+	if len(vs) != 1 {
+		return dedupAdvert{}, false
+	}
+	var a dedupAdvert
+	for _, f := range strings.Split(vs[0], ";") {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "scope":
+			a.scope = v
+		case "ttl-ms":
+			ms, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || ms <= 0 || ms > int64(maxDedupTTL/time.Millisecond) {
+				return dedupAdvert{}, false
+			}
+			a.ttl = ms * int64(time.Millisecond)
+		}
+	}
+	if a.scope == "" || a.ttl == 0 {
+		return dedupAdvert{}, false
+	}
+	return a, true
+}

@@ -1,0 +1,529 @@
+package grpcguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+)
+
+// Metadata keys of request ids and deduplication. They are grpcguard's own,
+// so that they never clash with tracing or application headers such as
+// x-request-id.
+const (
+	// RequestIDHeader carries a call's request id: 32 hex digits (128
+	// random bits) from grpcguard clients; any value of 1 to 128 bytes is
+	// accepted.
+	RequestIDHeader = "grpcguard-request-id"
+	// DedupHeader is the response header by which UnaryServerDedup says that
+	// it deduplicated the call, under which store scope and for how long it
+	// keeps ids: "scope=<scope>;ttl-ms=<milliseconds>".
+	DedupHeader = "grpcguard-dedup"
+	// ResendHeader marks a resend of a call whose earlier attempt may have
+	// run: "scope=<scope>;age-ms=<milliseconds>", the store scope the client
+	// learned from the replica of the first attempt (empty when declared by
+	// hand with WithServerDedup) and the time since the first attempt began.
+	// A server that does not know the id refuses the resend when its store
+	// has another scope or keeps ids for less than the age: the first
+	// attempt may have run where this server cannot see it.
+	ResendHeader = "grpcguard-resend"
+)
+
+// DefaultDedupTTL is how long UnaryServerDedup keeps a request id and its
+// outcome by default: far longer than any retry of a call (those come within
+// the call's deadline, seconds), short enough that a busy server's store
+// stays small. See WithDedupTTL.
+const DefaultDedupTTL = 5 * time.Minute
+
+const (
+	minDedupTTL    = time.Second
+	maxDedupTTL    = 24 * time.Hour
+	maxRequestID   = 128
+	maxClaimRounds = 64
+)
+
+// DedupOption configures UnaryServerDedup.
+type DedupOption struct {
+	apply func(*dedupConfig) error
+}
+
+type dedupConfig struct {
+	ttl      time.Duration
+	key      func(ctx context.Context, id string) (string, error)
+	failOpen bool
+	metrics  *DedupMetrics
+}
+
+// WithDedupTTL sets how long ids and outcomes are kept. Default 5 minutes
+// (DefaultDedupTTL); valid from 1s to 24h. A claim whose handler is still
+// running when the TTL passes expires too: keep handlers well inside it.
+func WithDedupTTL(d time.Duration) DedupOption {
+	return DedupOption{func(c *dedupConfig) error {
+		if d < minDedupTTL || d > maxDedupTTL {
+			return invalid("WithDedupTTL", d, "must be between 1s and 24h")
+		}
+		c.ttl = d
+		return nil
+	}}
+}
+
+// WithDedupKey scopes request ids: f returns the store key of a call's id,
+// typically the caller's identity (from peer.FromContext, its AuthInfo, or a
+// verified token) and the id, so that one caller can never reach another's
+// ids, even by sending the same id and the same request. An error from f
+// fails the call with f's status (Unauthenticated, say). Without it the key
+// is the id itself. nil is invalid.
+func WithDedupKey(f func(ctx context.Context, id string) (string, error)) DedupOption {
+	return DedupOption{func(c *dedupConfig) error {
+		if f == nil {
+			return invalid("WithDedupKey", "nil", "must not be nil")
+		}
+		c.key = f
+		return nil
+	}}
+}
+
+// WithDedupFailOpen runs calls without deduplication when the store cannot
+// claim their id (Redis down or slow), instead of failing them with
+// Unavailable (the default, fail closed). Such calls carry no DedupHeader, so
+// clients do not resend them on its strength; but a resend that was already
+// on its way may then run a second time. Choose it when availability matters
+// more than at-most-once.
+func WithDedupFailOpen() DedupOption {
+	return DedupOption{func(c *dedupConfig) error {
+		c.failOpen = true
+		return nil
+	}}
+}
+
+// WithDedupMetrics counts into m.
+func WithDedupMetrics(m *DedupMetrics) DedupOption {
+	return DedupOption{func(c *dedupConfig) error {
+		c.metrics = m
+		return nil
+	}}
+}
+
+// NotExecuted marks err, returned by a handler running under
+// UnaryServerDedup, as a failure after which nothing was done: the claim on
+// the call's id is released instead of storing err, so that a resend runs the
+// handler again. Use it for failures known to have changed nothing (the
+// database was unreachable before the transaction began). The caller receives
+// err as if it were not wrapped. NotExecuted(nil) is nil.
+func NotExecuted(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &notExecutedError{err}
+}
+
+type notExecutedError struct{ err error }
+
+func (e *notExecutedError) Error() string { return e.err.Error() }
+func (e *notExecutedError) Unwrap() error { return e.err }
+
+// UnaryServerDedup returns a server interceptor that runs each request id at
+// most once within its TTL and answers repeats with the first outcome, so
+// that a client may resend a call whose reply was lost. Install it with
+// grpc.ChainUnaryInterceptor; store nil means a new MemoryStore with default
+// bounds.
+//
+// For each unary call:
+//
+//   - no RequestIDHeader: the handler runs as usual;
+//   - a new id: it is claimed, the handler runs, and its outcome is stored
+//     for the TTL;
+//   - an id that is running: the call waits for its outcome (no polling; as
+//     long as the caller's context allows), then returns it;
+//   - an id with an outcome: the outcome is returned, the handler does not
+//     run;
+//   - an id used with a different request (SHA-256 of the method and the
+//     request's deterministic protobuf encoding): AlreadyExists, and never
+//     the stored outcome: one caller cannot read another's reply by reusing
+//     an id. See WithDedupKey to keep callers' ids apart altogether.
+//
+// Which outcomes are stored: every outcome of the handler, OK and errors
+// alike, with the reply, status details and the header and trailer metadata
+// the handler set. An error does not prove that nothing was done (a timeout
+// after the write committed, a failure after a side effect), so it is final
+// too; a handler that knows it did nothing returns NotExecuted(err) and the
+// id is released for a resend to run again. A panic releases the claim and
+// goes on. Outcomes the interceptor produces itself (invalid ids, conflicts,
+// the caller's context ending while it waits, store failures) are not stored.
+//
+// Each deduplicated call's response carries DedupHeader: the store's scope
+// and its retention. Clients of this package learn from it, per replica, that
+// they may resend the method's calls; the header is never required.
+//
+// A resend (ResendHeader) of an id this server does not know is refused with
+// FailedPrecondition when the store's scope differs from the one the client
+// names, or the first attempt is older than the store keeps ids: the first
+// attempt may have run somewhere this server cannot see.
+//
+// Requests that are not protobuf messages are not deduplicated, and neither
+// are streams: a stream's outcome is a sequence of messages, each possibly
+// acted on by the client before a failure; use request ids at the
+// application level there. If the store fails, calls fail with Unavailable
+// (see WithDedupFailOpen); an outcome that cannot be stored is still returned
+// to its caller. Invalid options fail every call with Internal, naming the
+// option.
+func UnaryServerDedup(store Store, opts ...DedupOption) grpc.UnaryServerInterceptor {
+	d := &deduper{cfg: dedupConfig{ttl: DefaultDedupTTL}}
+	var errs []error
+	for _, o := range opts {
+		if o.apply == nil {
+			continue
+		}
+		if err := o.apply(&d.cfg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		d.err = status.Error(codes.Internal, err.Error())
+	}
+	if store == nil {
+		ms, _ := NewMemoryStore(MemoryStoreConfig{Metrics: d.cfg.metrics})
+		store = ms
+	}
+	d.store = store
+	return d.unary
+}
+
+// deduper is the state of one UnaryServerDedup interceptor.
+type deduper struct {
+	cfg    dedupConfig
+	err    error
+	store  Store
+	advert atomic.Pointer[advert]
+	types  sync.Map // full method -> protoreflect.MessageType of its reply
+}
+
+// advert is the DedupHeader value for one scope and retention, built once.
+type advert struct {
+	scope string
+	ms    int64
+	md    metadata.MD
+}
+
+func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if d.err != nil {
+		return nil, d.err
+	}
+	ids := metadata.ValueFromIncomingContext(ctx, RequestIDHeader)
+	if len(ids) == 0 {
+		return handler(ctx, req)
+	}
+	if len(ids) > 1 || len(ids[0]) == 0 || len(ids[0]) > maxRequestID {
+		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value of 1 to %d bytes", RequestIDHeader, maxRequestID)
+	}
+	msg, ok := req.(proto.Message)
+	if !ok {
+		return handler(ctx, req)
+	}
+	key := ids[0]
+	if d.cfg.key != nil {
+		var err error
+		if key, err = d.cfg.key(ctx, key); err != nil {
+			return nil, status.Convert(err).Err()
+		}
+	}
+	fp, err := fingerprintOf(info.FullMethod, msg)
+	if err != nil {
+		return handler(ctx, req) // cannot tell requests apart: no dedup
+	}
+	waited := false
+	for range maxClaimRounds {
+		claim := newClaim(fp)
+		existing, scope, err := d.store.Claim(ctx, key, claim, d.cfg.ttl)
+		if err != nil {
+			d.cfg.metrics.storeErr(opClaim)
+			if d.cfg.failOpen {
+				return handler(ctx, req)
+			}
+			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
+		}
+		if existing == nil {
+			resend, isResend, err := parseResend(ctx)
+			if err != nil {
+				d.release(ctx, key, claim, false)
+				return nil, err
+			}
+			if isResend {
+				if why := d.refusal(resend, scope); why != "" {
+					d.release(ctx, key, claim, false)
+					d.cfg.metrics.refuse()
+					return nil, status.Errorf(codes.FailedPrecondition, "grpcguard: resend of request id refused: %s", why)
+				}
+			}
+			return d.run(ctx, req, info, handler, key, claim, fp, scope)
+		}
+		for {
+			rec, err := decodeRecord(existing)
+			if err != nil {
+				return nil, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed record for this request id")
+			}
+			if rec.fp != fp {
+				d.cfg.metrics.conflict()
+				return nil, status.Errorf(codes.AlreadyExists, "grpcguard: request id already used with a different request (method or message)")
+			}
+			if rec.done {
+				if waited {
+					d.cfg.metrics.wait()
+				} else {
+					d.cfg.metrics.answer()
+				}
+				return d.replay(ctx, info.FullMethod, rec, scope)
+			}
+			waited = true
+			existing, err = d.store.Wait(ctx, key, existing)
+			if ctx.Err() != nil {
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			if err != nil {
+				d.cfg.metrics.storeErr(opWait)
+				return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: waiting for the running request id: %v", err)
+			}
+			if existing == nil {
+				break // released or expired: claim it again
+			}
+		}
+	}
+	return nil, status.Errorf(codes.Aborted, "grpcguard: request id claimed and released %d times", maxClaimRounds)
+}
+
+// refusal says why a resend of an id this store did not know must not run,
+// or "" when it may.
+func (d *deduper) refusal(r resendInfo, scope string) string {
+	if r.scope != "" && r.scope != scope {
+		return fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
+	}
+	if keep := d.store.Retention(d.cfg.ttl); r.age >= keep {
+		return fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.age, keep)
+	}
+	return ""
+}
+
+// run runs the handler under the claim and stores its outcome.
+func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler,
+	key string, claim []byte, fp fingerprint, scope string) (resp any, err error) {
+	d.cfg.metrics.executed()
+	d.advertise(ctx, scope)
+	rec := &recorder{}
+	if s := grpc.ServerTransportStreamFromContext(ctx); s != nil {
+		rec.ServerTransportStream = s
+		ctx = grpc.NewContextWithServerTransportStream(ctx, rec)
+	}
+	returned := false
+	defer func() {
+		if !returned { // the handler panicked: nothing is known, let a resend run
+			d.release(ctx, key, claim, true)
+		}
+	}()
+	resp, err = handler(ctx, req)
+	returned = true
+	if ne, ok := errors.AsType[*notExecutedError](err); ok {
+		d.release(ctx, key, claim, true)
+		return resp, ne.err
+	}
+	o := storedOutcome{header: rec.header, trailer: rec.trailer}
+	if err != nil {
+		o.status = statusOf(err).Proto()
+	} else if m, ok := resp.(proto.Message); ok {
+		o.reply = m
+		if _, known := d.types.Load(info.FullMethod); !known {
+			d.types.Store(info.FullMethod, m.ProtoReflect().Type())
+		}
+	} else {
+		o.status = status.New(codes.Internal, "grpcguard: this request id ran; its reply, not a protobuf message, could not be kept for a resend").Proto()
+	}
+	b, encErr := encodeOutcome(fp, o)
+	if encErr == nil {
+		encErr = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
+	}
+	if errors.Is(encErr, ErrStoreFull) {
+		// Too large to keep: keep that the id ran, so that a resend does not
+		// run it again.
+		o = storedOutcome{status: status.New(codes.ResourceExhausted, "grpcguard: this request id ran; its reply was too large to keep for a resend").Proto()}
+		if b, encErr = encodeOutcome(fp, o); encErr == nil {
+			encErr = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
+		}
+	}
+	if encErr != nil {
+		// The reply still goes to its caller; a resend waits until the claim
+		// expires, then runs.
+		d.cfg.metrics.storeErr(opFinish)
+	}
+	return resp, err
+}
+
+// replay answers a duplicate with a stored outcome.
+func (d *deduper) replay(ctx context.Context, method string, rec record, scope string) (any, error) {
+	o, err := rec.outcome()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed outcome for this request id")
+	}
+	d.advertise(ctx, scope)
+	_ = grpc.SetHeader(ctx, o.header)
+	_ = grpc.SetTrailer(ctx, o.trailer)
+	if o.status.GetCode() != int32(codes.OK) {
+		return nil, status.ErrorProto(o.status)
+	}
+	mt, err := d.replyType(method)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "grpcguard: cannot rebuild the stored reply: %v", err)
+	}
+	m := mt.New().Interface()
+	if err := proto.Unmarshal(o.replyBytes, m); err != nil {
+		return nil, status.Errorf(codes.Internal, "grpcguard: cannot decode the stored reply: %v", err)
+	}
+	return m, nil
+}
+
+// replyType returns the reply message type of method: the one seen when it
+// ran here, or the one its descriptor names (a replica that never ran it).
+func (d *deduper) replyType(method string) (protoreflect.MessageType, error) {
+	if t, ok := d.types.Load(method); ok {
+		return t.(protoreflect.MessageType), nil
+	}
+	service, name, _ := parseMethod(method)
+	desc, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return nil, err
+	}
+	sd, ok := desc.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return nil, fmt.Errorf("%s is not a service", service)
+	}
+	md := sd.Methods().ByName(protoreflect.Name(name))
+	if md == nil {
+		return nil, fmt.Errorf("no method %s", method)
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
+	if err != nil {
+		return nil, err
+	}
+	d.types.Store(method, mt)
+	return mt, nil
+}
+
+// release drops the claim so that a resend runs again.
+func (d *deduper) release(ctx context.Context, key string, claim []byte, count bool) {
+	if count {
+		d.cfg.metrics.release()
+	}
+	if err := d.store.Release(ctx, key, claim); err != nil {
+		d.cfg.metrics.storeErr(opRelease)
+	}
+}
+
+// advertise sets DedupHeader on the response. The retention is rounded
+// down to two significant digits or so, so that the header, built once per
+// value, is not rebuilt for every call while a store under pressure drops ids
+// at slightly different ages.
+func (d *deduper) advertise(ctx context.Context, scope string) {
+	ms := roundDown(d.store.Retention(d.cfg.ttl).Milliseconds())
+	a := d.advert.Load()
+	if a == nil || a.scope != scope || a.ms != ms {
+		v := "scope=" + scope + ";ttl-ms=" + strconv.FormatInt(ms, 10)
+		a = &advert{scope: scope, ms: ms, md: metadata.MD{DedupHeader: {v}}}
+		d.advert.Store(a)
+	}
+	_ = grpc.SetHeader(ctx, a.md)
+}
+
+// roundDown rounds ms down to its two leading decimal digits.
+func roundDown(ms int64) int64 {
+	unit := int64(1)
+	for ms/unit >= 100 {
+		unit *= 10
+	}
+	return ms / unit * unit
+}
+
+// statusOf converts a handler's error as grpc-go does before sending it.
+func statusOf(err error) *status.Status {
+	st, ok := status.FromError(err)
+	if !ok {
+		st = status.FromContextError(err)
+	}
+	return st
+}
+
+// recorder passes a handler's metadata on to the stream and keeps a copy for
+// the stored outcome.
+type recorder struct {
+	grpc.ServerTransportStream
+	header, trailer metadata.MD
+}
+
+func (r *recorder) SetHeader(md metadata.MD) error {
+	err := r.ServerTransportStream.SetHeader(md)
+	if err == nil {
+		r.header = metadata.Join(r.header, md)
+	}
+	return err
+}
+
+func (r *recorder) SendHeader(md metadata.MD) error {
+	err := r.ServerTransportStream.SendHeader(md)
+	if err == nil {
+		r.header = metadata.Join(r.header, md)
+	}
+	return err
+}
+
+func (r *recorder) SetTrailer(md metadata.MD) error {
+	err := r.ServerTransportStream.SetTrailer(md)
+	if err == nil {
+		r.trailer = metadata.Join(r.trailer, md)
+	}
+	return err
+}
+
+// resendInfo is a parsed ResendHeader.
+type resendInfo struct {
+	scope string
+	age   time.Duration
+}
+
+func parseResend(ctx context.Context) (resendInfo, bool, error) {
+	vs := metadata.ValueFromIncomingContext(ctx, ResendHeader)
+	if len(vs) == 0 {
+		return resendInfo{}, false, nil
+	}
+	bad := status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value \"scope=<scope>;age-ms=<n>\"", ResendHeader)
+	if len(vs) > 1 {
+		return resendInfo{}, false, bad
+	}
+	var r resendInfo
+	seenAge := false
+	for _, f := range strings.Split(vs[0], ";") {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "scope":
+			r.scope = v
+		case "age-ms":
+			ms, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || ms < 0 {
+				return resendInfo{}, false, bad
+			}
+			r.age, seenAge = time.Duration(ms)*time.Millisecond, true
+		}
+	}
+	if !seenAge {
+		return resendInfo{}, false, bad
+	}
+	return r, true, nil
+}

@@ -1,0 +1,180 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grpcguard/grpcguard"
+)
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestStoreClaimFinishRelease(t *testing.T) {
+	r := startRedis(t)
+	s := r.store(t, Options{})
+	ctx := ctxTimeout(t, 10*time.Second)
+
+	existing, scope, err := s.Claim(ctx, "k", []byte("claim-1"), time.Minute)
+	if err != nil || existing != nil || scope == "" {
+		t.Fatalf("first claim: %q %q %v", existing, scope, err)
+	}
+	existing, scope2, err := s.Claim(ctx, "k", []byte("claim-2"), time.Minute)
+	if err != nil || string(existing) != "claim-1" || scope2 != scope {
+		t.Fatalf("second claim: %q %q %v, want the first claim and the same scope", existing, scope2, err)
+	}
+	if err := s.Finish(ctx, "k", []byte("claim-2"), []byte("x"), time.Minute); !errors.Is(err, grpcguard.ErrClaimLost) {
+		t.Fatalf("Finish with another's claim: %v, want ErrClaimLost", err)
+	}
+	if err := s.Release(ctx, "k", []byte("claim-2")); !errors.Is(err, grpcguard.ErrClaimLost) {
+		t.Fatalf("Release with another's claim: %v, want ErrClaimLost", err)
+	}
+	// Binary outcomes survive the trip through Lua.
+	outcome := []byte("O\x00\xff\x01binary")
+	if err := s.Finish(ctx, "k", []byte("claim-1"), outcome, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if existing, _, _ := s.Claim(ctx, "k", []byte("claim-3"), time.Minute); string(existing) != string(outcome) {
+		t.Fatalf("after Finish: %q, want the outcome", existing)
+	}
+	ttl, err := s.rdb.PTTL(ctx, DefaultPrefix+"k").Result()
+	if err != nil || ttl <= 50*time.Second || ttl > time.Minute {
+		t.Fatalf("outcome TTL %v, %v; want about a minute", ttl, err)
+	}
+
+	if _, _, err := s.Claim(ctx, "r", []byte("claim-r"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release(ctx, "r", []byte("claim-r")); err != nil {
+		t.Fatal(err)
+	}
+	if existing, _, _ := s.Claim(ctx, "r", []byte("claim-r2"), time.Minute); existing != nil {
+		t.Fatalf("after Release: %q, want the key free", existing)
+	}
+}
+
+// TestStoreWaitWakesOnNotification: a duplicate waiting on one replica wakes
+// when another replica finishes, through the notification: the fallback
+// interval is far longer than the test.
+func TestStoreWaitWakesOnNotification(t *testing.T) {
+	r := startRedis(t)
+	a := r.store(t, Options{PollInterval: time.Hour})
+	b := r.store(t, Options{PollInterval: time.Hour})
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, _, err := a.Claim(ctx, "w", []byte("claim"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	errc := make(chan error, 1)
+	go func() {
+		cur, err := b.Wait(ctx, "w", []byte("claim"))
+		got <- cur
+		errc <- err
+	}()
+	// Wait until b is subscribed and waiting, then finish on a.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b.mu.Lock()
+		n := len(b.waiters["w"])
+		subscribed := b.ps != nil
+		b.mu.Unlock()
+		if n == 1 && subscribed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the waiter never subscribed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := a.Finish(ctx, "w", []byte("claim"), []byte("outcome"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if cur := <-got; string(cur) != "outcome" {
+		t.Fatalf("waiter got %q, want the outcome", cur)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	// A waiter whose key was released sees nothing.
+	if _, _, err := a.Claim(ctx, "w2", []byte("c2"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		cur, err := b.Wait(ctx, "w2", []byte("c2"))
+		got <- cur
+		errc <- err
+	}()
+	for {
+		b.mu.Lock()
+		n := len(b.waiters["w2"])
+		b.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := a.Release(ctx, "w2", []byte("c2")); err != nil {
+		t.Fatal(err)
+	}
+	if cur := <-got; cur != nil {
+		t.Fatalf("after release: %q, want nothing", cur)
+	}
+	<-errc
+}
+
+func TestStoreScopeSharedAndNewAfterDataLoss(t *testing.T) {
+	r := startRedis(t)
+	a := r.store(t, Options{})
+	b := r.store(t, Options{})
+	other := r.store(t, Options{Prefix: "other:"})
+	ctx := ctxTimeout(t, 10*time.Second)
+	_, sa, err := a.Claim(ctx, "x", []byte("c"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sb, _ := b.Claim(ctx, "y", []byte("c"), time.Minute)
+	_, so, _ := other.Claim(ctx, "x", []byte("c"), time.Minute)
+	if sa != sb || sa == so {
+		t.Fatalf("scopes %q %q %q: want the first two equal (same Redis, same prefix), the third apart", sa, sb, so)
+	}
+	// Redis loses its data: the scope changes, so a resend naming the old
+	// one is refused by the interceptor.
+	if err := a.rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, s2, _ := b.Claim(ctx, "z", []byte("c"), time.Minute); s2 == sa || s2 == "" {
+		t.Fatalf("after FLUSHALL the scope is %q, want a new one", s2)
+	}
+}
+
+// TestStoreRedisDownFailsFast: every operation on a dead Redis fails within
+// the operation timeout, with an error naming it.
+func TestStoreRedisDownFailsFast(t *testing.T) {
+	r := startRedis(t)
+	s := r.store(t, Options{OpTimeout: 300 * time.Millisecond})
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, _, err := s.Claim(ctx, "k", []byte("c"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	r.stop()
+	start := time.Now()
+	_, _, err := s.Claim(ctx, "k2", []byte("c"), time.Minute)
+	if err == nil || !strings.HasPrefix(err.Error(), "redisstore: claim: ") {
+		t.Fatalf("claim on a dead Redis: %v", err)
+	}
+	if _, err := s.Wait(ctx, "k", []byte("c")); err == nil {
+		t.Fatal("wait on a dead Redis succeeded")
+	}
+	if err := s.Finish(ctx, "k", []byte("c"), []byte("o"), time.Minute); err == nil || errors.Is(err, grpcguard.ErrClaimLost) {
+		t.Fatalf("finish on a dead Redis: %v, want a store error", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("three operations on a dead Redis took %v", took)
+	}
+}
