@@ -67,7 +67,7 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 		grpc.WithContextDialer(dial),
 		// Request ids outermost: one id per call, the same on every attempt.
 		grpc.WithChainUnaryInterceptor(ids.unary, cs.unary),
-		grpc.WithChainStreamInterceptor(ids.stream, cs.streamRetry),
+		grpc.WithChainStreamInterceptor(cs.streamRetry),
 		grpc.WithDisableRetry(),
 	}
 	if cs.cfg.proxies() {

@@ -96,6 +96,7 @@ func BenchmarkParallelOverhead(b *testing.B) {
 		{"echo-dialoptions", dial(WithMaxAttempts(DefaultMaxAttempts)), testsvc.Echo, 0},
 		{"get-plain", dial(), testsvc.Get, 0},
 		{"get-hedge-armed", dial(WithHedgeDelay(50 * time.Millisecond)), testsvc.Get, 0},
+		{"echo-dialoptions-noids", dial(WithRequestIDs(false)), testsvc.Echo, 0},
 	}
 	round := func(cc *grpc.ClientConn, method string) time.Duration {
 		var wg sync.WaitGroup
@@ -130,5 +131,6 @@ func BenchmarkParallelOverhead(b *testing.B) {
 	}
 	b.ReportMetric(per(1)/per(0), "echo-dialoptions/plain")
 	b.ReportMetric(per(3)/per(2), "get-hedge-armed/plain")
+	b.ReportMetric(per(4)/per(0), "echo-dialoptions-noids/plain")
 	b.ReportMetric(0, "ns/op")
 }

@@ -118,9 +118,10 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, f failure, sta
 	if resendable.has(f.code) {
 		cs.budget.result(true) // gRFC A6: a failure that may be resent drains a token
 	}
-	if p.dedup != nil && !p.idempotent && !f.neverLeft && !f.callerDone {
+	if p.dedup != nil && !p.idempotent && !f.neverLeft && !f.callerDone && hasRequestID(ctx) {
 		// The attempt may have reached the server: only its deduplication
-		// can make a resend safe. Every such attempt is recorded.
+		// of the call's request id can make a resend safe. Every such
+		// attempt is recorded.
 		f.deduplicated = cs.cfg.dedupCovers(p.dedup, p.fullMethod, v.remote, v.start, nanotime())
 	}
 	ok, unprocessed := mayRetry(resendable, f, p.idempotent)

@@ -82,15 +82,20 @@ func (k *dedupKnowledge) method(name string, create bool) *methodDedup {
 	return v.(*methodDedup)
 }
 
-// due reports whether this call of method should read its response metadata
-// for observe, at most once per dedupObserveEvery per method.
-func (k *dedupKnowledge) due(method string, now int64) bool {
+// want says what a call of method needs at now: learned, the server was
+// seen deduplicating the method and has not denied it since (the call
+// carries an id); observe, this call reads its response metadata to learn
+// (at most once per dedupObserveEvery per method; it carries an id too, or
+// the server would not advertise).
+func (k *dedupKnowledge) want(method string, now int64) (learned, observe bool) {
 	m := k.method(method, true)
 	if m == nil {
-		return false
+		return false, false
 	}
+	learned = m.seen.Load() != 0 && now >= m.deniedUntil.Load()
 	d := m.due.Load()
-	return now >= d && m.due.CompareAndSwap(d, now+int64(dedupObserveEvery))
+	observe = now >= d && m.due.CompareAndSwap(d, now+int64(dedupObserveEvery))
+	return learned, observe
 }
 
 // observe learns from one call's response: its header and trailer (an error

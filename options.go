@@ -153,6 +153,7 @@ type config struct {
 
 	// Request ids and server deduplication (issue 11; options_dedup.go).
 	requestIDsOff bool            // WithRequestIDs(false)
+	requestIDsAll bool            // WithRequestIDs(true): an id on every call
 	serverDedup   *methodSet      // WithServerDedup: declared by hand
 	dedup         *dedupKnowledge // learned from responses; shared by DialOptions' interceptors
 }

@@ -2,21 +2,30 @@ package grpcguard
 
 import "fmt"
 
-// WithRequestIDs turns the request ids of DialOptions on (the default) or off.
-// With ids on, every call carries a RequestIDHeader of 128 random bits, the
-// same on every attempt and hedge of the call and different for every call,
-// so that a server running UnaryServerDedup runs each call at most once and
-// answers a resend with the first outcome. A call whose outgoing metadata
-// already holds a RequestIDHeader keeps the caller's id: an application can
-// name a logical operation itself and retry it across processes.
+// WithRequestIDs sets which calls of a DialOptions client carry a request
+// id (RequestIDHeader): 128 random bits, the same on every attempt and hedge
+// of the call, different for every call, so that a server running
+// UnaryServerDedup runs the call at most once and answers a resend with the
+// first outcome. A call whose outgoing metadata already holds a
+// RequestIDHeader keeps the caller's id: an application can name a logical
+// operation itself and retry it across processes.
 //
-// Off, calls carry no id and the client never learns that a server
-// deduplicates, so it never resends a call because of it. The cost of ids is
-// a few hundred nanoseconds per call, most of it grpc-go's
-// metadata.AppendToOutgoingContext (see BenchmarkRequestID).
+// By default (without this option) a unary call carries an id where the id
+// can matter: every call of a method its server deduplicates (learned from
+// the server's DedupHeader, or declared with WithServerDedup), and one call
+// per method every 100ms, from whose response the client learns. An id on
+// every call costs the client and the server about 2µs a call under load
+// (a unique header to encode and decode, four allocations in grpc-go's
+// metadata API; see BenchmarkParallelOverhead), and buys nothing where the
+// server does not deduplicate: the client resends a call on the strength of
+// deduplication only once it has learned it, and then every call of the
+// method carries its id. true puts an id on every unary call (for logs, or a
+// server that deduplicates without advertising); false on none, and the
+// client never resends a call because of deduplication. Streams carry none:
+// they are not deduplicated.
 func WithRequestIDs(on bool) ClientOption {
 	return clientOption(func(c *config) error {
-		c.requestIDsOff = !on
+		c.requestIDsOff, c.requestIDsAll = !on, on
 		return nil
 	})
 }

@@ -11,10 +11,10 @@ import (
 	"google.golang.org/grpc/peer"
 )
 
-// Request ids: every call a DialOptions client makes carries RequestIDHeader,
-// put on the call once, by the outermost interceptor, so that every attempt
-// and hedge of the call sends the same id and every call a new one. See
-// WithRequestIDs.
+// Request ids: a unary call of a DialOptions client carries RequestIDHeader
+// where it can matter (see WithRequestIDs), put on the call once, by the
+// outermost interceptor, so that every attempt and hedge of the call sends
+// the same id and every call a new one.
 
 // idsPerBatch ids are drawn from crypto/rand at once and hex-encoded into one
 // string that the ids slice: one read of the system's generator and one
@@ -70,9 +70,20 @@ func (r *requestIDs) unary(ctx context.Context, method string, req, reply any, c
 	if r.cfg.requestIDsOff {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	ctx = withID(ctx)
-	if k := r.cfg.dedup; k != nil && k.due(method, nanotime()) {
-		return observeCall(ctx, k, method, req, reply, cc, invoker, opts)
+	id, observe := r.cfg.requestIDsAll, false
+	if k := r.cfg.dedup; k != nil {
+		var learned bool
+		learned, observe = k.want(method, nanotime())
+		id = id || learned || observe
+	}
+	if !id && r.cfg.serverDedup != nil && r.cfg.serverDedup.contains(method) {
+		id = true
+	}
+	if id {
+		ctx = withID(ctx)
+	}
+	if observe {
+		return observeCall(ctx, r.cfg.dedup, method, req, reply, cc, invoker, opts)
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
 }
@@ -91,9 +102,8 @@ func observeCall(ctx context.Context, k *dedupKnowledge, method string, req, rep
 	return err
 }
 
-func (r *requestIDs) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	if r.cfg.requestIDsOff {
-		return streamer(ctx, desc, cc, method, opts...)
-	}
-	return streamer(withID(ctx), desc, cc, method, opts...)
+// hasRequestID reports whether the call of ctx carries a request id: a
+// resend relies on deduplication only then.
+func hasRequestID(ctx context.Context) bool {
+	return len(metadata.ValueFromOutgoingContext(ctx, RequestIDHeader)) == 1
 }

@@ -69,7 +69,7 @@ func TestRequestIDSameOnEveryAttemptNewPerCall(t *testing.T) {
 		return req, nil
 	}}
 	addr := startServer(t, srv, grpc.ChainUnaryInterceptor(log.unary))
-	cc := bundleClient(t, addr, WithHedgeDelay(20*time.Millisecond), WithHedgeBudget(1), WithBackoff(time.Millisecond, time.Millisecond, 1))
+	cc := bundleClient(t, addr, WithRequestIDs(true), WithHedgeDelay(20*time.Millisecond), WithHedgeBudget(1), WithBackoff(time.Millisecond, time.Millisecond, 1))
 	ctx := ctxTimeout(t, 5*time.Second)
 	for _, req := range []string{"retry", "hedge", "plain", "plain"} {
 		if _, err := testsvc.Call(ctx, cc, testsvc.Get, req); err != nil {
@@ -97,6 +97,36 @@ func TestRequestIDSameOnEveryAttemptNewPerCall(t *testing.T) {
 			t.Fatalf("calls share an id: %+v", at)
 		}
 		seen[at[i].id] = true
+	}
+}
+
+// By default a call carries an id where it can matter: one call per method
+// every 100ms, whose response teaches the client; then every call of a method
+// whose server deduplicates it, and no other.
+func TestRequestIDsWhereTheyMatter(t *testing.T) {
+	var plainLog, dedupLog idLog
+	plainAddr := startServer(t, &testsvc.Server{}, grpc.ChainUnaryInterceptor(plainLog.unary))
+	dedupAddr := dedupServer(t, &testsvc.Server{}, nil, []grpc.UnaryServerInterceptor{dedupLog.unary})
+	ctx := ctxTimeout(t, 5*time.Second)
+	for _, tc := range []struct {
+		addr string
+		log  *idLog
+		want func(i int) bool // whether call i carries an id
+	}{
+		{plainAddr, &plainLog, func(i int) bool { return i == 0 }},
+		{dedupAddr, &dedupLog, func(int) bool { return true }},
+	} {
+		cc := bundleClient(t, tc.addr)
+		for range 5 { // well within 100ms: only the first is a sample
+			if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "x"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, a := range tc.log.all() {
+			if got := a.id != ""; got != tc.want(i) {
+				t.Errorf("%s, call %d: id %q, want one: %v", tc.addr, i, a.id, tc.want(i))
+			}
+		}
 	}
 }
 
@@ -130,8 +160,8 @@ func TestRequestIDsOffAndCallersOwn(t *testing.T) {
 	if at[1].id != "callers-own" {
 		t.Fatalf("caller's id replaced: %+v", at[1])
 	}
-	if at[2].method != testsvc.Watch || !hexID.MatchString(at[2].id) {
-		t.Fatalf("stream: %+v, want an id", at[2])
+	if at[2].method != testsvc.Watch || at[2].id != "" {
+		t.Fatalf("stream: %+v, want no id: streams are not deduplicated", at[2])
 	}
 }
 
