@@ -7,13 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/netns"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
@@ -27,15 +30,16 @@ const middleboxScenario = "middlebox"
 
 // runMiddleboxes runs the real-middlebox scenarios when only is "all" or
 // middleboxScenario, writes their rows to tw as the fault scenarios' are
-// written, and reports whether every grpcguard row kept its promise. A
-// scenario the machine cannot run gets one line saying why instead.
-func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prometheus.Registry) bool {
+// written, and reports whether every grpcguard row kept its promise and how
+// many scenarios ran. A scenario the machine cannot run gets one line saying
+// why instead.
+func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prometheus.Registry) (ok bool, ran int) {
 	if only != "all" && only != middleboxScenario {
-		return true
+		return true, 0
 	}
 	if err := netns.Check(); err != nil {
 		fmt.Fprintf(tw, "real middleboxes skipped: %v\n", err)
-		return true
+		return true, 0
 	}
 	var scenarios []netns.Scenario
 	for _, mb := range []netns.Middlebox{netns.Conntrack, netns.HAProxyFIN, netns.HAProxyRST} {
@@ -46,7 +50,7 @@ func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prome
 		scenarios = append(scenarios, netns.Scenario{Middlebox: mb, Calls: rpcs, Seed: seed})
 	}
 	if len(scenarios) == 0 {
-		return true
+		return true, 0
 	}
 	var done atomic.Int64
 	total := int64(2 * rpcs * len(scenarios))
@@ -60,7 +64,7 @@ func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prome
 		return middleboxClients(s.Middlebox.String(), reg)
 	})
 	stop()
-	ok := true
+	ok = true
 	for i, s := range scenarios {
 		name := s.Middlebox.String() + " (netns)"
 		if errors.Is(errs[i], netns.ErrUnsupported) {
@@ -82,37 +86,44 @@ func runMiddleboxes(tw io.Writer, only string, rpcs int, seed uint64, reg *prome
 			}
 		}
 		writeRows(tw, name, rows)
+		ran++
 		if !keptPromise(scenario{name: name}, rows[0], rows[1]) {
 			ok = false
 		}
 	}
-	return ok
+	return ok, ran
 }
 
 // middleboxClients returns a plain grpc-go client and a grpcguard one with
 // default options, both dialing from the client namespace. The grpcguard
-// client is what DialOptions() returns when HTTPS_PROXY is unset (bundle.go),
-// with the Dialer's own dial, socket options included, run in the namespace.
-// WithDialFunc cannot stand in for it: the Dialer sets no socket option on
-// the conns a dial function returns, so they would not be the defaults.
+// client is DialOptions() with a dial function that dials from there, with
+// the socket options grpcguard's own Dialer sets by default (a dial
+// function's conns get none from grpcguard: its dialer owns them).
 func middleboxClients(scenario string, reg *prometheus.Registry) []netns.Client {
 	m := grpcguard.NewMetrics(grpcguard.WithConstLabels(prometheus.Labels{"scenario": scenario + "-netns"}))
 	reg.MustRegister(m)
 	own := prometheus.NewRegistry() // this client's series alone, for its row
 	own.MustRegister(m)
-	opts := []grpcguard.Option{grpcguard.WithMetrics(m)}
+	nd := &net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: grpcguard.DefaultKeepAliveIdle,
+			Interval: grpcguard.DefaultKeepAliveInterval, Count: grpcguard.DefaultKeepAliveCount},
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(grpcguard.DefaultUserTimeout/time.Millisecond))
+			})
+			return errors.Join(err, serr)
+		},
+	}
 	return []netns.Client{
 		{Name: "plain grpc-go", Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
 			return []grpc.DialOption{grpc.WithContextDialer(ns.DialContext)}, nil
 		}},
 		{Name: "grpcguard", Metrics: own, Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
-			d := grpcguard.NewDialer(opts...)
-			return []grpc.DialOption{
-				grpc.WithContextDialer(ns.Wrap(d.DialContext)),
-				grpc.WithChainUnaryInterceptor(grpcguard.UnaryClientRetry(opts...), d.UnaryClientInterceptor()),
-				grpc.WithChainStreamInterceptor(grpcguard.StreamClientRetry(opts...), d.StreamClientInterceptor()),
-				grpc.WithDisableRetry(),
-			}, nil
+			dial := ns.Wrap(func(ctx context.Context, addr string) (net.Conn, error) {
+				return nd.DialContext(ctx, "tcp", addr)
+			})
+			return grpcguard.DialOptions(grpcguard.WithMetrics(m), grpcguard.WithDialFunc(dial))
 		}},
 	}
 }

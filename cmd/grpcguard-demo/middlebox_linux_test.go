@@ -22,10 +22,13 @@ func TestMiddleboxRows(t *testing.T) {
 	}
 	defer goleak.VerifyNone(t)
 	var out strings.Builder
-	ok := runMiddleboxes(&out, "all", 4, 1, prometheus.NewRegistry())
+	ok, ran := runMiddleboxes(&out, "all", 4, 1, prometheus.NewRegistry())
 	t.Logf("\n%s", out.String())
 	if !ok {
 		t.Error("a grpcguard row broke its promise")
+	}
+	if ran != 3 {
+		t.Errorf("%d scenarios ran, want 3", ran)
 	}
 	for _, name := range []string{"conntrack (netns)", "haproxy-fin (netns)", "haproxy-rst (netns)"} {
 		if !strings.Contains(out.String(), name) {
