@@ -28,6 +28,14 @@
 //     connection (closed, with no write in flight or begun since the attempt
 //     started), never a status text; the interceptors learn it without the
 //     Dialer's interceptor, in any chain order.
+//   - Request ids and UnaryServerDedup, a server interceptor that runs each
+//     id at most once and answers a repeat from the stored outcome (in
+//     memory, or in Redis with the redisstore module): a client that learned
+//     that its server deduplicates may then resend even a non-idempotent call
+//     whose reply was lost.
+//   - WithDialFunc and HTTP CONNECT proxies (HTTPS_PROXY, NO_PROXY, as
+//     grpc-go uses them), so that grpcguard's Dialer composes with the
+//     user's own dialer and network.
 //   - Metrics, a prometheus.Collector the user registers, counting above all
 //     stale connections by reason and the idle age at which they died.
 //
