@@ -283,7 +283,7 @@ func WithProbeAfterIdle(d time.Duration) ClientOption {
 // once (TCP_KEEPIDLE counts whole seconds, at least one), and below any idle
 // timeout a middlebox uses. The price is paid once per idle period, by the
 // first call after it: the time to the kernel's next timer tick plus one round
-// trip (2 ms median on loopback here). A busy connection is never checked.
+// trip (3.7 ms median on loopback here, HZ=250). A busy connection is never checked.
 // 0 turns the check off; otherwise d must be at least 1s.
 func WithVerifyAfterIdle(d time.Duration) ClientOption {
 	return clientOption(func(c *config) error {
