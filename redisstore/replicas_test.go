@@ -96,9 +96,10 @@ func scopeOf(t testing.TB, hdr metadata.MD) string {
 }
 
 // resend marks ctx as the resend of a call whose first attempt began at
-// start and may have run under scope: what the client's retry does once it
-// relies on deduplication (issue 11), done here by hand so that the server
-// half is proven on its own.
+// start and may have run under scope: what the client's retry does when it
+// relies on deduplication, made by hand here so that the server half is
+// proven on its own (TestReplicasSoakEveryIDRunsOnce goes through the
+// client's retry).
 func resend(ctx context.Context, scope string, start time.Time) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, grpcguard.ResendHeader,
 		"scope="+scope+";age-ms="+strconv.FormatInt(time.Since(start).Milliseconds(), 10))
