@@ -235,3 +235,42 @@ func Example_goGRPCMiddleware() {
 	fmt.Println(reply, err)
 	// Output: hedged <nil>
 }
+
+// An idle horizon set by hand: a connection idle for WithMaxIdle is retired
+// before the next call can pick it (closed, released by grpc, redialed), so
+// the call never meets the middlebox that would have killed it. Without the
+// option the horizon is learned from the idle age at which connections die.
+func ExampleWithMaxIdle() {
+	addr, stop, err := testsvc.Serve(&testsvc.Server{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stop()
+	m := grpcguard.NewMetrics()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	opts, err := grpcguard.DialOptions(grpcguard.WithMetrics(m), grpcguard.WithMaxIdle(50*time.Millisecond))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+addr, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	testsvc.Call(ctx, cc, testsvc.Echo, "before")
+	time.Sleep(80 * time.Millisecond) // idle past the horizon
+	_, err = testsvc.Call(ctx, cc, testsvc.Echo, "after")
+	fmt.Println("call after idle:", err)
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "grpcguard_connections_retired_total" {
+			fmt.Println("connections retired:", mf.GetMetric()[0].GetCounter().GetValue())
+		}
+	}
+	// Output:
+	// call after idle: <nil>
+	// connections retired: 1
+}
