@@ -305,7 +305,7 @@ func (c *conn) checkAfterIdle(now int64, idle time.Duration) error {
 		}
 	}
 	if v := c.d.cfg.verifyAfterIdle; v > 0 && idle >= v && c.path.ok() {
-		if err := c.verifyPath(idle); err != nil {
+		if err := c.verifyPath(); err != nil {
 			return err
 		}
 	}
@@ -313,9 +313,9 @@ func (c *conn) checkAfterIdle(now int64, idle time.Duration) error {
 }
 
 // verifyPath runs the path check and acts on its answer.
-func (c *conn) verifyPath(idle time.Duration) error {
+func (c *conn) verifyPath() error {
 	start := nanotime()
-	r := c.path.verify(idle)
+	r := c.path.verify()
 	c.d.cfg.metrics.verified(r, time.Duration(nanotime()-start))
 	if r != verifyStale {
 		if r == verifyAlive {

@@ -94,10 +94,10 @@ func (p *pathCheck) readInfo(fd uintptr) {
 	p.errno = e
 }
 
-// verify runs one check on a socket idle for idle (>= 1s: TCP_KEEPIDLE
-// counts whole seconds and re-arms at once only when it is not above the
-// time since the socket last received).
-func (p *pathCheck) verify(idle time.Duration) verifyResult {
+// verify runs one check on a socket idle at least 1s (TCP_KEEPIDLE counts
+// whole seconds and re-arms at once only when it is not above the time since
+// the socket last received).
+func (p *pathCheck) verify() verifyResult {
 	entered := nanotime()
 	p.mu.Lock()
 	defer p.mu.Unlock()

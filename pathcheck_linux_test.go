@@ -67,7 +67,7 @@ func TestPathCheckShared(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = c.path.verify(time.Second)
+			results[i] = c.path.verify()
 		}()
 	}
 	wg.Wait()
@@ -102,7 +102,7 @@ func BenchmarkPathCheck(b *testing.B) {
 		b.StopTimer()
 		time.Sleep(1100 * time.Millisecond) // idle, so the kick sends a probe at once
 		b.StartTimer()
-		if r := c.path.verify(time.Second); r != verifyAlive {
+		if r := c.path.verify(); r != verifyAlive {
 			b.Fatalf("verify = %v, want alive", r)
 		}
 		syscalls += c.path.syscalls
