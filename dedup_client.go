@@ -18,8 +18,8 @@ import (
 //
 // It is learned from facts of this client's own calls, never assumed: the
 // DedupHeader of responses, per method and per replica (peer address), or
-// declared by hand (WithServerDedup). A resend then names, in ResendHeader,
-// the store scope of the replica the earlier attempt went to, and its age;
+// declared by hand (WithServerDedup). A resend then names, in its request
+// id's parameters, the store scope of the replica the earlier attempt went to, and its age;
 // the replica the resend reaches answers from its store, or refuses when its
 // store cannot have seen the first attempt (another scope, or older than it
 // keeps ids). So a stale or wrong belief here costs a failed call, not a
@@ -232,12 +232,12 @@ func (k *dedupKnowledge) lookup(method string, peer net.Addr, now int64) (scope 
 	return p.scope, p.ttl, true
 }
 
-// resendContext marks the outgoing context of a resend that relies on
-// deduplication with ResendHeader: the scope and age of the call's first
-// attempt that may have run. Call it only when cover.used.
+// resendContext marks the request id of a resend that relies on
+// deduplication with the scope and age of the call's first attempt that may
+// have run (see RequestIDHeader). Call it only when cover.used.
 func (cover *dedupCover) resendContext(ctx context.Context, now int64) context.Context {
 	age := time.Duration(now - cover.first).Milliseconds()
-	return metadata.AppendToOutgoingContext(ctx, ResendHeader, "scope="+cover.scope+";age-ms="+strconv.FormatInt(age, 10))
+	return withIDParams(ctx, "resend-", ";resend-scope="+cover.scope+";resend-age-ms="+strconv.FormatInt(age, 10))
 }
 
 // dedupAdvert is a parsed DedupHeader.

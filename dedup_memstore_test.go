@@ -157,3 +157,10 @@ func TestDedupRecordRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// newClaim returns a claim record for fp with a fresh token.
+func newClaim(fp fingerprint) []byte {
+	b := make([]byte, claimLen)
+	fillClaim(b, fp)
+	return b
+}

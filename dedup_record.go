@@ -57,13 +57,12 @@ func fingerprintOf(method string, req proto.Message) (fingerprint, error) {
 	return sha256.Sum256(b), nil
 }
 
-// newClaim returns a claim record for fp with a fresh token.
-func newClaim(fp fingerprint) []byte {
-	b := make([]byte, claimLen)
+// fillClaim writes into b, claimLen bytes, a claim record for fp with a
+// fresh token.
+func fillClaim(b []byte, fp fingerprint) {
 	b[0] = recClaim
 	copy(b[1:], fp[:])
 	binary.LittleEndian.PutUint64(b[1+fpLen:], rand.Uint64())
-	return b
 }
 
 // storedOutcome is a stored result of a call.

@@ -24,21 +24,28 @@ import (
 // x-request-id.
 const (
 	// RequestIDHeader carries a call's request id: 32 hex digits (128
-	// random bits) from grpcguard clients; any value of 1 to 128 bytes is
-	// accepted.
+	// random bits) from grpcguard clients; any id of 1 to 128 bytes without
+	// ';' is accepted. The id may be followed by parameters, each after a
+	// ';', that concern one attempt and never the id:
+	//
+	//   - "advertise": the response carries DedupHeader. A client asks on
+	//     the few calls from which it learns, so that the other calls do not
+	//     pay for a header they would not read.
+	//   - "resend-scope=<scope>" and "resend-age-ms=<n>": the attempt is a
+	//     resend of a call whose earlier attempt may have run, under the
+	//     store scope the client learned from that attempt's replica (empty
+	//     when declared with WithServerDedup), n milliseconds ago. A server
+	//     that does not know the id refuses the resend when its store has
+	//     another scope or keeps ids for less than n ms: the first attempt
+	//     may have run where this server cannot see it.
+	//
+	// Unknown parameters are ignored.
 	RequestIDHeader = "grpcguard-request-id"
-	// DedupHeader is the response header by which UnaryServerDedup says that
-	// it deduplicated the call, under which store scope and for how long it
-	// keeps ids: "scope=<scope>;ttl-ms=<milliseconds>".
+	// DedupHeader is the response header by which UnaryServerDedup says,
+	// when the call's id asked for it ("advertise"), that it deduplicated the
+	// call, under which store scope and for how long it keeps ids:
+	// "scope=<scope>;ttl-ms=<milliseconds>".
 	DedupHeader = "grpcguard-dedup"
-	// ResendHeader marks a resend of a call whose earlier attempt may have
-	// run: "scope=<scope>;age-ms=<milliseconds>", the store scope the client
-	// learned from the replica of the first attempt (empty when declared by
-	// hand with WithServerDedup) and the time since the first attempt began.
-	// A server that does not know the id refuses the resend when its store
-	// has another scope or keeps ids for less than the age: the first
-	// attempt may have run where this server cannot see it.
-	ResendHeader = "grpcguard-resend"
 )
 
 // DefaultDedupTTL is how long UnaryServerDedup keeps a request id and its
@@ -163,14 +170,17 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 // goes on. Outcomes the interceptor produces itself (invalid ids, conflicts,
 // the caller's context ending while it waits, store failures) are not stored.
 //
-// Each deduplicated call's response carries DedupHeader: the store's scope
-// and its retention. Clients of this package learn from it, per replica, that
-// they may resend the method's calls; the header is never required.
+// The response to a deduplicated call whose id asks for it ("advertise", see
+// RequestIDHeader) carries DedupHeader: the store's scope and its retention.
+// Clients of this package ask on one call per method now and then, and learn
+// from it, per replica, that they may resend the method's calls. The header
+// is not set on other responses: it would cost every call a copy of the
+// response metadata (grpc-go's SetHeader, about 0.5µs) for nobody to read.
 //
-// A resend (ResendHeader) of an id this server does not know is refused with
-// FailedPrecondition when the store's scope differs from the one the client
-// names, or the first attempt is older than the store keeps ids: the first
-// attempt may have run somewhere this server cannot see.
+// A resend (the id's resend parameters) of an id this server does not know
+// is refused with FailedPrecondition when the store's scope differs from the
+// one the client names, or the first attempt is older than the store keeps
+// ids: the first attempt may have run somewhere this server cannot see.
 //
 // Requests that are not protobuf messages are not deduplicated, and neither
 // are streams: a stream's outcome is a sequence of messages, each possibly
@@ -210,11 +220,29 @@ type deduper struct {
 	types  sync.Map // full method -> protoreflect.MessageType of its reply
 }
 
-// advert is the DedupHeader value for one scope and retention, built once.
+// advert is the DedupHeader value for one scope and retention, built once
+// and kept until a shorter retention or another scope replaces it, or it is
+// advertTTL old.
 type advert struct {
 	scope string
 	ms    int64
+	until int64 // nanotime
 	md    metadata.MD
+}
+
+// advertTTL is how long an advert stands while the store's retention grows:
+// a store under pressure drops ids at ages that differ from one eviction to
+// the next, and rebuilding the header for each would cost every call.
+// Advertising the shortest of them for a while is safe: a client resends
+// only inside what it was told, and the server refuses a resend older than
+// what it keeps now.
+const advertTTL = time.Second
+
+// dedupCall is what one call under a claim keeps: the claim's bytes, which
+// the store may hold until Finish or Release, and the handler's metadata.
+type dedupCall struct {
+	claim [claimLen]byte
+	rec   recorder
 }
 
 func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -225,16 +253,18 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	if len(ids) == 0 {
 		return handler(ctx, req)
 	}
-	if len(ids) > 1 || len(ids[0]) == 0 || len(ids[0]) > maxRequestID {
-		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value of 1 to %d bytes", RequestIDHeader, maxRequestID)
+	if len(ids) > 1 {
+		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value", RequestIDHeader)
+	}
+	key, p, err := parseRequestID(ids[0])
+	if err != nil {
+		return nil, err
 	}
 	msg, ok := req.(proto.Message)
 	if !ok {
 		return handler(ctx, req)
 	}
-	key := ids[0]
 	if d.cfg.key != nil {
-		var err error
 		if key, err = d.cfg.key(ctx, key); err != nil {
 			return nil, status.Convert(err).Err()
 		}
@@ -243,9 +273,14 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	if err != nil {
 		return handler(ctx, req) // cannot tell requests apart: no dedup
 	}
+	// One allocation for what the call keeps while it runs: its claim (the
+	// same token in every round: only one of the call's claims is ever
+	// stored, and a stored one ends the loop) and the handler's metadata.
+	c := &dedupCall{}
+	claim := c.claim[:]
+	fillClaim(claim, fp)
 	waited := false
 	for range maxClaimRounds {
-		claim := newClaim(fp)
 		existing, scope, err := d.store.Claim(ctx, key, claim, d.cfg.ttl)
 		if err != nil {
 			d.cfg.metrics.storeErr(opClaim)
@@ -255,19 +290,14 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
 		}
 		if existing == nil {
-			resend, isResend, err := parseResend(ctx)
-			if err != nil {
-				d.release(ctx, key, claim, false)
-				return nil, err
-			}
-			if isResend {
-				if why := d.refusal(resend, scope); why != "" {
+			if p.resend {
+				if why := d.refusal(p, scope); why != "" {
 					d.release(ctx, key, claim, false)
 					d.cfg.metrics.refuse()
 					return nil, status.Errorf(codes.FailedPrecondition, "grpcguard: resend of request id refused: %s", why)
 				}
 			}
-			return d.run(ctx, req, info, handler, key, claim, fp, scope)
+			return d.run(ctx, req, info, handler, key, c, fp, scope, p.advertise)
 		}
 		for {
 			rec, err := decodeRecord(existing)
@@ -284,7 +314,7 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 				} else {
 					d.cfg.metrics.answer()
 				}
-				return d.replay(ctx, info.FullMethod, rec, scope)
+				return d.replay(ctx, info.FullMethod, rec, scope, p.advertise)
 			}
 			waited = true
 			existing, err = d.store.Wait(ctx, key, existing)
@@ -305,7 +335,7 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 
 // refusal says why a resend of an id this store did not know must not run,
 // or "" when it may.
-func (d *deduper) refusal(r resendInfo, scope string) string {
+func (d *deduper) refusal(r idParams, scope string) string {
 	if r.scope != "" && r.scope != scope {
 		return fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
 	}
@@ -317,10 +347,12 @@ func (d *deduper) refusal(r resendInfo, scope string) string {
 
 // run runs the handler under the claim and stores its outcome.
 func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler,
-	key string, claim []byte, fp fingerprint, scope string) (resp any, err error) {
+	key string, c *dedupCall, fp fingerprint, scope string, advertise bool) (resp any, err error) {
 	d.cfg.metrics.executed()
-	d.advertise(ctx, scope)
-	rec := &recorder{}
+	if advertise {
+		d.advertise(ctx, scope)
+	}
+	claim, rec := c.claim[:], &c.rec
 	if s := grpc.ServerTransportStreamFromContext(ctx); s != nil {
 		rec.ServerTransportStream = s
 		ctx = grpc.NewContextWithServerTransportStream(ctx, rec)
@@ -369,12 +401,14 @@ func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 }
 
 // replay answers a duplicate with a stored outcome.
-func (d *deduper) replay(ctx context.Context, method string, rec record, scope string) (any, error) {
+func (d *deduper) replay(ctx context.Context, method string, rec record, scope string, advertise bool) (any, error) {
 	o, err := rec.outcome()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed outcome for this request id")
 	}
-	d.advertise(ctx, scope)
+	if advertise {
+		d.advertise(ctx, scope)
+	}
 	_ = grpc.SetHeader(ctx, o.header)
 	_ = grpc.SetTrailer(ctx, o.trailer)
 	if o.status.GetCode() != int32(codes.OK) {
@@ -435,9 +469,9 @@ func (d *deduper) release(ctx context.Context, key string, claim []byte, count b
 func (d *deduper) advertise(ctx context.Context, scope string) {
 	ms := roundDown(d.store.Retention(d.cfg.ttl).Milliseconds())
 	a := d.advert.Load()
-	if a == nil || a.scope != scope || a.ms != ms {
+	if now := nanotime(); a == nil || a.scope != scope || ms < a.ms || now >= a.until {
 		v := "scope=" + scope + ";ttl-ms=" + strconv.FormatInt(ms, 10)
-		a = &advert{scope: scope, ms: ms, md: metadata.MD{DedupHeader: {v}}}
+		a = &advert{scope: scope, ms: ms, until: now + int64(advertTTL), md: metadata.MD{DedupHeader: {v}}}
 		d.advert.Store(a)
 	}
 	_ = grpc.SetHeader(ctx, a.md)
@@ -492,38 +526,44 @@ func (r *recorder) SetTrailer(md metadata.MD) error {
 	return err
 }
 
-// resendInfo is a parsed ResendHeader.
-type resendInfo struct {
-	scope string
-	age   time.Duration
+// idParams are the parameters that follow a request id in RequestIDHeader.
+type idParams struct {
+	advertise bool
+	resend    bool
+	scope     string        // resend-scope
+	age       time.Duration // resend-age-ms
 }
 
-func parseResend(ctx context.Context) (resendInfo, bool, error) {
-	vs := metadata.ValueFromIncomingContext(ctx, ResendHeader)
-	if len(vs) == 0 {
-		return resendInfo{}, false, nil
+// parseRequestID splits a RequestIDHeader value into the id and its
+// parameters. A value without parameters, the common case, costs one search
+// for ';'.
+func parseRequestID(v string) (string, idParams, error) {
+	id, rest, found := strings.Cut(v, ";")
+	var p idParams
+	if len(id) == 0 || len(id) > maxRequestID {
+		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: the id must be 1 to %d bytes", RequestIDHeader, maxRequestID)
 	}
-	bad := status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value \"scope=<scope>;age-ms=<n>\"", ResendHeader)
-	if len(vs) > 1 {
-		return resendInfo{}, false, bad
+	if !found {
+		return id, p, nil
 	}
-	var r resendInfo
-	seenAge := false
-	for _, f := range strings.Split(vs[0], ";") {
-		k, v, _ := strings.Cut(f, "=")
+	seenScope := false
+	for f := range strings.SplitSeq(rest, ";") {
+		k, val, _ := strings.Cut(f, "=")
 		switch k {
-		case "scope":
-			r.scope = v
-		case "age-ms":
-			ms, err := strconv.ParseInt(v, 10, 64)
+		case "advertise":
+			p.advertise = true
+		case "resend-scope":
+			p.scope, seenScope = val, true
+		case "resend-age-ms":
+			ms, err := strconv.ParseInt(val, 10, 64)
 			if err != nil || ms < 0 {
-				return resendInfo{}, false, bad
+				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-age-ms must be a number of milliseconds", RequestIDHeader)
 			}
-			r.age, seenAge = time.Duration(ms)*time.Millisecond, true
+			p.resend, p.age = true, time.Duration(ms)*time.Millisecond
 		}
 	}
-	if !seenAge {
-		return resendInfo{}, false, bad
+	if seenScope && !p.resend {
+		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-scope without resend-age-ms", RequestIDHeader)
 	}
-	return r, true, nil
+	return id, p, nil
 }

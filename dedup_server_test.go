@@ -61,7 +61,7 @@ func TestDedupSecondCallAnsweredFromStore(t *testing.T) {
 		return fmt.Sprintf("%s #%d", req, n.Add(1)), nil
 	}}
 	cc := newClient(t, dedupServer(t, srv, nil, nil, WithDedupMetrics(m)))
-	ctx := withRequestID(ctxTimeout(t, 5*time.Second), "id-1")
+	ctx := withRequestID(ctxTimeout(t, 5*time.Second), "id-1;advertise")
 	var replies []string
 	for range 3 {
 		var hdr, trl metadata.MD
@@ -87,8 +87,14 @@ func TestDedupSecondCallAnsweredFromStore(t *testing.T) {
 		t.Fatalf("executions %v answered %v, want 1 and 2", e, a)
 	}
 	// Another id runs again.
-	if out, err := testsvc.Call(withRequestID(ctxTimeout(t, 5*time.Second), "id-2"), cc, testsvc.Echo, "a"); err != nil || out != "a #2" {
+	// Without "advertise" the response carries no DedupHeader: only the
+	// handler's own header.
+	var hdr metadata.MD
+	if out, err := testsvc.Call(withRequestID(ctxTimeout(t, 5*time.Second), "id-2"), cc, testsvc.Echo, "a", grpc.Header(&hdr)); err != nil || out != "a #2" {
 		t.Fatalf("new id: %q, %v", out, err)
+	}
+	if len(hdr.Get(DedupHeader)) != 0 || hdr.Get("x-handler")[0] != "h" {
+		t.Fatalf("header %v: want the handler's and no DedupHeader (not asked)", hdr)
 	}
 }
 
@@ -289,7 +295,10 @@ func TestDedupInvalidIDAndOptions(t *testing.T) {
 	for _, md := range []metadata.MD{
 		metadata.Pairs(RequestIDHeader, strings.Repeat("x", maxRequestID+1)),
 		metadata.Pairs(RequestIDHeader, "a", RequestIDHeader, "b"),
-		metadata.Pairs(RequestIDHeader, "a", ResendHeader, "scope=x"),
+		metadata.Pairs(RequestIDHeader, ";advertise"),
+		metadata.Pairs(RequestIDHeader, "a;resend-scope=x"),
+		metadata.Pairs(RequestIDHeader, "a;resend-age-ms=-1"),
+		metadata.Pairs(RequestIDHeader, "a;resend-age-ms=x"),
 	} {
 		if _, err := testsvc.Call(metadata.NewOutgoingContext(ctx, md), cc, testsvc.Echo, "x"); status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("%v: %v, want InvalidArgument", md, err)
@@ -341,16 +350,16 @@ func TestDedupResendRules(t *testing.T) {
 	cc := newClient(t, dedupServer(t, srv, store, nil, WithDedupMetrics(m), WithDedupTTL(time.Minute)))
 	ctx := ctxTimeout(t, 5*time.Second)
 	resend := func(id, v string) error {
-		_, err := testsvc.Call(metadata.AppendToOutgoingContext(withRequestID(ctx, id), ResendHeader, v), cc, testsvc.Echo, id)
+		_, err := testsvc.Call(withRequestID(ctx, id+";"+v), cc, testsvc.Echo, id)
 		return err
 	}
 	// An id this store never saw, under another store's scope: the first
 	// attempt may have run there.
-	if err := resend("r1", "scope=mem-0000000000000000;age-ms=10"); status.Code(err) != codes.FailedPrecondition {
+	if err := resend("r1", "resend-scope=mem-0000000000000000;resend-age-ms=10"); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("other scope: %v, want FailedPrecondition", err)
 	}
 	// Older than the store keeps ids.
-	if err := resend("r2", "scope="+store.Scope()+";age-ms=60000"); status.Code(err) != codes.FailedPrecondition {
+	if err := resend("r2", "resend-scope="+store.Scope()+";resend-age-ms=60000"); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("too old: %v, want FailedPrecondition", err)
 	}
 	if srv.Calls() != 0 || testutil.ToFloat64(m.refused) != 2 {
@@ -363,12 +372,12 @@ func TestDedupResendRules(t *testing.T) {
 	// This store's scope, or declared by hand (no scope), within the
 	// retention: an unknown id never ran here, so it runs; a known one is
 	// answered.
-	for _, v := range []string{"scope=" + store.Scope() + ";age-ms=10", "scope=;age-ms=10"} {
+	for _, v := range []string{"resend-scope=" + store.Scope() + ";resend-age-ms=10", "resend-scope=;resend-age-ms=10", "resend-age-ms=10"} {
 		if err := resend("r3"+v, v); err != nil {
 			t.Fatalf("%s: %v", v, err)
 		}
 	}
-	if err := resend("r1", "scope=mem-0000000000000000;age-ms=10"); err != nil {
+	if err := resend("r1", "resend-scope=mem-0000000000000000;resend-age-ms=10"); err != nil {
 		t.Fatalf("known id resent under a wrong scope guess: %v, want its outcome", err)
 	}
 	if got := srv.Runs(testsvc.Echo, "r1"); got != 1 {
@@ -397,7 +406,7 @@ func TestDedupStoreDownFailsClosedOrOpen(t *testing.T) {
 			srv := &testsvc.Server{}
 			cc := newClient(t, dedupServer(t, srv, &failingStore{}, nil, opts...))
 			var hdr metadata.MD
-			_, err := testsvc.Call(withRequestID(ctxTimeout(t, 5*time.Second), "x"), cc, testsvc.Echo, "x", grpc.Header(&hdr))
+			_, err := testsvc.Call(withRequestID(ctxTimeout(t, 5*time.Second), "x;advertise"), cc, testsvc.Echo, "x", grpc.Header(&hdr))
 			if open {
 				if err != nil || srv.Calls() != 1 || len(hdr.Get(DedupHeader)) != 0 {
 					t.Fatalf("fail open: %v, %d runs, header %v; want the call run without dedup and no advert", err, srv.Calls(), hdr)
@@ -426,7 +435,7 @@ func TestDedupLostReplyResentRunsOnce(t *testing.T) {
 	ctx := ctxTimeout(t, 5*time.Second)
 	var hdr metadata.MD
 	direct := newClient(t, addr)
-	if _, err := testsvc.Call(withRequestID(ctx, "warm"), direct, testsvc.Get, "warm", grpc.Header(&hdr)); err != nil {
+	if _, err := testsvc.Call(withRequestID(ctx, "warm;advertise"), direct, testsvc.Get, "warm", grpc.Header(&hdr)); err != nil {
 		t.Fatal(err)
 	}
 	adv, ok := parseAdvert(hdr)
@@ -445,7 +454,7 @@ func TestDedupLostReplyResentRunsOnce(t *testing.T) {
 		t.Fatal("the server did not run the call whose reply was lost")
 	}
 	p.SetMode(faultproxy.Pass)
-	out, err := testsvc.Call(metadata.AppendToOutgoingContext(call, ResendHeader, "scope="+adv.scope+";age-ms=50"), cc, testsvc.Echo, "pay")
+	out, err := testsvc.Call(withRequestID(ctx, "lost;resend-scope="+adv.scope+";resend-age-ms=50"), cc, testsvc.Echo, "pay")
 	if err != nil || out != "pay #2" { // #1 was the warm-up call
 		t.Fatalf("resend: %q, %v; want the first outcome", out, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -58,12 +59,43 @@ func newRequestIDs(opts []Option) *requestIDs {
 	return &requestIDs{cfg: cfg}
 }
 
-// withID returns ctx with a new request id, unless the caller set one.
-func withID(ctx context.Context) context.Context {
+// withID returns ctx with a new request id, unless the caller set one; with
+// advertise, the id asks the server for DedupHeader.
+func withID(ctx context.Context, advertise bool) context.Context {
 	if len(metadata.ValueFromOutgoingContext(ctx, RequestIDHeader)) > 0 {
+		if advertise {
+			return withIDParams(ctx, "advertise", ";advertise")
+		}
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, RequestIDHeader, newRequestID())
+	id := newRequestID()
+	if advertise {
+		id += ";advertise" // one call per method per dedupObserveEvery
+	}
+	return metadata.AppendToOutgoingContext(ctx, RequestIDHeader, id)
+}
+
+// withIDParams returns ctx whose RequestIDHeader keeps its id and its
+// parameters but those starting with drop, and gains add. It copies the
+// outgoing metadata: for the rare calls that learn or resend.
+func withIDParams(ctx context.Context, drop, add string) context.Context {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	vs := md[RequestIDHeader]
+	if len(vs) != 1 {
+		return ctx
+	}
+	id, rest, _ := strings.Cut(vs[0], ";")
+	var b strings.Builder
+	b.WriteString(id)
+	for f := range strings.SplitSeq(rest, ";") {
+		if f != "" && !strings.HasPrefix(f, drop) {
+			b.WriteString(";")
+			b.WriteString(f)
+		}
+	}
+	b.WriteString(add)
+	md[RequestIDHeader] = []string{b.String()}
+	return metadata.NewOutgoingContext(ctx, md)
 }
 
 func (r *requestIDs) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -80,7 +112,7 @@ func (r *requestIDs) unary(ctx context.Context, method string, req, reply any, c
 		id = true
 	}
 	if id {
-		ctx = withID(ctx)
+		ctx = withID(ctx, observe)
 	}
 	if observe {
 		return observeCall(ctx, r.cfg.dedup, method, req, reply, cc, invoker, opts)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,7 +32,7 @@ type idAttempt struct {
 func (l *idLog) record(ctx context.Context, method string) {
 	id := ""
 	if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) == 1 {
-		id = v[0]
+		id, _, _ = strings.Cut(v[0], ";") // the id without its parameters
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -294,8 +295,12 @@ func TestDedupCovers(t *testing.T) {
 	if off.dedupCovers(&dedupCover{}, m, nil, t0+0, t0+ms) {
 		t.Fatal("covered without request ids")
 	}
-	if got := (&dedupCover{used: true, scope: "s1", first: 0}).resendContext(context.Background(), 1500*ms); metadata.ValueFromOutgoingContext(got, ResendHeader)[0] != "scope=s1;age-ms=1500" {
-		t.Fatalf("resend header: %v", metadata.ValueFromOutgoingContext(got, ResendHeader))
+	// The resend keeps the id and its other parameters, and replaces an
+	// earlier resend's.
+	idCtx := metadata.AppendToOutgoingContext(context.Background(), RequestIDHeader, "abc;advertise;resend-age-ms=1")
+	got := (&dedupCover{used: true, scope: "s1", first: 0}).resendContext(idCtx, 1500*ms)
+	if v := metadata.ValueFromOutgoingContext(got, RequestIDHeader); len(v) != 1 || v[0] != "abc;advertise;resend-scope=s1;resend-age-ms=1500" {
+		t.Fatalf("resend id: %v", v)
 	}
 	if _, err := newConfig([]Option{WithServerDedup("nope")}); err == nil ||
 		err.Error() != `grpcguard: invalid option: WithServerDedup("nope"): must be a full method name "/pkg.Service/Method" or "/pkg.Service/*"` {

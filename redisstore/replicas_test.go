@@ -101,8 +101,10 @@ func scopeOf(t testing.TB, hdr metadata.MD) string {
 // proven on its own (TestReplicasSoakEveryIDRunsOnce goes through the
 // client's retry).
 func resend(ctx context.Context, scope string, start time.Time) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, grpcguard.ResendHeader,
-		"scope="+scope+";age-ms="+strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+	md, _ := metadata.FromOutgoingContext(ctx)
+	id := md.Get(grpcguard.RequestIDHeader)[0]
+	md.Set(grpcguard.RequestIDHeader, id+";resend-scope="+scope+";resend-age-ms="+strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+	return metadata.NewOutgoingContext(ctx, md)
 }
 
 // TestReplicasLostReplyResentOnOtherReplicaRunsOnce: two replicas share one
@@ -144,7 +146,7 @@ func TestReplicasLostReplyResentOnOtherReplicaRunsOnce(t *testing.T) {
 		}
 		id := "call-" + strconv.Itoa(i)
 		start = time.Now()
-		_, _, hdr, err := call(withID(ctx, id), cc, testsvc.Echo, "pay "+id)
+		_, _, hdr, err := call(withID(ctx, id+";advertise"), cc, testsvc.Echo, "pay "+id)
 		switch {
 		case err == nil:
 			scope = scopeOf(t, hdr)
@@ -159,7 +161,7 @@ func TestReplicasLostReplyResentOnOtherReplicaRunsOnce(t *testing.T) {
 	}
 	if scope == "" {
 		// Every call so far was the lost one: learn the scope from B.
-		_, _, hdr, err := call(withID(ctx, "warm"), dial(t, "passthrough:///"+b.addr), testsvc.Echo, "warm")
+		_, _, hdr, err := call(withID(ctx, "warm;advertise"), dial(t, "passthrough:///"+b.addr), testsvc.Echo, "warm")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +292,7 @@ func TestReplicasRedisDown(t *testing.T) {
 		t.Fatal("fail closed ran the handler")
 	}
 	var hdr metadata.MD
-	reply, err = testsvc.Call(withID(ctx, "k3"), dial(t, "passthrough:///"+open.addr), testsvc.Echo, "x", grpc.Header(&hdr))
+	reply, err = testsvc.Call(withID(ctx, "k3;advertise"), dial(t, "passthrough:///"+open.addr), testsvc.Echo, "x", grpc.Header(&hdr))
 	if err != nil || reply != "ok x" || len(hdr.Get(grpcguard.DedupHeader)) != 0 {
 		t.Fatalf("fail open: %q, %v, header %v; want the reply and no advert", reply, err, hdr)
 	}
