@@ -3,9 +3,12 @@ package grpcguard
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -18,19 +21,20 @@ const (
 	DefaultMemoryStoreMaxEntries = 1 << 18
 )
 
-// memEntryOverhead is what an entry costs beyond its key and value: the entry
-// struct, its map slot and list links, rounded up. MaxBytes counts it.
+// memEntryOverhead is what a running claim costs beyond its key and value:
+// its map slot and struct, rounded up. MaxBytes counts it.
 const memEntryOverhead = 128
 
 // MemoryStoreConfig sizes a MemoryStore. Zero fields take their defaults;
 // negative ones are invalid.
 type MemoryStoreConfig struct {
-	// MaxBytes bounds the bytes held: keys, values and memEntryOverhead (128)
-	// per entry. Default 64 MiB, about 200,000 outcomes of small calls. When
-	// full, the oldest finished outcomes are dropped first (counted as
-	// evictions) and the store advertises the shorter retention; running
-	// calls are never dropped: a claim that cannot fit fails with
-	// ErrStoreFull.
+	// MaxBytes bounds the bytes held: the segments outcomes are kept in,
+	// and each running claim's key, value and 128 bytes of overhead.
+	// Default 64 MiB, about 200,000 outcomes of small calls. When full, the
+	// oldest outcomes are dropped first, a segment of up to 64 KiB at a
+	// time (counted as evictions), and the store advertises the shorter
+	// retention; running calls are never dropped: a claim that cannot fit
+	// fails with ErrStoreFull.
 	MaxBytes int64
 	// MaxEntries bounds the number of ids held. Default 262,144.
 	MaxEntries int
@@ -46,7 +50,11 @@ type MemoryStoreConfig struct {
 //
 // It is split into shards, each with its own lock and its share of the
 // bounds, so that calls do not contend on one lock; the total never exceeds
-// MaxBytes and MaxEntries. Safe for concurrent use.
+// MaxBytes and MaxEntries. Outcomes are appended to segments, byte slices
+// indexed by a hash of their key, so that a store of a million outcomes is a
+// few thousand objects without pointers: the garbage collector neither
+// scans them nor is paced by allocating them one by one. Safe for concurrent
+// use.
 type MemoryStore struct {
 	scope  string
 	seed   maphash.Seed
@@ -54,32 +62,77 @@ type MemoryStore struct {
 	mask   uint64
 	m      *DedupMetrics
 
-	// The most recent eviction of an id before its TTL: when and at what
-	// age. Written only on eviction.
+	// The most recent eviction of ids before their TTL: when and at what
+	// age (of the youngest one dropped). Written only on eviction.
 	evictedAt  atomic.Int64
 	evictedAge atomic.Int64
 }
 
 type memShard struct {
-	mu         sync.Mutex
-	entries    map[string]*memEntry
-	head, tail *memEntry // finished entries, oldest first; running claims are not listed
-	bytes      int64
+	mu sync.Mutex
+	// index maps the hash of each key held to where its value is:
+	// runningBit | a slot in claims, or segment seq<<32 | offset of its
+	// outcome record.
+	index  map[uint64]uint64
+	claims []memClaim // running claims; free slots have no key
+	free   []uint32
+	segs   []*memSegment // oldest first; segs[i].seq == first+i
+	first  uint64
+	bytes  int64 // segments' capacity and running claims
+	// Bounds of this shard, and the size of its segments.
 	maxBytes   int64
 	maxEntries int
+	segSize    int
 	_          [64]byte // keep shards' locks on separate cache lines
 }
 
-type memEntry struct {
-	key        string
-	value      []byte
-	finished   int64 // nanotime of Finish; 0 while running
-	expires    int64 // nanotime
-	done       chan struct{}
-	prev, next *memEntry
+const runningBit = 1 << 63
+
+// memClaim is a running claim.
+type memClaim struct {
+	key     string
+	value   []byte // the caller's, unchanged until Finish or Release
+	expires int64  // nanotime
+	done    chan struct{}
 }
 
-func (e *memEntry) size() int64 { return int64(len(e.key) + len(e.value) + memEntryOverhead) }
+func claimSize(key string, value []byte) int64 {
+	return int64(len(key) + len(value) + memEntryOverhead)
+}
+
+// memSegment holds outcome records, appended in the order they finished:
+//
+//	length u32, key hash u64, finished i64, expires i64, key length u32, key, value
+type memSegment struct {
+	seq     uint64
+	buf     []byte
+	newest  int64 // finished time of its newest record
+	expires int64 // latest expiry of its records
+}
+
+const recHeader = 4 + 8 + 8 + 8 + 4
+
+// memRecord is a decoded record header.
+type memRecord struct {
+	hash              uint64
+	finished, expires int64
+	key, value        []byte
+	end               int
+}
+
+func readRecord(b []byte, off int) memRecord {
+	h := b[off:]
+	n := int(binary.LittleEndian.Uint32(h))
+	k := int(binary.LittleEndian.Uint32(h[28:]))
+	return memRecord{
+		hash:     binary.LittleEndian.Uint64(h[4:]),
+		finished: int64(binary.LittleEndian.Uint64(h[12:])),
+		expires:  int64(binary.LittleEndian.Uint64(h[20:])),
+		key:      h[recHeader : recHeader+k],
+		value:    h[recHeader+k : n],
+		end:      off + n,
+	}
+}
 
 // NewMemoryStore returns a MemoryStore sized by cfg. It fails, with an error
 // matching ErrInvalidOption, only for negative sizes.
@@ -113,17 +166,20 @@ func NewMemoryStore(cfg MemoryStoreConfig) (*MemoryStore, error) {
 		m:      cfg.Metrics,
 	}
 	for i := range s.shards {
+		limit := cfg.MaxBytes / int64(n)
 		s.shards[i] = memShard{
-			entries:    make(map[string]*memEntry),
-			maxBytes:   cfg.MaxBytes / int64(n),
+			index:      make(map[uint64]uint64),
+			maxBytes:   limit,
 			maxEntries: cfg.MaxEntries / n,
+			segSize:    int(min(max(limit/16, 1<<10), 64<<10)),
 		}
 	}
 	return s, nil
 }
 
-func (s *MemoryStore) shard(key string) *memShard {
-	return &s.shards[maphash.String(s.seed, key)&s.mask]
+func (s *MemoryStore) shard(key string) (*memShard, uint64) {
+	h := maphash.String(s.seed, key)
+	return &s.shards[h&s.mask], h
 }
 
 // MemoryStoreStats is a snapshot of a MemoryStore.
@@ -138,7 +194,7 @@ func (s *MemoryStore) Stats() MemoryStoreStats {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		st.Entries += len(sh.entries)
+		st.Entries += len(sh.index)
 		st.Bytes += sh.bytes
 		sh.mu.Unlock()
 	}
@@ -148,84 +204,112 @@ func (s *MemoryStore) Stats() MemoryStoreStats {
 // Scope returns the store's scope: "mem-" and 16 random hex digits.
 func (s *MemoryStore) Scope() string { return s.scope }
 
-// Claim implements Store.
+// Claim implements Store. It keeps value, unchanged, until Finish or
+// Release.
 func (s *MemoryStore) Claim(_ context.Context, key string, value []byte, ttl time.Duration) ([]byte, string, error) {
-	sh := s.shard(key)
+	sh, h := s.shard(key)
 	now := nanotime()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e := sh.lookup(key, now); e != nil {
-		return e.value, s.scope, nil
+	cur, held, err := s.current(sh, key, h, now)
+	if held || err != nil {
+		return cur, s.scope, err
 	}
-	e := &memEntry{key: key, value: value, expires: now + int64(ttl)}
-	if !s.makeRoom(sh, e.size(), 1, now) {
-		return nil, s.scope, fmt.Errorf("%w: %d ids, %d bytes in this shard", ErrStoreFull, len(sh.entries), sh.bytes)
+	size := claimSize(key, value)
+	if !s.makeRoom(sh, size, 1, now) {
+		return nil, s.scope, fmt.Errorf("%w: %d ids, %d bytes in this shard", ErrStoreFull, len(sh.index), sh.bytes)
 	}
-	sh.entries[key] = e
-	sh.bytes += e.size()
+	var i uint32
+	if n := len(sh.free); n > 0 {
+		i, sh.free = sh.free[n-1], sh.free[:n-1]
+	} else {
+		i = uint32(len(sh.claims))
+		sh.claims = append(sh.claims, memClaim{})
+	}
+	sh.claims[i] = memClaim{key: key, value: value, expires: now + int64(ttl)}
+	sh.index[h] = runningBit | uint64(i)
+	sh.bytes += size
 	return nil, s.scope, nil
 }
 
-// Finish implements Store. An outcome that cannot fit even after dropping
-// every finished id of its shard fails with ErrStoreFull and leaves the claim
-// in place.
+// Finish implements Store: it copies outcome. An outcome that cannot fit even
+// after dropping every outcome of its shard fails with ErrStoreFull and
+// leaves the claim in place.
 func (s *MemoryStore) Finish(_ context.Context, key string, claim, outcome []byte, ttl time.Duration) error {
-	sh := s.shard(key)
+	sh, h := s.shard(key)
 	now := nanotime()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.lookup(key, now)
-	if e == nil || e.finished != 0 || !bytes.Equal(e.value, claim) {
+	c := sh.claim(key, h, now)
+	if c == nil || !bytes.Equal(c.value, claim) {
 		return ErrClaimLost
 	}
-	grow := int64(len(outcome) - len(e.value))
-	if grow > 0 && !s.makeRoom(sh, grow, 0, now) {
-		return fmt.Errorf("%w: outcome of %d bytes does not fit", ErrStoreFull, len(outcome))
+	n := recHeader + len(key) + len(outcome)
+	seg := sh.last()
+	if seg == nil || len(seg.buf)+n > cap(seg.buf) {
+		size := max(sh.segSize, n)
+		if !s.makeRoom(sh, int64(size), 0, now) {
+			return fmt.Errorf("%w: outcome of %d bytes does not fit", ErrStoreFull, len(outcome))
+		}
+		seg = &memSegment{seq: sh.first + uint64(len(sh.segs)), buf: make([]byte, 0, size)}
+		sh.segs = append(sh.segs, seg)
+		sh.bytes += int64(size)
 	}
-	sh.bytes += grow
-	e.value, e.finished, e.expires = outcome, now, now+int64(ttl)
-	sh.push(e)
-	e.wake()
+	off := len(seg.buf)
+	b := binary.LittleEndian.AppendUint32(seg.buf, uint32(n))
+	b = binary.LittleEndian.AppendUint64(b, h)
+	b = binary.LittleEndian.AppendUint64(b, uint64(now))
+	b = binary.LittleEndian.AppendUint64(b, uint64(now+int64(ttl)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(key)))
+	b = append(append(b, key...), outcome...)
+	seg.buf = b
+	seg.newest, seg.expires = now, max(seg.expires, now+int64(ttl))
+	sh.dropClaim(h)
+	sh.index[h] = seg.seq<<32 | uint64(off)
 	return nil
 }
 
 // Release implements Store.
 func (s *MemoryStore) Release(_ context.Context, key string, claim []byte) error {
-	sh := s.shard(key)
+	sh, h := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.entries[key]
-	if e == nil || e.finished != 0 || !bytes.Equal(e.value, claim) {
+	c := sh.claim(key, h, math.MinInt64)
+	if c == nil || !bytes.Equal(c.value, claim) {
 		return ErrClaimLost
 	}
-	sh.remove(e)
+	sh.dropClaim(h)
+	delete(sh.index, h)
 	return nil
 }
 
-// Wait implements Store: it blocks on a channel the entry closes when it
-// changes.
+// Wait implements Store: it blocks on a channel the claim closes when it is
+// finished or released, and wakes when the claim expires.
 func (s *MemoryStore) Wait(ctx context.Context, key string, running []byte) ([]byte, error) {
-	sh := s.shard(key)
+	sh, h := s.shard(key)
 	for {
+		now := nanotime()
 		sh.mu.Lock()
-		e := sh.lookup(key, nanotime())
-		if e == nil || !bytes.Equal(e.value, running) {
+		c := sh.claim(key, h, now)
+		if c == nil || !bytes.Equal(c.value, running) {
+			cur, _, err := s.current(sh, key, h, now)
 			sh.mu.Unlock()
-			if e == nil {
-				return nil, nil
-			}
-			return e.value, nil
+			return cur, err
 		}
-		if e.done == nil {
-			e.done = make(chan struct{})
+		if c.done == nil {
+			c.done = make(chan struct{})
 		}
-		done := e.done
+		done, wait := c.done, time.Duration(c.expires-now)
 		sh.mu.Unlock()
+		t := time.NewTimer(wait)
 		select {
 		case <-done:
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
 			return nil, ctx.Err()
 		}
+		t.Stop()
 	}
 }
 
@@ -239,70 +323,134 @@ func (s *MemoryStore) Retention(ttl time.Duration) time.Duration {
 	return min(ttl, time.Duration(s.evictedAge.Load()))
 }
 
-// lookup returns the live entry of key, removing it if it expired. A running
-// claim expires too: its owner stopped without finishing within the TTL.
-func (sh *memShard) lookup(key string, now int64) *memEntry {
-	e := sh.entries[key]
-	if e != nil && now >= e.expires {
-		sh.remove(e)
-		return nil
+// errHashCollision fails a claim whose key has the 64-bit hash of another
+// key running in the same shard: a chance of about n/2^64 with n claims
+// running, failed closed rather than handled.
+var errHashCollision = errors.New("grpcguard: memory store: another running request id has the same hash")
+
+// current returns what key holds at now, and whether it holds anything:
+// its running claim, or a copy of its outcome (the segment may be reused
+// once the lock is released). What expired is dropped; an outcome of
+// another key with the same hash is dropped too, as an early eviction, so
+// that the key may be claimed.
+func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]byte, bool, error) {
+	loc, ok := sh.index[h]
+	switch {
+	case !ok:
+		return nil, false, nil
+	case loc&runningBit != 0:
+		c := &sh.claims[uint32(loc)]
+		if c.key != key {
+			return nil, false, errHashCollision
+		}
+		if now >= c.expires {
+			sh.dropClaim(h)
+			delete(sh.index, h)
+			return nil, false, nil
+		}
+		return c.value, true, nil
 	}
-	return e
+	r := sh.record(loc)
+	if now >= r.expires {
+		delete(sh.index, h)
+		return nil, false, nil
+	}
+	if string(r.key) != key {
+		delete(sh.index, h)
+		s.m.evicted()
+		s.evictedEarly(r.finished, now)
+		return nil, false, nil
+	}
+	return bytes.Clone(r.value), true, nil
 }
 
-// makeRoom drops expired entries, then the oldest finished ones, until size
-// more bytes and n more entries fit. Running claims are never dropped.
-func (s *MemoryStore) makeRoom(sh *memShard, size int64, n int, now int64) bool {
-	if size > sh.maxBytes {
-		return false
+// claim returns the running claim of key, or nil; one that expired before
+// now is dropped: its owner stopped without finishing within the TTL.
+func (sh *memShard) claim(key string, h uint64, now int64) *memClaim {
+	loc, ok := sh.index[h]
+	if !ok || loc&runningBit == 0 {
+		return nil
 	}
-	for sh.bytes+size > sh.maxBytes || len(sh.entries)+n > sh.maxEntries {
-		e := sh.head
-		if e == nil {
+	c := &sh.claims[uint32(loc)]
+	if c.key != key {
+		return nil
+	}
+	if now >= c.expires {
+		sh.dropClaim(h)
+		delete(sh.index, h)
+		return nil
+	}
+	return c
+}
+
+// dropClaim frees the slot of the running claim of h, waking its waiters,
+// and leaves h's index entry to the caller.
+func (sh *memShard) dropClaim(h uint64) {
+	i := uint32(sh.index[h])
+	c := &sh.claims[i]
+	sh.bytes -= claimSize(c.key, c.value)
+	if c.done != nil {
+		close(c.done)
+	}
+	*c = memClaim{}
+	sh.free = append(sh.free, i)
+}
+
+func (sh *memShard) last() *memSegment {
+	if len(sh.segs) == 0 {
+		return nil
+	}
+	return sh.segs[len(sh.segs)-1]
+}
+
+func (sh *memShard) record(loc uint64) memRecord {
+	return readRecord(sh.segs[loc>>32-sh.first].buf, int(uint32(loc)))
+}
+
+// makeRoom drops segments whose outcomes all expired, then the oldest ones,
+// until size more bytes and n more entries fit. Running claims are never
+// dropped.
+func (s *MemoryStore) makeRoom(sh *memShard, size int64, n int, now int64) bool {
+	for len(sh.segs) > 0 && sh.segs[0].expires <= now {
+		s.dropSegment(sh, now)
+	}
+	for sh.bytes+size > sh.maxBytes || len(sh.index)+n > sh.maxEntries {
+		if len(sh.segs) == 0 {
 			return false
 		}
-		if now < e.expires {
-			s.evictedAt.Store(now)
-			s.evictedAge.Store(now - e.finished)
-			s.m.evicted()
-		}
-		sh.remove(e)
+		s.dropSegment(sh, now)
 	}
 	return true
 }
 
-func (sh *memShard) push(e *memEntry) {
-	e.prev, e.next = sh.tail, nil
-	if sh.tail != nil {
-		sh.tail.next = e
-	} else {
-		sh.head = e
+// dropSegment drops the oldest segment and the index entries of its
+// outcomes, counting those dropped before their TTL.
+func (s *MemoryStore) dropSegment(sh *memShard, now int64) {
+	seg := sh.segs[0]
+	youngest := int64(0)
+	for off := 0; off < len(seg.buf); {
+		r := readRecord(seg.buf, off)
+		if loc, ok := sh.index[r.hash]; ok && loc == seg.seq<<32|uint64(off) {
+			delete(sh.index, r.hash)
+			if now < r.expires {
+				s.m.evicted()
+				youngest = max(youngest, r.finished)
+			}
+		}
+		off = r.end
 	}
-	sh.tail = e
+	if youngest != 0 {
+		s.evictedEarly(youngest, now)
+	}
+	sh.bytes -= int64(cap(seg.buf))
+	sh.segs[0] = nil
+	sh.segs = sh.segs[1:]
+	sh.first++
 }
 
-func (sh *memShard) remove(e *memEntry) {
-	if e.finished != 0 {
-		if e.prev != nil {
-			e.prev.next = e.next
-		} else {
-			sh.head = e.next
-		}
-		if e.next != nil {
-			e.next.prev = e.prev
-		} else {
-			sh.tail = e.prev
-		}
-		e.prev, e.next = nil, nil
-	}
-	delete(sh.entries, e.key)
-	sh.bytes -= e.size()
-	e.wake()
-}
-
-func (e *memEntry) wake() {
-	if e.done != nil {
-		close(e.done)
-		e.done = nil
-	}
+// evictedEarly records that an outcome finished at finished was dropped at
+// now, before its TTL: the store keeps ids that long for now.
+func (s *MemoryStore) evictedEarly(finished, now int64) {
+	s.evictedAt.Store(now)
+	s.evictedAge.Store(now - finished)
 }

@@ -1,6 +1,7 @@
 package grpcguard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -163,4 +164,155 @@ func newClaim(fp fingerprint) []byte {
 	b := make([]byte, claimLen)
 	fillClaim(b, fp)
 	return b
+}
+
+// TestMemoryStoreSegments: outcomes of every size read back whole, also
+// one larger than a segment and after their segments filled; an outcome
+// larger than the store fails with ErrStoreFull and leaves the claim; whole
+// segments are dropped oldest first, each early drop counted, and the
+// retention is the age of the youngest one dropped.
+func TestMemoryStoreSegments(t *testing.T) {
+	m := NewDedupMetrics()
+	store, err := NewMemoryStore(MemoryStoreConfig{MaxBytes: 64 << 10, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(store.shards) != 1 || store.shards[0].segSize != 4<<10 {
+		t.Fatalf("%d shards with segments of %d bytes, want 1 of 4 KiB", len(store.shards), store.shards[0].segSize)
+	}
+	ctx := context.Background()
+	put := func(key string, outcome []byte) error {
+		c := newClaim(fingerprint{})
+		if existing, _, err := store.Claim(ctx, key, c, time.Minute); err != nil || existing != nil {
+			t.Fatalf("claim %s: %q, %v", key, existing, err)
+		}
+		return store.Finish(ctx, key, c, outcome, time.Minute)
+	}
+	get := func(key string) []byte {
+		c := newClaim(fingerprint{})
+		existing, _, err := store.Claim(ctx, key, c, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if existing == nil {
+			_ = store.Release(ctx, key, c) // not held: drop the claim just made
+		}
+		return existing
+	}
+	outcome := func(i, n int) []byte {
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(i + j)
+		}
+		return b
+	}
+	sizes := []int{0, 1, 100, 3000, 5000, 20000} // 5000 and 20000: larger than a segment
+	for i, n := range sizes {
+		if err := put(fmt.Sprint("k", i), outcome(i, n)); err != nil {
+			t.Fatalf("outcome of %d bytes: %v", n, err)
+		}
+	}
+	for i, n := range sizes {
+		if got := get(fmt.Sprint("k", i)); !bytes.Equal(got, outcome(i, n)) {
+			t.Fatalf("outcome %d of %d bytes read back as %d bytes", i, n, len(got))
+		}
+	}
+	if ev := testutil.ToFloat64(m.evictions); ev != 0 {
+		t.Fatalf("%v evictions before the store was full", ev)
+	}
+	c := newClaim(fingerprint{})
+	store.Claim(ctx, "huge", c, time.Minute)
+	if err := store.Finish(ctx, "huge", c, make([]byte, 65<<10), time.Minute); !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("outcome larger than the store: %v, want ErrStoreFull", err)
+	}
+	if err := store.Finish(ctx, "huge", c, []byte("small"), time.Minute); err != nil {
+		t.Fatalf("the claim was not left in place: %v", err)
+	}
+	// Fill with small outcomes: the oldest segments go first.
+	for i := range 2000 {
+		if err := put(fmt.Sprint("f", i), outcome(i, 40)); err != nil {
+			t.Fatal(err)
+		}
+		if st := store.Stats(); st.Bytes > 64<<10 {
+			t.Fatalf("%d bytes held, cap %d", st.Bytes, 64<<10)
+		}
+	}
+	st := store.Stats()
+	ev := int(testutil.ToFloat64(m.evictions))
+	if ev+st.Entries != len(sizes)+1+2000 {
+		t.Fatalf("%d evictions + %d entries != %d ids", ev, st.Entries, len(sizes)+1+2000)
+	}
+	if get("k0") != nil || !bytes.Equal(get("f1999"), outcome(1999, 40)) {
+		t.Fatal("want the oldest dropped and the newest kept")
+	}
+	if r := store.Retention(time.Minute); r >= time.Minute {
+		t.Fatalf("retention %v after early drops", r)
+	}
+}
+
+// TestMemoryStoreExpiredNotCounted: outcomes dropped after their TTL are
+// not evictions and do not shorten the retention.
+func TestMemoryStoreExpiredNotCounted(t *testing.T) {
+	m := NewDedupMetrics()
+	store, _ := NewMemoryStore(MemoryStoreConfig{MaxBytes: 16 << 10, Metrics: m})
+	ctx := context.Background()
+	for i := range 400 {
+		c := newClaim(fingerprint{})
+		key := fmt.Sprint("e", i)
+		store.Claim(ctx, key, c, time.Millisecond)
+		if err := store.Finish(ctx, key, c, make([]byte, 40), time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Microsecond)
+		if i%100 == 99 {
+			time.Sleep(2 * time.Millisecond) // everything so far expires
+		}
+	}
+	if ev := testutil.ToFloat64(m.evictions); ev != 0 {
+		t.Fatalf("%v expired outcomes counted as evictions", ev)
+	}
+	if r := store.Retention(time.Minute); r != time.Minute {
+		t.Fatalf("retention %v, want the TTL", r)
+	}
+}
+
+// TestMemoryStoreHashCollision: another key with the same 64-bit hash (made
+// here by hand: it takes about 2^32 keys to find one) never reads the
+// first key's value: a running claim fails the new claim closed, an outcome
+// is dropped as an early eviction.
+func TestMemoryStoreHashCollision(t *testing.T) {
+	m := NewDedupMetrics()
+	store, _ := NewMemoryStore(MemoryStoreConfig{Metrics: m})
+	ctx := context.Background()
+	sh, h := store.shard("a")
+	b := "b"
+	for i := 0; ; i++ { // a key of the same shard
+		if shb, _ := store.shard(b); shb == sh {
+			break
+		}
+		b = fmt.Sprint("b", i)
+	}
+	alias := func() {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		_, hb := store.shard(b)
+		delete(sh.index, hb)
+		sh.index[hb] = sh.index[h]
+	}
+	c := newClaim(fingerprint{1})
+	store.Claim(ctx, "a", c, time.Minute)
+	alias()
+	if existing, _, err := store.Claim(ctx, b, newClaim(fingerprint{2}), time.Minute); existing != nil || !errors.Is(err, errHashCollision) {
+		t.Fatalf("claim colliding with a running one: %q, %v; want the collision error", existing, err)
+	}
+	if err := store.Finish(ctx, "a", c, []byte("a's reply"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	alias()
+	if existing, _, err := store.Claim(ctx, b, newClaim(fingerprint{2}), time.Minute); existing != nil || err != nil {
+		t.Fatalf("claim colliding with an outcome: %q, %v; want a new claim", existing, err)
+	}
+	if ev := testutil.ToFloat64(m.evictions); ev != 1 || store.Retention(time.Minute) >= time.Minute {
+		t.Fatalf("evictions %v, retention %v: the dropped outcome must count", ev, store.Retention(time.Minute))
+	}
 }

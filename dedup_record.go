@@ -40,9 +40,13 @@ var errBadRecord = errors.New("grpcguard: malformed dedup record")
 // would hand one request the outcome of another.
 type fingerprint [fpLen]byte
 
-// marshalBufs holds the buffers fingerprints are encoded in, so that
-// fingerprinting allocates nothing once a buffer has grown.
+// marshalBufs holds the buffers requests and outcomes are encoded in, so
+// that fingerprinting and storing allocate nothing once a buffer has grown.
+// A buffer grown past maxPooledBuf by a large message is left to the
+// collector, so that the pool does not pin it.
 var marshalBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledBuf = 64 << 10
 
 func fingerprintOf(method string, req proto.Message) (fingerprint, error) {
 	bp := marshalBufs.Get().(*[]byte)
@@ -53,7 +57,9 @@ func fingerprintOf(method string, req proto.Message) (fingerprint, error) {
 	if err != nil {
 		return fingerprint{}, err
 	}
-	*bp = b[:0]
+	if cap(b) <= maxPooledBuf {
+		*bp = b[:0]
+	}
 	return sha256.Sum256(b), nil
 }
 
@@ -86,6 +92,9 @@ func appendString(b []byte, v string) []byte {
 }
 
 func appendMD(b []byte, md metadata.MD) []byte {
+	if len(md) == 0 {
+		return append(b, 0)
+	}
 	n := 0
 	for _, vs := range md {
 		n += len(vs)
@@ -99,45 +108,36 @@ func appendMD(b []byte, md metadata.MD) []byte {
 	return b
 }
 
-// encodeOutcome returns the outcome record of o for fp. The reply is encoded
-// in place, so that it is not copied.
-func encodeOutcome(fp fingerprint, o storedOutcome) ([]byte, error) {
-	var st []byte
-	if o.status != nil && o.status.GetCode() != 0 {
-		var err error
-		if st, err = proto.Marshal(o.status); err != nil {
-			return nil, err
-		}
-	}
-	size := 0
-	if o.reply != nil {
-		size = proto.Size(o.reply)
-	}
-	b := make([]byte, 0, 1+fpLen+len(st)+size+2*binary.MaxVarintLen64+mdSize(o.header)+mdSize(o.trailer))
+// appendOutcome appends the outcome record of o for fp to b.
+func appendOutcome(b []byte, fp fingerprint, o storedOutcome) ([]byte, error) {
 	b = append(b, recOutcome)
 	b = append(b, fp[:]...)
-	b = appendBytes(b, st)
-	b = binary.AppendUvarint(b, uint64(size))
+	if o.status != nil && o.status.GetCode() != 0 {
+		st, err := proto.Marshal(o.status)
+		if err != nil {
+			return nil, err
+		}
+		b = appendBytes(b, st)
+	} else {
+		b = binary.AppendUvarint(b, 0)
+	}
 	if o.reply != nil {
+		b = binary.AppendUvarint(b, uint64(proto.Size(o.reply)))
 		var err error
 		if b, err = (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend(b, o.reply); err != nil {
 			return nil, err
 		}
+	} else {
+		b = binary.AppendUvarint(b, 0)
 	}
 	b = appendMD(b, o.header)
-	b = appendMD(b, o.trailer)
-	return b, nil
+	return appendMD(b, o.trailer), nil
 }
 
-// mdSize is about the encoded size of md: the buffer's capacity.
-func mdSize(md metadata.MD) int {
-	n := binary.MaxVarintLen64
-	for k, vs := range md {
-		for _, v := range vs {
-			n += len(k) + len(v) + 2*binary.MaxVarintLen64
-		}
-	}
-	return n
+// encodeOutcome returns the outcome record of o for fp in a buffer of its
+// own.
+func encodeOutcome(fp fingerprint, o storedOutcome) ([]byte, error) {
+	return appendOutcome(nil, fp, o)
 }
 
 // record is a decoded store value.

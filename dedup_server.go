@@ -380,17 +380,12 @@ func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	} else {
 		o.status = status.New(codes.Internal, "grpcguard: this request id ran; its reply, not a protobuf message, could not be kept for a resend").Proto()
 	}
-	b, encErr := encodeOutcome(fp, o)
-	if encErr == nil {
-		encErr = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
-	}
+	encErr := d.finish(ctx, key, claim, fp, o)
 	if errors.Is(encErr, ErrStoreFull) {
 		// Too large to keep: keep that the id ran, so that a resend does not
 		// run it again.
 		o = storedOutcome{status: status.New(codes.ResourceExhausted, "grpcguard: this request id ran; its reply was too large to keep for a resend").Proto()}
-		if b, encErr = encodeOutcome(fp, o); encErr == nil {
-			encErr = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
-		}
+		encErr = d.finish(ctx, key, claim, fp, o)
 	}
 	if encErr != nil {
 		// The reply still goes to its caller; a resend waits until the claim
@@ -398,6 +393,21 @@ func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		d.cfg.metrics.storeErr(opFinish)
 	}
 	return resp, err
+}
+
+// finish stores the outcome o under the claim, encoded in a pooled buffer
+// (Store.Finish copies it).
+func (d *deduper) finish(ctx context.Context, key string, claim []byte, fp fingerprint, o storedOutcome) error {
+	bp := marshalBufs.Get().(*[]byte)
+	b, err := appendOutcome((*bp)[:0], fp, o)
+	if err == nil {
+		err = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
+		if cap(b) <= maxPooledBuf {
+			*bp = b[:0]
+		}
+	}
+	marshalBufs.Put(bp)
+	return err
 }
 
 // replay answers a duplicate with a stored outcome.

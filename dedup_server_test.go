@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,11 +151,11 @@ func TestDedupDuplicateWaitsForRunningCall(t *testing.T) {
 
 // hasWaiter reports whether a call waits on key in s.
 func hasWaiter(s *MemoryStore, key string) bool {
-	sh := s.shard(key)
+	sh, h := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.entries[key]
-	return e != nil && e.done != nil
+	c := sh.claim(key, h, math.MinInt64)
+	return c != nil && c.done != nil
 }
 
 func TestDedupSameIDDifferentRequestRefused(t *testing.T) {

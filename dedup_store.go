@@ -19,10 +19,13 @@ import (
 type Store interface {
 	// Claim stores value under key for ttl if key holds nothing, and returns
 	// nil; otherwise it stores nothing and returns what key holds. It also
-	// returns the store's scope (see Scope) at the moment of the claim.
+	// returns the store's scope (see Scope) at the moment of the claim. The
+	// caller leaves value unchanged until it finishes or releases the
+	// claim, so a store may keep it; the returned bytes are the caller's.
 	Claim(ctx context.Context, key string, value []byte, ttl time.Duration) (existing []byte, scope string, err error)
 	// Finish replaces claim, the value key holds, with outcome, kept for ttl
-	// from now, and wakes the waiters of key. If key no longer holds claim
+	// from now, and wakes the waiters of key. The caller reuses outcome's
+	// bytes once Finish returns: a store copies what it keeps. If key no longer holds claim
 	// (it expired, or another claim took its place) it returns an error
 	// matching ErrClaimLost and changes nothing. ctx is the call's: Finish
 	// must not give up because it is canceled (the caller may have gone, the
