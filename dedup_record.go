@@ -196,12 +196,15 @@ func (rec record) outcome() (storedOutcome, error) {
 	r := reader{b: rec.rest}
 	st := r.bytes()
 	reply := r.bytes()
-	o := storedOutcome{status: new(spb.Status), header: r.md(), trailer: r.md()}
+	o := storedOutcome{header: r.md(), trailer: r.md()}
 	if r.err != nil || len(r.b) != 0 {
 		return storedOutcome{}, errBadRecord
 	}
-	if err := proto.Unmarshal(st, o.status); err != nil {
-		return storedOutcome{}, errBadRecord
+	if len(st) != 0 { // OK is stored as no status
+		o.status = new(spb.Status)
+		if err := proto.Unmarshal(st, o.status); err != nil {
+			return storedOutcome{}, errBadRecord
+		}
 	}
 	if o.status.GetCode() == 0 {
 		o.replyBytes = reply
