@@ -78,6 +78,7 @@ type memShard struct {
 	free   []uint32
 	segs   []*memSegment // oldest first; segs[i].seq == first+i
 	first  uint64
+	stale  int // index entries of dropped segments
 	bytes  int64 // segments' capacity and running claims
 	// Bounds of this shard, and the size of its segments.
 	maxBytes   int64
@@ -103,6 +104,13 @@ func claimSize(key string, value []byte) int64 {
 // memSegment holds outcome records, appended in the order they finished:
 //
 //	length u32, key hash u64, finished i64, expires i64, key length u32, key, value
+//
+// The top bit of length marks a record dead: its id was dropped from the
+// index (expired, or replaced). When a segment is dropped, the index entries
+// of its live records are left behind, stale (their segment is older than
+// the shard's first), and removed when next looked up or in a sweep once
+// they are as many as the live ones: dropping a segment then reads it in
+// order and touches no random slot of the index.
 type memSegment struct {
 	seq     uint64
 	buf     []byte
@@ -110,10 +118,17 @@ type memSegment struct {
 	expires int64 // latest expiry of its records
 }
 
-const recHeader = 4 + 8 + 8 + 8 + 4
+const (
+	recHeader = 4 + 8 + 8 + 8 + 4
+	recDead   = 1 << 31
+	// indexEntryCost is what MaxBytes counts for each id's index entry: its
+	// slot in the map, with room for the stale entries a sweep removes.
+	indexEntryCost = 64
+)
 
 // memRecord is a decoded record header.
 type memRecord struct {
+	dead              bool
 	hash              uint64
 	finished, expires int64
 	key, value        []byte
@@ -122,9 +137,10 @@ type memRecord struct {
 
 func readRecord(b []byte, off int) memRecord {
 	h := b[off:]
-	n := int(binary.LittleEndian.Uint32(h))
+	n := int(binary.LittleEndian.Uint32(h) &^ recDead)
 	k := int(binary.LittleEndian.Uint32(h[28:]))
 	return memRecord{
+		dead:     binary.LittleEndian.Uint32(h)&recDead != 0,
 		hash:     binary.LittleEndian.Uint64(h[4:]),
 		finished: int64(binary.LittleEndian.Uint64(h[12:])),
 		expires:  int64(binary.LittleEndian.Uint64(h[20:])),
@@ -194,7 +210,8 @@ func (s *MemoryStore) Stats() MemoryStoreStats {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		st.Entries += len(sh.index)
+		st.Entries += sh.live()
+		st.Bytes += sh.used() - sh.bytes
 		st.Bytes += sh.bytes
 		sh.mu.Unlock()
 	}
@@ -216,8 +233,8 @@ func (s *MemoryStore) Claim(_ context.Context, key string, value []byte, ttl tim
 		return cur, s.scope, err
 	}
 	size := claimSize(key, value)
-	if !s.makeRoom(sh, size, 1, now) {
-		return nil, s.scope, fmt.Errorf("%w: %d ids, %d bytes in this shard", ErrStoreFull, len(sh.index), sh.bytes)
+	if _, ok := s.makeRoom(sh, size, 1, now); !ok {
+		return nil, s.scope, fmt.Errorf("%w: %d ids, %d bytes in this shard", ErrStoreFull, sh.live(), sh.used())
 	}
 	var i uint32
 	if n := len(sh.free); n > 0 {
@@ -248,10 +265,14 @@ func (s *MemoryStore) Finish(_ context.Context, key string, claim, outcome []byt
 	seg := sh.last()
 	if seg == nil || len(seg.buf)+n > cap(seg.buf) {
 		size := max(sh.segSize, n)
-		if !s.makeRoom(sh, int64(size), 0, now) {
+		buf, ok := s.makeRoom(sh, int64(size), 0, now)
+		if !ok {
 			return fmt.Errorf("%w: outcome of %d bytes does not fit", ErrStoreFull, len(outcome))
 		}
-		seg = &memSegment{seq: sh.first + uint64(len(sh.segs)), buf: make([]byte, 0, size)}
+		if cap(buf) != size {
+			buf = make([]byte, 0, size)
+		}
+		seg = &memSegment{seq: sh.first + uint64(len(sh.segs)), buf: buf[:0]}
 		sh.segs = append(sh.segs, seg)
 		sh.bytes += int64(size)
 	}
@@ -350,13 +371,18 @@ func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]
 		}
 		return c.value, true, nil
 	}
+	if loc>>32 < sh.first { // its segment was dropped
+		delete(sh.index, h)
+		sh.stale--
+		return nil, false, nil
+	}
 	r := sh.record(loc)
 	if now >= r.expires {
-		delete(sh.index, h)
+		sh.unindex(h, loc)
 		return nil, false, nil
 	}
 	if string(r.key) != key {
-		delete(sh.index, h)
+		sh.unindex(h, loc)
 		s.m.evicted()
 		s.evictedEarly(r.finished, now)
 		return nil, false, nil
@@ -403,35 +429,53 @@ func (sh *memShard) last() *memSegment {
 	return sh.segs[len(sh.segs)-1]
 }
 
+// record reads the outcome record at loc, in a segment not dropped.
 func (sh *memShard) record(loc uint64) memRecord {
 	return readRecord(sh.segs[loc>>32-sh.first].buf, int(uint32(loc)))
 }
 
-// makeRoom drops segments whose outcomes all expired, then the oldest ones,
-// until size more bytes and n more entries fit. Running claims are never
-// dropped.
-func (s *MemoryStore) makeRoom(sh *memShard, size int64, n int, now int64) bool {
-	for len(sh.segs) > 0 && sh.segs[0].expires <= now {
-		s.dropSegment(sh, now)
-	}
-	for sh.bytes+size > sh.maxBytes || len(sh.index)+n > sh.maxEntries {
-		if len(sh.segs) == 0 {
-			return false
-		}
-		s.dropSegment(sh, now)
-	}
-	return true
+// unindex drops h, whose outcome is at loc in a segment not dropped, from the
+// index, and marks the record dead.
+func (sh *memShard) unindex(h, loc uint64) {
+	delete(sh.index, h)
+	b := sh.segs[loc>>32-sh.first].buf[uint32(loc):]
+	binary.LittleEndian.PutUint32(b, binary.LittleEndian.Uint32(b)|recDead)
 }
 
-// dropSegment drops the oldest segment and the index entries of its
-// outcomes, counting those dropped before their TTL.
-func (s *MemoryStore) dropSegment(sh *memShard, now int64) {
+// live is the number of ids held, running or finished.
+func (sh *memShard) live() int { return len(sh.index) - sh.stale }
+
+// used is the bytes counted against MaxBytes.
+func (sh *memShard) used() int64 { return sh.bytes + int64(sh.live())*indexEntryCost }
+
+// makeRoom drops segments whose outcomes all expired, then the oldest ones,
+// until size more bytes and n more entries fit. Running claims are never
+// dropped. It returns the buffer of the last segment it dropped, for a new
+// segment to reuse: a fresh one would be zeroed by the allocator and add to
+// the collector's pace.
+func (s *MemoryStore) makeRoom(sh *memShard, size int64, n int, now int64) (reuse []byte, ok bool) {
+	for len(sh.segs) > 0 && sh.segs[0].expires <= now {
+		reuse = s.dropSegment(sh, now)
+	}
+	for sh.used()+size > sh.maxBytes || sh.live()+n > sh.maxEntries {
+		if len(sh.segs) == 0 {
+			return nil, false
+		}
+		reuse = s.dropSegment(sh, now)
+	}
+	return reuse, true
+}
+
+// dropSegment drops the oldest segment, counting the outcomes it held that
+// were still live before their TTL, and returns its buffer. Their index
+// entries become stale.
+func (s *MemoryStore) dropSegment(sh *memShard, now int64) []byte {
 	seg := sh.segs[0]
 	youngest := int64(0)
 	for off := 0; off < len(seg.buf); {
 		r := readRecord(seg.buf, off)
-		if loc, ok := sh.index[r.hash]; ok && loc == seg.seq<<32|uint64(off) {
-			delete(sh.index, r.hash)
+		if !r.dead {
+			sh.stale++
 			if now < r.expires {
 				s.m.evicted()
 				youngest = max(youngest, r.finished)
@@ -446,6 +490,15 @@ func (s *MemoryStore) dropSegment(sh *memShard, now int64) {
 	sh.segs[0] = nil
 	sh.segs = sh.segs[1:]
 	sh.first++
+	if sh.stale > 64 && sh.stale > sh.live() {
+		for h, loc := range sh.index {
+			if loc&runningBit == 0 && loc>>32 < sh.first {
+				delete(sh.index, h)
+			}
+		}
+		sh.stale = 0
+	}
+	return seg.buf
 }
 
 // evictedEarly records that an outcome finished at finished was dropped at
