@@ -78,7 +78,7 @@ type memShard struct {
 	free   []uint32
 	segs   []*memSegment // oldest first; segs[i].seq == first+i
 	first  uint64
-	stale  int // index entries of dropped segments
+	stale  int   // index entries of dropped segments
 	bytes  int64 // segments' capacity and running claims
 	// Bounds of this shard, and the size of its segments.
 	maxBytes   int64
