@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -217,7 +218,43 @@ type deduper struct {
 	err    error
 	store  Store
 	advert atomic.Pointer[advert]
-	types  sync.Map // full method -> protoreflect.MessageType of its reply
+	// What is known of each method, copied on write: a server has a fixed
+	// set of methods, and only they reach a unary interceptor.
+	methods   atomic.Pointer[map[string]*methodState]
+	methodsMu sync.Mutex
+}
+
+// methodState is what a deduper keeps of one method.
+type methodState struct {
+	prefix methodPrefix
+	reply  atomic.Pointer[replyType] // once known
+}
+
+type replyType struct{ t protoreflect.MessageType }
+
+// method returns the state of the named method, made on its first call.
+func (d *deduper) method(name string) *methodState {
+	if m := d.methods.Load(); m != nil {
+		if ms := (*m)[name]; ms != nil {
+			return ms
+		}
+	}
+	d.methodsMu.Lock()
+	defer d.methodsMu.Unlock()
+	old := d.methods.Load()
+	if old != nil {
+		if ms := (*old)[name]; ms != nil {
+			return ms
+		}
+	}
+	next := make(map[string]*methodState)
+	if old != nil {
+		maps.Copy(next, *old)
+	}
+	ms := &methodState{prefix: prefixOf(name)}
+	next[name] = ms
+	d.methods.Store(&next)
+	return ms
 }
 
 // advert is the DedupHeader value for one scope and retention, built once
@@ -269,7 +306,8 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			return nil, status.Convert(err).Err()
 		}
 	}
-	fp, err := fingerprintOf(info.FullMethod, msg)
+	ms := d.method(info.FullMethod)
+	fp, err := fingerprintOf(ms.prefix, msg)
 	if err != nil {
 		return handler(ctx, req) // cannot tell requests apart: no dedup
 	}
@@ -297,7 +335,7 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 					return nil, status.Errorf(codes.FailedPrecondition, "grpcguard: resend of request id refused: %s", why)
 				}
 			}
-			return d.run(ctx, req, info, handler, key, c, fp, scope, p.advertise)
+			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
 		}
 		for {
 			rec, err := decodeRecord(existing)
@@ -314,7 +352,7 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 				} else {
 					d.cfg.metrics.answer()
 				}
-				return d.replay(ctx, info.FullMethod, rec, scope, p.advertise)
+				return d.replay(ctx, info.FullMethod, ms, rec, scope, p.advertise)
 			}
 			waited = true
 			existing, err = d.store.Wait(ctx, key, existing)
@@ -346,7 +384,7 @@ func (d *deduper) refusal(r idParams, scope string) string {
 }
 
 // run runs the handler under the claim and stores its outcome.
-func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler,
+func (d *deduper) run(ctx context.Context, req any, ms *methodState, handler grpc.UnaryHandler,
 	key string, c *dedupCall, fp fingerprint, scope string, advertise bool) (resp any, err error) {
 	d.cfg.metrics.executed()
 	if advertise {
@@ -374,8 +412,8 @@ func (d *deduper) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		o.status = statusOf(err).Proto()
 	} else if m, ok := resp.(proto.Message); ok {
 		o.reply = m
-		if _, known := d.types.Load(info.FullMethod); !known {
-			d.types.Store(info.FullMethod, m.ProtoReflect().Type())
+		if ms.reply.Load() == nil {
+			ms.reply.Store(&replyType{m.ProtoReflect().Type()})
 		}
 	} else {
 		o.status = status.New(codes.Internal, "grpcguard: this request id ran; its reply, not a protobuf message, could not be kept for a resend").Proto()
@@ -411,7 +449,7 @@ func (d *deduper) finish(ctx context.Context, key string, claim []byte, fp finge
 }
 
 // replay answers a duplicate with a stored outcome.
-func (d *deduper) replay(ctx context.Context, method string, rec record, scope string, advertise bool) (any, error) {
+func (d *deduper) replay(ctx context.Context, method string, ms *methodState, rec record, scope string, advertise bool) (any, error) {
 	o, err := rec.outcome()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed outcome for this request id")
@@ -424,7 +462,7 @@ func (d *deduper) replay(ctx context.Context, method string, rec record, scope s
 	if o.status.GetCode() != int32(codes.OK) {
 		return nil, status.ErrorProto(o.status)
 	}
-	mt, err := d.replyType(method)
+	mt, err := replyTypeOf(method, ms)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "grpcguard: cannot rebuild the stored reply: %v", err)
 	}
@@ -435,11 +473,11 @@ func (d *deduper) replay(ctx context.Context, method string, rec record, scope s
 	return m, nil
 }
 
-// replyType returns the reply message type of method: the one seen when it
+// replyTypeOf returns the reply message type of method: the one seen when it
 // ran here, or the one its descriptor names (a replica that never ran it).
-func (d *deduper) replyType(method string) (protoreflect.MessageType, error) {
-	if t, ok := d.types.Load(method); ok {
-		return t.(protoreflect.MessageType), nil
+func replyTypeOf(method string, ms *methodState) (protoreflect.MessageType, error) {
+	if r := ms.reply.Load(); r != nil {
+		return r.t, nil
 	}
 	service, name, _ := parseMethod(method)
 	desc, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
@@ -458,7 +496,7 @@ func (d *deduper) replyType(method string) (protoreflect.MessageType, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.types.Store(method, mt)
+	ms.reply.Store(&replyType{mt})
 	return mt, nil
 }
 
