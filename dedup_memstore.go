@@ -73,7 +73,7 @@ type memShard struct {
 	// index maps the hash of each key held to where its value is:
 	// runningBit | a slot in claims, or segment seq<<32 | offset of its
 	// outcome record.
-	index  map[uint64]uint64
+	index  hashIndex
 	claims []memClaim // running claims; free slots have no key
 	free   []uint32
 	segs   []*memSegment // oldest first; segs[i].seq == first+i
@@ -108,9 +108,10 @@ func claimSize(key string, value []byte) int64 {
 // The top bit of length marks a record dead: its id was dropped from the
 // index (expired, or replaced). When a segment is dropped, the index entries
 // of its live records are left behind, stale (their segment is older than
-// the shard's first), and removed when next looked up or in a sweep once
-// they are as many as the live ones: dropping a segment then reads it in
-// order and touches no random slot of the index.
+// the shard's first), overwritten by a new claim of their id or dropped
+// when the index is rebuilt, once they are as many as the live ones:
+// dropping a segment then reads it in order and touches no random slot of
+// the index.
 type memSegment struct {
 	seq     uint64
 	buf     []byte
@@ -121,8 +122,9 @@ type memSegment struct {
 const (
 	recHeader = 4 + 8 + 8 + 8 + 4
 	recDead   = 1 << 31
-	// indexEntryCost is what MaxBytes counts for each id's index entry: its
-	// slot in the map, with room for the stale entries a sweep removes.
+	// indexEntryCost is what MaxBytes counts for each id's index entry: a
+	// 16-byte slot in a table at most half full, with room for the stale
+	// entries a rebuild removes.
 	indexEntryCost = 64
 )
 
@@ -184,7 +186,6 @@ func NewMemoryStore(cfg MemoryStoreConfig) (*MemoryStore, error) {
 	for i := range s.shards {
 		limit := cfg.MaxBytes / int64(n)
 		s.shards[i] = memShard{
-			index:      make(map[uint64]uint64),
 			maxBytes:   limit,
 			maxEntries: cfg.MaxEntries / n,
 			segSize:    int(min(max(limit/16, 1<<10), 64<<10)),
@@ -244,7 +245,11 @@ func (s *MemoryStore) Claim(_ context.Context, key string, value []byte, ttl tim
 		sh.claims = append(sh.claims, memClaim{})
 	}
 	sh.claims[i] = memClaim{key: key, value: value, expires: now + int64(ttl)}
-	sh.index[h] = runningBit | uint64(i)
+	j, found := sh.index.slot(h)
+	if found && sh.index.slots[j].v>>32 < sh.first { // stale: overwritten in place
+		sh.stale--
+	}
+	sh.index.fill(j, found, h, runningBit|uint64(i))
 	sh.bytes += size
 	return nil, s.scope, nil
 }
@@ -286,7 +291,7 @@ func (s *MemoryStore) Finish(_ context.Context, key string, claim, outcome []byt
 	seg.buf = b
 	seg.newest, seg.expires = now, max(seg.expires, now+int64(ttl))
 	sh.dropClaim(h)
-	sh.index[h] = seg.seq<<32 | uint64(off)
+	sh.index.put(h, seg.seq<<32|uint64(off))
 	return nil
 }
 
@@ -300,7 +305,7 @@ func (s *MemoryStore) Release(_ context.Context, key string, claim []byte) error
 		return ErrClaimLost
 	}
 	sh.dropClaim(h)
-	delete(sh.index, h)
+	sh.index.del(h)
 	return nil
 }
 
@@ -355,7 +360,7 @@ var errHashCollision = errors.New("grpcguard: memory store: another running requ
 // another key with the same hash is dropped too, as an early eviction, so
 // that the key may be claimed.
 func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]byte, bool, error) {
-	loc, ok := sh.index[h]
+	loc, ok := sh.index.get(h)
 	switch {
 	case !ok:
 		return nil, false, nil
@@ -366,14 +371,12 @@ func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]
 		}
 		if now >= c.expires {
 			sh.dropClaim(h)
-			delete(sh.index, h)
+			sh.index.del(h)
 			return nil, false, nil
 		}
 		return c.value, true, nil
 	}
-	if loc>>32 < sh.first { // its segment was dropped
-		delete(sh.index, h)
-		sh.stale--
+	if loc>>32 < sh.first { // its segment was dropped; a claim overwrites it
 		return nil, false, nil
 	}
 	r := sh.record(loc)
@@ -393,7 +396,7 @@ func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]
 // claim returns the running claim of key, or nil; one that expired before
 // now is dropped: its owner stopped without finishing within the TTL.
 func (sh *memShard) claim(key string, h uint64, now int64) *memClaim {
-	loc, ok := sh.index[h]
+	loc, ok := sh.index.get(h)
 	if !ok || loc&runningBit == 0 {
 		return nil
 	}
@@ -403,7 +406,7 @@ func (sh *memShard) claim(key string, h uint64, now int64) *memClaim {
 	}
 	if now >= c.expires {
 		sh.dropClaim(h)
-		delete(sh.index, h)
+		sh.index.del(h)
 		return nil
 	}
 	return c
@@ -412,7 +415,8 @@ func (sh *memShard) claim(key string, h uint64, now int64) *memClaim {
 // dropClaim frees the slot of the running claim of h, waking its waiters,
 // and leaves h's index entry to the caller.
 func (sh *memShard) dropClaim(h uint64) {
-	i := uint32(sh.index[h])
+	loc, _ := sh.index.get(h)
+	i := uint32(loc)
 	c := &sh.claims[i]
 	sh.bytes -= claimSize(c.key, c.value)
 	if c.done != nil {
@@ -437,13 +441,13 @@ func (sh *memShard) record(loc uint64) memRecord {
 // unindex drops h, whose outcome is at loc in a segment not dropped, from the
 // index, and marks the record dead.
 func (sh *memShard) unindex(h, loc uint64) {
-	delete(sh.index, h)
+	sh.index.del(h)
 	b := sh.segs[loc>>32-sh.first].buf[uint32(loc):]
 	binary.LittleEndian.PutUint32(b, binary.LittleEndian.Uint32(b)|recDead)
 }
 
 // live is the number of ids held, running or finished.
-func (sh *memShard) live() int { return len(sh.index) - sh.stale }
+func (sh *memShard) live() int { return sh.index.n - sh.stale }
 
 // used is the bytes counted against MaxBytes.
 func (sh *memShard) used() int64 { return sh.bytes + int64(sh.live())*indexEntryCost }
@@ -491,11 +495,8 @@ func (s *MemoryStore) dropSegment(sh *memShard, now int64) []byte {
 	sh.segs = sh.segs[1:]
 	sh.first++
 	if sh.stale > 64 && sh.stale > sh.live() {
-		for h, loc := range sh.index {
-			if loc&runningBit == 0 && loc>>32 < sh.first {
-				delete(sh.index, h)
-			}
-		}
+		first := sh.first
+		sh.index.rebuild(0, func(_, loc uint64) bool { return loc&runningBit != 0 || loc>>32 >= first })
 		sh.stale = 0
 	}
 	return seg.buf

@@ -296,8 +296,8 @@ func TestMemoryStoreHashCollision(t *testing.T) {
 		sh.mu.Lock()
 		defer sh.mu.Unlock()
 		_, hb := store.shard(b)
-		delete(sh.index, hb)
-		sh.index[hb] = sh.index[h]
+		v, _ := sh.index.get(h)
+		sh.index.put(hb, v)
 	}
 	c := newClaim(fingerprint{1})
 	store.Claim(ctx, "a", c, time.Minute)
