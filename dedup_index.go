@@ -79,10 +79,13 @@ func (x *hashIndex) del(h uint64) {
 	if x.n == 0 {
 		return
 	}
-	hole, found := x.slot(h)
-	if !found {
-		return
+	if i, found := x.slot(h); found {
+		x.delAt(i)
 	}
+}
+
+// delAt removes the entry in slot i.
+func (x *hashIndex) delAt(hole uint64) {
 	mask := uint64(len(x.slots) - 1)
 	for j := (hole + 1) & mask; x.slots[j].h != 0; j = (j + 1) & mask {
 		home := x.slots[j].h >> x.shift

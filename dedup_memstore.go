@@ -28,8 +28,9 @@ const memEntryOverhead = 128
 // MemoryStoreConfig sizes a MemoryStore. Zero fields take their defaults;
 // negative ones are invalid.
 type MemoryStoreConfig struct {
-	// MaxBytes bounds the bytes held: the segments outcomes are kept in,
-	// and each running claim's key, value and 128 bytes of overhead.
+	// MaxBytes bounds the bytes held: the segments outcomes are kept in
+	// (one per shard is kept for reuse when dropped), 64 bytes of index per
+	// id, and each running claim's key, value and 128 bytes of overhead.
 	// Default 64 MiB, about 200,000 outcomes of small calls. When full, the
 	// oldest outcomes are dropped first, a segment of up to 64 KiB at a
 	// time (counted as evictions), and the store advertises the shorter
@@ -78,7 +79,7 @@ type memShard struct {
 	free   []uint32
 	segs   []*memSegment // oldest first; segs[i].seq == first+i
 	first  uint64
-	stale  int   // index entries of dropped segments
+	spare  []byte // a dropped segment's buffer, for the next segment
 	bytes  int64 // segments' capacity and running claims
 	// Bounds of this shard, and the size of its segments.
 	maxBytes   int64
@@ -212,8 +213,7 @@ func (s *MemoryStore) Stats() MemoryStoreStats {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		st.Entries += sh.live()
-		st.Bytes += sh.used() - sh.bytes
-		st.Bytes += sh.bytes
+		st.Bytes += sh.used() + int64(cap(sh.spare))
 		sh.mu.Unlock()
 	}
 	return st
@@ -234,9 +234,11 @@ func (s *MemoryStore) Claim(_ context.Context, key string, value []byte, ttl tim
 		return cur, s.scope, err
 	}
 	size := claimSize(key, value)
-	if _, ok := s.makeRoom(sh, size, 1, now); !ok {
+	buf, ok := s.makeRoom(sh, size, 1, now)
+	if !ok {
 		return nil, s.scope, fmt.Errorf("%w: %d ids, %d bytes in this shard", ErrStoreFull, sh.live(), sh.used())
 	}
+	sh.keepSpare(buf)
 	var i uint32
 	if n := len(sh.free); n > 0 {
 		i, sh.free = sh.free[n-1], sh.free[:n-1]
@@ -245,11 +247,7 @@ func (s *MemoryStore) Claim(_ context.Context, key string, value []byte, ttl tim
 		sh.claims = append(sh.claims, memClaim{})
 	}
 	sh.claims[i] = memClaim{key: key, value: value, expires: now + int64(ttl)}
-	j, found := sh.index.slot(h)
-	if found && sh.index.slots[j].v>>32 < sh.first { // stale: overwritten in place
-		sh.stale--
-	}
-	sh.index.fill(j, found, h, runningBit|uint64(i))
+	sh.index.put(h, runningBit|uint64(i))
 	sh.bytes += size
 	return nil, s.scope, nil
 }
@@ -275,7 +273,12 @@ func (s *MemoryStore) Finish(_ context.Context, key string, claim, outcome []byt
 			return fmt.Errorf("%w: outcome of %d bytes does not fit", ErrStoreFull, len(outcome))
 		}
 		if cap(buf) != size {
-			buf = make([]byte, 0, size)
+			sh.keepSpare(buf)
+			if buf = nil; size == sh.segSize && sh.spare != nil {
+				buf, sh.spare = sh.spare, nil
+			} else {
+				buf = make([]byte, 0, size)
+			}
 		}
 		seg = &memSegment{seq: sh.first + uint64(len(sh.segs)), buf: buf[:0]}
 		sh.segs = append(sh.segs, seg)
@@ -376,9 +379,6 @@ func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]
 		}
 		return c.value, true, nil
 	}
-	if loc>>32 < sh.first { // its segment was dropped; a claim overwrites it
-		return nil, false, nil
-	}
 	r := sh.record(loc)
 	if now >= r.expires {
 		sh.unindex(h, loc)
@@ -447,42 +447,61 @@ func (sh *memShard) unindex(h, loc uint64) {
 }
 
 // live is the number of ids held, running or finished.
-func (sh *memShard) live() int { return sh.index.n - sh.stale }
+func (sh *memShard) live() int { return sh.index.n }
 
-// used is the bytes counted against MaxBytes.
+// used is the bytes counted against MaxBytes, but for the spare segment.
 func (sh *memShard) used() int64 { return sh.bytes + int64(sh.live())*indexEntryCost }
 
-// makeRoom drops segments whose outcomes all expired, then the oldest ones,
-// until size more bytes and n more entries fit. Running claims are never
-// dropped. It returns the buffer of the last segment it dropped, for a new
-// segment to reuse: a fresh one would be zeroed by the allocator and add to
-// the collector's pace.
-func (s *MemoryStore) makeRoom(sh *memShard, size int64, n int, now int64) (reuse []byte, ok bool) {
-	for len(sh.segs) > 0 && sh.segs[0].expires <= now {
-		reuse = s.dropSegment(sh, now)
+// keepSpare keeps buf, a dropped segment's buffer (or nil), for the next
+// segment if it has the common size and no other is kept: a fresh one
+// would be zeroed by the allocator and add to the collector's pace.
+// makeRoom leaves room for it.
+func (sh *memShard) keepSpare(buf []byte) {
+	if sh.spare == nil && buf != nil && cap(buf) == sh.segSize {
+		sh.spare = buf[:0]
 	}
-	for sh.used()+size > sh.maxBytes || sh.live()+n > sh.maxEntries {
+}
+
+// makeRoom drops segments whose outcomes all expired, then the oldest ones,
+// until size more bytes and n more entries fit, leaving room for a spare
+// segment. Running claims are never dropped. It returns a dropped segment's
+// buffer for reuse (see keepSpare), or nil.
+func (s *MemoryStore) makeRoom(sh *memShard, size int64, n int, now int64) (reuse []byte, ok bool) {
+	drop := func() {
+		if buf := s.dropSegment(sh, now); reuse == nil {
+			reuse = buf
+		} else {
+			sh.keepSpare(buf)
+		}
+	}
+	for len(sh.segs) > 0 && sh.segs[0].expires <= now {
+		drop()
+	}
+	for sh.used()+size+int64(sh.segSize) > sh.maxBytes || sh.live()+n > sh.maxEntries {
 		if len(sh.segs) == 0 {
 			return nil, false
 		}
-		reuse = s.dropSegment(sh, now)
+		drop()
 	}
 	return reuse, true
 }
 
-// dropSegment drops the oldest segment, counting the outcomes it held that
-// were still live before their TTL, and returns its buffer. Their index
-// entries become stale.
+// dropSegment drops the oldest segment and the index entries of its live
+// outcomes, counting those dropped before their TTL, and returns its
+// buffer. The records are read in order; the deletes, independent of each
+// other, overlap their cache misses.
 func (s *MemoryStore) dropSegment(sh *memShard, now int64) []byte {
 	seg := sh.segs[0]
 	youngest := int64(0)
 	for off := 0; off < len(seg.buf); {
 		r := readRecord(seg.buf, off)
 		if !r.dead {
-			sh.stale++
-			if now < r.expires {
-				s.m.evicted()
-				youngest = max(youngest, r.finished)
+			if i, ok := sh.index.slot(r.hash); ok && sh.index.slots[i].v == seg.seq<<32|uint64(off) {
+				sh.index.delAt(i)
+				if now < r.expires {
+					s.m.evicted()
+					youngest = max(youngest, r.finished)
+				}
 			}
 		}
 		off = r.end
@@ -494,11 +513,6 @@ func (s *MemoryStore) dropSegment(sh *memShard, now int64) []byte {
 	sh.segs[0] = nil
 	sh.segs = sh.segs[1:]
 	sh.first++
-	if sh.stale > 64 && sh.stale > sh.live() {
-		first := sh.first
-		sh.index.rebuild(0, func(_, loc uint64) bool { return loc&runningBit != 0 || loc>>32 >= first })
-		sh.stale = 0
-	}
 	return seg.buf
 }
 
