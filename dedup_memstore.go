@@ -80,7 +80,7 @@ type memShard struct {
 	segs   []*memSegment // oldest first; segs[i].seq == first+i
 	first  uint64
 	spare  []byte // a dropped segment's buffer, for the next segment
-	bytes  int64 // segments' capacity and running claims
+	bytes  int64  // segments' capacity and running claims
 	// Bounds of this shard, and the size of its segments.
 	maxBytes   int64
 	maxEntries int
