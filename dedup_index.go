@@ -63,7 +63,7 @@ func (x *hashIndex) fill(i uint64, found bool, h, v uint64) {
 	x.slots[i].h = indexHash(h)
 	x.n++
 	if 2*x.n > len(x.slots) {
-		x.rebuild(2*len(x.slots), nil)
+		x.grow(2 * len(x.slots))
 	}
 }
 
@@ -104,17 +104,12 @@ func (x *hashIndex) init(size int) {
 	x.n = 0
 }
 
-// rebuild moves the entries keep accepts (all, if nil) into a new table of
-// at least size slots, and at least twice as many as the entries it keeps.
-func (x *hashIndex) rebuild(size int, keep func(h, v uint64) bool) {
+// grow moves the entries into a new table of size slots.
+func (x *hashIndex) grow(size int) {
 	old := x.slots
-	size = max(size, minIndexSlots)
-	for 2*x.n > size {
-		size *= 2
-	}
 	x.init(size)
 	for _, s := range old {
-		if s.h != 0 && (keep == nil || keep(s.h, s.v)) {
+		if s.h != 0 {
 			x.put(s.h, s.v)
 		}
 	}

@@ -107,12 +107,8 @@ func claimSize(key string, value []byte) int64 {
 //	length u32, key hash u64, finished i64, expires i64, key length u32, key, value
 //
 // The top bit of length marks a record dead: its id was dropped from the
-// index (expired, or replaced). When a segment is dropped, the index entries
-// of its live records are left behind, stale (their segment is older than
-// the shard's first), overwritten by a new claim of their id or dropped
-// when the index is rebuilt, once they are as many as the live ones:
-// dropping a segment then reads it in order and touches no random slot of
-// the index.
+// index before the segment (expired, or replaced), so that dropping the
+// segment skips it.
 type memSegment struct {
 	seq     uint64
 	buf     []byte
@@ -124,8 +120,7 @@ const (
 	recHeader = 4 + 8 + 8 + 8 + 4
 	recDead   = 1 << 31
 	// indexEntryCost is what MaxBytes counts for each id's index entry: a
-	// 16-byte slot in a table at most half full, with room for the stale
-	// entries a rebuild removes.
+	// 16-byte slot in a table between a quarter and half full.
 	indexEntryCost = 64
 )
 
