@@ -3,7 +3,7 @@ package grpcguard
 import "math/bits"
 
 // hashIndex maps 64-bit key hashes to 64-bit values for MemoryStore: an
-// open-addressing table with linear probing, at most half full, and
+// open-addressing table with linear probing, an eighth to half full, and
 // deletion by backward shift, so that it never holds tombstones. A Go map
 // churned by the store's inserts and deletes fills with tombstones that
 // every miss (a new request id, the common lookup) probes past, about twice
@@ -96,6 +96,23 @@ func (x *hashIndex) delAt(hole uint64) {
 	}
 	x.slots[hole] = hashSlot{}
 	x.n--
+	if 8*x.n < len(x.slots) && len(x.slots) > minIndexSlots {
+		x.grow(len(x.slots) / 2) // at a quarter full: a burst's table does not stay
+	}
+}
+
+// bytes is the memory the table holds.
+func (x *hashIndex) bytes() int64 { return int64(len(x.slots)) * 16 }
+
+// growth is the memory one more entry would add to the table.
+func (x *hashIndex) growth() int64 {
+	switch {
+	case len(x.slots) == 0:
+		return minIndexSlots * 16
+	case 2*(x.n+1) > len(x.slots):
+		return x.bytes()
+	}
+	return 0
 }
 
 func (x *hashIndex) init(size int) {

@@ -50,3 +50,26 @@ func TestHashIndexMatchesMap(t *testing.T) {
 		}
 	}
 }
+
+// TestHashIndexShrinks: a table emptied after a burst gives its memory
+// back, and keeps every entry it still holds.
+func TestHashIndexShrinks(t *testing.T) {
+	var x hashIndex
+	for h := uint64(1); h <= 10000; h++ {
+		x.put(h*0x9e3779b97f4a7c15, h)
+	}
+	big := x.bytes()
+	for h := uint64(1); h <= 10000; h++ {
+		x.del(h * 0x9e3779b97f4a7c15)
+		if h%97 == 0 {
+			for k := h + 1; k <= 10000; k += 131 {
+				if v, ok := x.get(k * 0x9e3779b97f4a7c15); !ok || v != k {
+					t.Fatalf("after %d deletes: entry %d lost", h, k)
+				}
+			}
+		}
+	}
+	if x.n != 0 || x.bytes() != minIndexSlots*16 || big < 20000*16 {
+		t.Fatalf("%d entries, %d bytes after the burst's %d: want 0 and the minimum", x.n, x.bytes(), big)
+	}
+}

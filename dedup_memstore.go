@@ -29,8 +29,9 @@ const memEntryOverhead = 128
 // negative ones are invalid.
 type MemoryStoreConfig struct {
 	// MaxBytes bounds the bytes held: the segments outcomes are kept in
-	// (one per shard is kept for reuse when dropped), 64 bytes of index per
-	// id, and each running claim's key, value and 128 bytes of overhead.
+	// (one per shard is kept for reuse when dropped), the index of ids (16
+	// bytes a slot, an eighth to half of them in use), and each running
+	// claim's key, value and 128 bytes of overhead.
 	// Default 64 MiB, about 200,000 outcomes of small calls. When full, the
 	// oldest outcomes are dropped first, a segment of up to 64 KiB at a
 	// time (counted as evictions), and the store advertises the shorter
@@ -119,9 +120,6 @@ type memSegment struct {
 const (
 	recHeader = 4 + 8 + 8 + 8 + 4
 	recDead   = 1 << 31
-	// indexEntryCost is what MaxBytes counts for each id's index entry: a
-	// 16-byte slot in a table between a quarter and half full.
-	indexEntryCost = 64
 )
 
 // memRecord is a decoded record header.
@@ -229,7 +227,7 @@ func (s *MemoryStore) Claim(_ context.Context, key string, value []byte, ttl tim
 		return cur, s.scope, err
 	}
 	size := claimSize(key, value)
-	buf, ok := s.makeRoom(sh, size, 1, now)
+	buf, ok := s.makeRoom(sh, size+sh.index.growth(), 1, now)
 	if !ok {
 		return nil, s.scope, fmt.Errorf("%w: %d ids, %d bytes in this shard", ErrStoreFull, sh.live(), sh.used())
 	}
@@ -445,7 +443,7 @@ func (sh *memShard) unindex(h, loc uint64) {
 func (sh *memShard) live() int { return sh.index.n }
 
 // used is the bytes counted against MaxBytes, but for the spare segment.
-func (sh *memShard) used() int64 { return sh.bytes + int64(sh.live())*indexEntryCost }
+func (sh *memShard) used() int64 { return sh.bytes + sh.index.bytes() }
 
 // keepSpare keeps buf, a dropped segment's buffer (or nil), for the next
 // segment if it has the common size and no other is kept: a fresh one
