@@ -74,7 +74,7 @@ type memShard struct {
 	mu sync.Mutex
 	// index maps the hash of each key held to where its value is:
 	// runningBit | a slot in claims, or segment seq<<32 | offset of its
-	// outcome record.
+	// outcome record (see seqMask).
 	index  hashIndex
 	claims []memClaim // running claims; free slots have no key
 	free   []uint32
@@ -90,6 +90,12 @@ type memShard struct {
 }
 
 const runningBit = 1 << 63
+
+// seqMask keeps a segment's sequence number in an index value below
+// runningBit: the number wraps, after 2^31 segments of a shard, and is read
+// relative to the shard's first live segment, of which there are far
+// fewer.
+const seqMask = 1<<31 - 1
 
 // memClaim is a running claim.
 type memClaim struct {
@@ -287,7 +293,7 @@ func (s *MemoryStore) Finish(_ context.Context, key string, claim, outcome []byt
 	seg.buf = b
 	seg.newest, seg.expires = now, max(seg.expires, now+int64(ttl))
 	sh.dropClaim(h)
-	sh.index.put(h, seg.seq<<32|uint64(off))
+	sh.index.put(h, seg.loc(off))
 	return nil
 }
 
@@ -426,16 +432,24 @@ func (sh *memShard) last() *memSegment {
 	return sh.segs[len(sh.segs)-1]
 }
 
+// loc is the index value of the record at off in seg.
+func (seg *memSegment) loc(off int) uint64 { return (seg.seq&seqMask)<<32 | uint64(off) }
+
+// segOf returns the live segment of the index value loc.
+func (sh *memShard) segOf(loc uint64) *memSegment {
+	return sh.segs[(loc>>32-sh.first)&seqMask]
+}
+
 // record reads the outcome record at loc, in a segment not dropped.
 func (sh *memShard) record(loc uint64) memRecord {
-	return readRecord(sh.segs[loc>>32-sh.first].buf, int(uint32(loc)))
+	return readRecord(sh.segOf(loc).buf, int(uint32(loc)))
 }
 
 // unindex drops h, whose outcome is at loc in a segment not dropped, from the
 // index, and marks the record dead.
 func (sh *memShard) unindex(h, loc uint64) {
 	sh.index.del(h)
-	b := sh.segs[loc>>32-sh.first].buf[uint32(loc):]
+	b := sh.segOf(loc).buf[uint32(loc):]
 	binary.LittleEndian.PutUint32(b, binary.LittleEndian.Uint32(b)|recDead)
 }
 
@@ -489,7 +503,7 @@ func (s *MemoryStore) dropSegment(sh *memShard, now int64) []byte {
 	for off := 0; off < len(seg.buf); {
 		r := readRecord(seg.buf, off)
 		if !r.dead {
-			if i, ok := sh.index.slot(r.hash); ok && sh.index.slots[i].v == seg.seq<<32|uint64(off) {
+			if i, ok := sh.index.slot(r.hash); ok && sh.index.slots[i].v == seg.loc(off) {
 				sh.index.delAt(i)
 				if now < r.expires {
 					s.m.evicted()

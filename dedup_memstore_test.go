@@ -316,3 +316,39 @@ func TestMemoryStoreHashCollision(t *testing.T) {
 		t.Fatalf("evictions %v, retention %v: the dropped outcome must count", ev, store.Retention(time.Minute))
 	}
 }
+
+// TestMemoryStoreSequenceWraps: segment numbers in the index wrap after
+// 2^31 segments of a shard (days of a busy server with a small store);
+// outcomes are found and dropped across the wrap as before it.
+func TestMemoryStoreSequenceWraps(t *testing.T) {
+	m := NewDedupMetrics()
+	store, _ := NewMemoryStore(MemoryStoreConfig{MaxBytes: 16 << 10, Metrics: m})
+	store.shards[0].first = seqMask - 3 // four segments before the wrap
+	ctx := context.Background()
+	for i := range 400 {
+		c := newClaim(fingerprint{})
+		key := fmt.Sprint("w", i)
+		store.Claim(ctx, key, c, time.Minute)
+		if err := store.Finish(ctx, key, c, []byte(key), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		for _, back := range []int{0, 5, 20} { // recent outcomes read back
+			if j := i - back; j >= 0 {
+				k := fmt.Sprint("w", j)
+				got, _, err := store.Claim(ctx, k, newClaim(fingerprint{}), time.Minute)
+				if err != nil || (got != nil && string(got) != k) || (got == nil && back == 0) {
+					t.Fatalf("after %d outcomes, %s read back as %q, %v", i+1, k, got, err)
+				}
+				if got == nil {
+					t.Fatalf("after %d outcomes, %s (%d back) is gone", i+1, k, back)
+				}
+			}
+		}
+	}
+	if sh := &store.shards[0]; sh.first <= seqMask {
+		t.Fatalf("first segment %d: the test did not cross the wrap", sh.first)
+	}
+	if ev := int(testutil.ToFloat64(m.evictions)); ev+store.Stats().Entries != 400 {
+		t.Fatalf("%d evictions + %d entries != 400 ids", ev, store.Stats().Entries)
+	}
+}
