@@ -157,8 +157,8 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 //     long as the caller's context allows), then returns it;
 //   - an id with an outcome: the outcome is returned, the handler does not
 //     run;
-//   - an id used with a different request (SHA-256 of the method and the
-//     request's deterministic protobuf encoding): AlreadyExists, and never
+//   - an id used with a different request (SHA-256 of the method's digest
+//     and the request's deterministic protobuf encoding): AlreadyExists, and never
 //     the stored outcome: one caller cannot read another's reply by reusing
 //     an id. See WithDedupKey to keep callers' ids apart altogether.
 //
