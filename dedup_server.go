@@ -40,7 +40,8 @@ const (
 	//     another scope or keeps ids for less than n ms: the first attempt
 	//     may have run where this server cannot see it.
 	//
-	// Unknown parameters are ignored.
+	// Other parameters are refused (InvalidArgument), so that an id
+	// containing ';' is never cut short.
 	RequestIDHeader = "grpcguard-request-id"
 	// DedupHeader is the response header by which UnaryServerDedup says,
 	// when the call's id asked for it ("advertise"), that it deduplicated the
@@ -608,6 +609,11 @@ func parseRequestID(v string) (string, idParams, error) {
 				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-age-ms must be a number of milliseconds", RequestIDHeader)
 			}
 			p.resend, p.age = true, time.Duration(ms)*time.Millisecond
+		default:
+			// Refused rather than ignored: an application's own id that
+			// contains ';' would otherwise be cut short and share its key
+			// with others.
+			return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: unknown parameter %q (an id must not contain ';')", RequestIDHeader, f)
 		}
 	}
 	if seenScope && !p.resend {

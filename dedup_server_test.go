@@ -300,6 +300,8 @@ func TestDedupInvalidIDAndOptions(t *testing.T) {
 		metadata.Pairs(RequestIDHeader, "a;resend-scope=x"),
 		metadata.Pairs(RequestIDHeader, "a;resend-age-ms=-1"),
 		metadata.Pairs(RequestIDHeader, "a;resend-age-ms=x"),
+		metadata.Pairs(RequestIDHeader, "order;1"), // an application's id with ';'
+		metadata.Pairs(RequestIDHeader, "a;"),
 	} {
 		if _, err := testsvc.Call(metadata.NewOutgoingContext(ctx, md), cc, testsvc.Echo, "x"); status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("%v: %v, want InvalidArgument", md, err)

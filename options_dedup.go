@@ -8,7 +8,8 @@ import "fmt"
 // UnaryServerDedup runs the call at most once and answers a resend with the
 // first outcome. A call whose outgoing metadata already holds a
 // RequestIDHeader keeps the caller's id: an application can name a logical
-// operation itself and retry it across processes.
+// operation itself and retry it across processes (1 to 128 bytes, without
+// ';', which separates the id from grpcguard's parameters).
 //
 // By default (without this option) a unary call carries an id where the id
 // can matter: every call of a method its server deduplicates (learned from
