@@ -65,7 +65,9 @@ func fingerprintOf(method methodPrefix, req proto.Message) (fingerprint, error) 
 	bp := marshalBufs.Get().(*[]byte)
 	defer marshalBufs.Put(bp)
 	b := append((*bp)[:0], method[:]...)
-	b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, req)
+	// AllowPartial: grpc decoded the request already; checking its required
+	// fields again would only cost time.
+	b, err := proto.MarshalOptions{Deterministic: true, AllowPartial: true}.MarshalAppend(b, req)
 	if err != nil {
 		return fingerprint{}, err
 	}
@@ -136,7 +138,9 @@ func appendOutcome(b []byte, fp fingerprint, o storedOutcome) ([]byte, error) {
 	if o.reply != nil {
 		b = binary.AppendUvarint(b, uint64(proto.Size(o.reply)))
 		var err error
-		if b, err = (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend(b, o.reply); err != nil {
+		// AllowPartial: a reply missing required fields fails grpc's own
+		// encoding, before and after a replay alike.
+		if b, err = (proto.MarshalOptions{UseCachedSize: true, AllowPartial: true}).MarshalAppend(b, o.reply); err != nil {
 			return nil, err
 		}
 	} else {
