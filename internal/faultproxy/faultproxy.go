@@ -338,10 +338,15 @@ func (c *pconn) checkIdle() {
 }
 
 // fault closes the client side with RST or FIN, and the server side, and
-// reports whether this call did it.
-func (c *pconn) fault(rst bool) bool {
+// reports whether this call did it; it counts the fault, and in each of also.
+func (c *pconn) fault(rst bool, also ...*atomic.Int64) bool {
 	if !c.faulted.CompareAndSwap(false, true) {
 		return false
+	}
+	// Counted before the sockets close: a client that sees the fault may
+	// read the counters at once.
+	for _, n := range also {
+		n.Add(1)
 	}
 	if rst {
 		c.client.SetLinger(0)
@@ -446,8 +451,7 @@ func (c *pconn) lostReply(b []byte, fromClient bool) bool {
 		return false
 	}
 	reply := c.serverScan.feed(b, frameHeaders, frameData)
-	if reply && c.requested.Load() && c.fault(true) {
-		c.p.lostReplies.Add(1)
+	if reply && c.requested.Load() && c.fault(true, &c.p.lostReplies) {
 		return true
 	}
 	return false
