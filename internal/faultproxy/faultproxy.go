@@ -328,9 +328,9 @@ func (c *pconn) checkIdle() {
 	case HalfCloseAfterIdle:
 		if c.faulted.CompareAndSwap(false, true) {
 			c.halfClosed.Store(true)
+			c.p.halfCloses.Add(1) // before the client can see it, as in fault
 			c.client.CloseWrite()
 			c.server.Close()
-			c.p.halfCloses.Add(1)
 		}
 	default:
 		c.idleTimer.Reset(c.p.cfg.Idle)
