@@ -99,6 +99,7 @@ const seqMask = 1<<31 - 1
 
 // memClaim is a running claim.
 type memClaim struct {
+	slot    uint32 // its index in claims
 	key     string
 	value   []byte // the caller's, unchanged until Finish or Release
 	expires int64  // nanotime
@@ -119,7 +120,6 @@ func claimSize(key string, value []byte) int64 {
 type memSegment struct {
 	seq     uint64
 	buf     []byte
-	newest  int64 // finished time of its newest record
 	expires int64 // latest expiry of its records
 }
 
@@ -245,7 +245,7 @@ func (s *MemoryStore) Claim(_ context.Context, key string, value []byte, ttl tim
 		i = uint32(len(sh.claims))
 		sh.claims = append(sh.claims, memClaim{})
 	}
-	sh.claims[i] = memClaim{key: key, value: value, expires: now + int64(ttl)}
+	sh.claims[i] = memClaim{slot: i, key: key, value: value, expires: now + int64(ttl)}
 	sh.index.put(h, runningBit|uint64(i))
 	sh.bytes += size
 	return nil, s.scope, nil
@@ -291,8 +291,8 @@ func (s *MemoryStore) Finish(_ context.Context, key string, claim, outcome []byt
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(key)))
 	b = append(append(b, key...), outcome...)
 	seg.buf = b
-	seg.newest, seg.expires = now, max(seg.expires, now+int64(ttl))
-	sh.dropClaim(h)
+	seg.expires = max(seg.expires, now+int64(ttl))
+	sh.dropClaim(c)
 	sh.index.put(h, seg.loc(off))
 	return nil
 }
@@ -306,7 +306,7 @@ func (s *MemoryStore) Release(_ context.Context, key string, claim []byte) error
 	if c == nil || !bytes.Equal(c.value, claim) {
 		return ErrClaimLost
 	}
-	sh.dropClaim(h)
+	sh.dropClaim(c)
 	sh.index.del(h)
 	return nil
 }
@@ -372,7 +372,7 @@ func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]
 			return nil, false, errHashCollision
 		}
 		if now >= c.expires {
-			sh.dropClaim(h)
+			sh.dropClaim(c)
 			sh.index.del(h)
 			return nil, false, nil
 		}
@@ -404,19 +404,17 @@ func (sh *memShard) claim(key string, h uint64, now int64) *memClaim {
 		return nil
 	}
 	if now >= c.expires {
-		sh.dropClaim(h)
+		sh.dropClaim(c)
 		sh.index.del(h)
 		return nil
 	}
 	return c
 }
 
-// dropClaim frees the slot of the running claim of h, waking its waiters,
-// and leaves h's index entry to the caller.
-func (sh *memShard) dropClaim(h uint64) {
-	loc, _ := sh.index.get(h)
-	i := uint32(loc)
-	c := &sh.claims[i]
+// dropClaim frees the slot of the running claim c, waking its waiters, and
+// leaves its index entry to the caller.
+func (sh *memShard) dropClaim(c *memClaim) {
+	i := c.slot
 	sh.bytes -= claimSize(c.key, c.value)
 	if c.done != nil {
 		close(c.done)
