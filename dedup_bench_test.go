@@ -73,6 +73,21 @@ func (s *benchStream) SetTrailer(md metadata.MD) error {
 	return nil
 }
 
+// dedupBenchCall returns what the server benchmarks call: a handler that
+// echoes, its method, a request of some thirty bytes, and a function making
+// the incoming context of a call with the given request id.
+func dedupBenchCall() (grpc.UnaryHandler, *grpc.UnaryServerInfo, *wrapperspb.StringValue, func(id string) context.Context) {
+	handler := func(ctx context.Context, req any) (any, error) {
+		return wrapperspb.String(req.(*wrapperspb.StringValue).Value), nil
+	}
+	info := &grpc.UnaryServerInfo{FullMethod: "/grpcguard.testing.Echo/Echo"}
+	callCtx := func(id string) context.Context {
+		ctx := metadata.NewIncomingContext(context.Background(), metadata.MD{RequestIDHeader: {id}})
+		return grpc.NewContextWithServerTransportStream(ctx, &benchStream{})
+	}
+	return handler, info, wrapperspb.String("a request of some thirty bytes"), callCtx
+}
+
 // The server interceptor with the memory store against the plain handler,
 // in one run; each iteration builds the same incoming context, with a new
 // request id as grpcguard clients make them:
@@ -85,15 +100,7 @@ func (s *benchStream) SetTrailer(md metadata.MD) error {
 // old outcomes; Duplicate answers from the store without running the
 // handler.
 func BenchmarkDedupServer(b *testing.B) {
-	handler := func(ctx context.Context, req any) (any, error) {
-		return wrapperspb.String(req.(*wrapperspb.StringValue).Value), nil
-	}
-	info := &grpc.UnaryServerInfo{FullMethod: "/grpcguard.testing.Echo/Echo"}
-	req := wrapperspb.String("a request of some thirty bytes")
-	callCtx := func(id string) context.Context {
-		ctx := metadata.NewIncomingContext(context.Background(), metadata.MD{RequestIDHeader: {id}})
-		return grpc.NewContextWithServerTransportStream(ctx, &benchStream{})
-	}
+	handler, info, req, callCtx := dedupBenchCall()
 	b.Run("Plain", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -143,15 +150,7 @@ func BenchmarkDedupServer(b *testing.B) {
 //
 //	go test -run '^$' -bench 'DedupOverhead' -count 8 . | benchstat -
 func BenchmarkDedupOverhead(b *testing.B) {
-	handler := func(ctx context.Context, req any) (any, error) {
-		return wrapperspb.String(req.(*wrapperspb.StringValue).Value), nil
-	}
-	info := &grpc.UnaryServerInfo{FullMethod: "/grpcguard.testing.Echo/Echo"}
-	req := wrapperspb.String("a request of some thirty bytes")
-	callCtx := func(id string) context.Context {
-		ctx := metadata.NewIncomingContext(context.Background(), metadata.MD{RequestIDHeader: {id}})
-		return grpc.NewContextWithServerTransportStream(ctx, &benchStream{})
-	}
+	handler, info, req, callCtx := dedupBenchCall()
 	for _, full := range []bool{false, true} {
 		name := "NewID"
 		if full {

@@ -137,7 +137,7 @@ func TestMemoryStoreInvalidConfig(t *testing.T) {
 
 func TestDedupRecordRoundTrip(t *testing.T) {
 	fp := fingerprint{7}
-	b, err := encodeOutcome(fp, storedOutcome{reply: wrapperspb.String("abc"),
+	b, err := appendOutcome(nil, fp, storedOutcome{reply: wrapperspb.String("abc"),
 		header: map[string][]string{"a": {"1", "2"}}, trailer: map[string][]string{"b": {"3"}}})
 	if err != nil {
 		t.Fatal(err)

@@ -150,12 +150,6 @@ func appendOutcome(b []byte, fp fingerprint, o storedOutcome) ([]byte, error) {
 	return appendMD(b, o.trailer), nil
 }
 
-// encodeOutcome returns the outcome record of o for fp in a buffer of its
-// own.
-func encodeOutcome(fp fingerprint, o storedOutcome) ([]byte, error) {
-	return appendOutcome(nil, fp, o)
-}
-
 // record is a decoded store value.
 type record struct {
 	done bool // an outcome; otherwise a claim
