@@ -75,10 +75,10 @@ func BenchmarkProbeBeforePick(b *testing.B) {
 				benchPair(b, d.DialContext)
 			}
 			ctx := context.Background()
-			d.beforePick(ctx) // the first pick scans once
+			d.beforePick(ctx, 0) // the first pick scans once
 			b.ReportAllocs()
 			for b.Loop() {
-				d.beforePick(ctx)
+				d.beforePick(ctx, 0)
 			}
 		})
 	}

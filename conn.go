@@ -53,25 +53,35 @@ type conn struct {
 	path     pathCheck // the keepalive round trip after idle (Linux TCP)
 
 	// lastIO is the nanotime of the last Write or of the last Read that
-	// returned data: what a middlebox calls activity. probedAt is when a
-	// probe last found the socket alive; it postpones the next probe, not
-	// the idle age.
+	// returned data. probedAt is when a probe last found the socket alive;
+	// it postpones the next probe, not the idle age.
 	lastIO   atomic.Int64
 	probedAt atomic.Int64
+	// lastActive is lastIO without the reads nothing asked for: the last
+	// Write, or the last Read that answered one (awaiting) or belongs to an
+	// open stream. A GOAWAY that a proxy sends as it closes an idle conn is
+	// not activity: the conn's data idle at death is the proxy's timeout.
+	// unasked is the nanotime of the latest read that was not activity.
+	lastActive atomic.Int64
+	unasked    atomic.Int64
 	// The write protocol (see Write): writing counts Writes between
 	// publishing and returning; lastWrite is the largest nanotime at which a
 	// Write that may reach the socket began (0: none yet).
 	writing   atomic.Int32
 	lastWrite atomic.Int64
-	// wakeIdle is how long the conn had been idle before the latest Write
-	// that ended an idle period, until data is read back: if the conn dies
-	// in between, that idle period killed it (a middlebox that forgot the
-	// flow answers the first bytes with RST).
+	// wakeIdle is how long the conn had carried no data before the latest
+	// Write that ended an idle period, and wakePath how long its path had
+	// been silent then (when read), until data is read back: if the conn
+	// dies in between, that idle period killed it (a middlebox that forgot
+	// the flow answers the first bytes with RST); if data comes back, the
+	// path was alive after that idle.
 	wakeIdle atomic.Int64
-	// awaiting: the last I/O was a write, so a call may be waiting for its
-	// answer; a read clears it. The idle horizon spares such a conn its
-	// margin.
+	wakePath atomic.Int64
+	// awaiting: the last I/O was a write, so a reply may be on its way.
 	awaiting atomic.Bool
+	// used: an attempt ended on this conn, so grpc's handshake on it is
+	// done; a conn not yet used is never retired.
+	used atomic.Bool
 
 	state     atomic.Int32
 	reason    atomic.Int32 // StaleReason once found dead, -1 before
@@ -97,6 +107,7 @@ func newConn(d *Dialer, c net.Conn) *conn {
 	cc.reason.Store(-1)
 	now := nanotime()
 	cc.lastIO.Store(now)
+	cc.lastActive.Store(now)
 	cc.probedAt.Store(now)
 	return cc
 }
@@ -122,8 +133,6 @@ func (c *conn) probeDue(now int64) bool {
 	return now-max(c.lastIO.Load(), c.probedAt.Load()) >= int64(c.d.cfg.probeAfterIdle)
 }
 
-// idleFor is how long the conn has carried no byte, at now.
-func (c *conn) idleFor(now int64) time.Duration { return time.Duration(now - c.lastIO.Load()) }
 
 // probe polls the socket. A conn found closed or reset is marked stale and
 // its socket closed (once); one whose peer sent FIN behind unread data is
@@ -147,7 +156,7 @@ func (c *conn) probe() error {
 		return nil
 	case probeDraining:
 		c.d.cfg.metrics.probed(true)
-		c.markDead(PeerClosed, stateDraining)
+		c.markDead(PeerClosed, stateDraining, -1)
 		return &StaleConnError{Reason: PeerClosed, Op: "probe"}
 	}
 	c.d.cfg.metrics.probed(true)
@@ -155,7 +164,7 @@ func (c *conn) probe() error {
 	if r == probeReset {
 		reason = Reset
 	}
-	c.discard(reason)
+	c.discard(reason, -1)
 	return &StaleConnError{Reason: reason, Op: "probe"}
 }
 
@@ -169,8 +178,8 @@ func (c *conn) staleReason() StaleReason {
 // discard marks the conn stale for reason, counts it once, and closes the
 // socket, so that grpc's reader fails at once and grpc releases the conn. The
 // conn stays registered until grpc calls Close.
-func (c *conn) discard(reason StaleReason) {
-	if c.markDead(reason, stateStale) {
+func (c *conn) discard(reason StaleReason, path time.Duration) {
+	if c.markDead(reason, stateStale, path) {
 		c.Conn.Close()
 	}
 }
@@ -179,32 +188,64 @@ func (c *conn) discard(reason StaleReason) {
 // counts it, and tells the Dialer how long the conn had been idle. It reports
 // whether this call did so: a conn is counted once, whoever finds it first.
 // The state changes before anything else: the write protocol relies on it.
-func (c *conn) markDead(reason StaleReason, state int32) bool {
+// path is the conn's path idle when the caller read it, or < 0.
+func (c *conn) markDead(reason StaleReason, state int32, path time.Duration) bool {
 	if !c.state.CompareAndSwap(stateOpen, state) {
 		return false
 	}
 	c.reason.Store(int32(reason))
 	c.d.cfg.metrics.staleConn(reason)
-	age := c.wakeIdle.Load()
-	if age == 0 {
-		age = int64(c.idleFor(nanotime()))
+	now := nanotime()
+	d := idleDeath{kind: deathReset, at: now}
+	d.idle = time.Duration(c.wakeIdle.Load())
+	if d.idle == 0 {
+		d.idle = time.Duration(now - c.lastActive.Load())
 	}
-	c.d.horizon.observe(time.Duration(age))
+	if path < 0 {
+		if w := c.wakePath.Load(); w != 0 {
+			path = time.Duration(w)
+		} else if p, ok := c.socketPathIdle(); ok {
+			path = p
+		} else {
+			path = d.idle
+		}
+	}
+	d.path = path
+	if reason == PeerClosed {
+		d.kind = deathClosed
+		if u := c.unasked.Load(); u > c.lastActive.Load() && now-u < int64(announceWindow) {
+			d.kind = deathAnnounced
+		}
+	}
+	if c.d.horizon.observe(d) {
+		c.d.applyKeepAlive()
+	}
 	c.d.nextCheck.Store(0) // the horizon may have shrunk
 	return true
 }
 
-// retire closes an open, idle conn that has outlived the idle horizon. It
-// reports whether it did. A conn with a write in flight is never retired, nor
-// one that has not written yet: grpc is still setting it up (under load the
-// handshake can outlast a short horizon), and it has not been idle in use. A
-// Write racing with it is refused by the write protocol, and the attempt
-// behind it provably never left.
-func (c *conn) retire() bool {
-	if c.writing.Load() != 0 || c.lastWrite.Load() == 0 || !c.state.CompareAndSwap(stateOpen, stateRetired) {
+// announceWindow: a FIN this soon after data nobody asked for (a GOAWAY)
+// was announced by it. nginx and HAProxy send the FIN ~0.1ms after.
+const announceWindow = 50 * time.Millisecond
+
+func (c *conn) socketPathIdle() (time.Duration, bool) {
+	if c.prober.rc == nil || !c.path.ok() {
+		return 0, false
+	}
+	return socketPathIdle(c.prober.rc)
+}
+
+// retire closes an open conn that has outlived the idle horizon and carries
+// nothing: the Dialer checked that no call or stream of its own is in flight
+// (Dialer.inflight); the conn has been used by an attempt, so grpc's
+// handshake on it is over; and no Write is in flight. It reports whether it
+// did. A Write racing with it is refused by the write protocol, and the
+// attempt behind it provably never left.
+func (c *conn) retire(fixed bool) bool {
+	if !c.used.Load() || c.writing.Load() != 0 || !c.state.CompareAndSwap(stateOpen, stateRetired) {
 		return false
 	}
-	c.d.cfg.metrics.retired()
+	c.d.cfg.metrics.retired(fixed)
 	c.Conn.Close()
 	return true
 }
@@ -258,8 +299,8 @@ func (c *conn) Write(b []byte) (int, error) {
 		if err := c.checkAfterIdle(now, time.Duration(idle)); err != nil {
 			return 0, err
 		}
-		if idle >= int64(minIdleDeath) {
-			c.wakeIdle.Store(idle)
+		if active := now - c.lastActive.Load(); active >= int64(minIdleDeath) {
+			c.wakeIdle.Store(active)
 		}
 	}
 	c.writing.Add(1)
@@ -280,6 +321,7 @@ func (c *conn) Write(b []byte) (int, error) {
 		}
 	}
 	c.lastIO.Store(now)
+	c.lastActive.Store(now)
 	if !c.awaiting.Load() {
 		c.awaiting.Store(true)
 	}
@@ -292,8 +334,9 @@ func (c *conn) Write(b []byte) (int, error) {
 }
 
 // checkAfterIdle runs before the first Write after idle: a probe when one is
-// due, then, after a longer idle, the path check (a keepalive round trip).
-// It returns the error that refuses the Write, having sent nothing.
+// due, then, when the path has been silent at least WithVerifyAfterIdle and
+// longer than the Dialer knows to be safe, the path check (a keepalive round
+// trip). It returns the error that refuses the Write, having sent nothing.
 func (c *conn) checkAfterIdle(now int64, idle time.Duration) error {
 	if c.probeDue(now) {
 		if err := c.probe(); err != nil {
@@ -304,39 +347,71 @@ func (c *conn) checkAfterIdle(now int64, idle time.Duration) error {
 			return nil // the probe could not run (closed): the write reports it
 		}
 	}
-	if v := c.d.cfg.verifyAfterIdle; v > 0 && idle >= v && c.path.ok() {
-		if err := c.verifyPath(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// verifyPath runs the path check and acts on its answer.
-func (c *conn) verifyPath() error {
-	start := nanotime()
-	r := c.path.verify()
-	c.d.cfg.metrics.verified(r, time.Duration(nanotime()-start))
-	if r != verifyStale {
-		if r == verifyAlive {
-			c.probedAt.Store(nanotime())
-		}
+	v := c.d.cfg.verifyAfterIdle
+	if v <= 0 || idle < v || !c.path.ok() {
 		return nil
 	}
-	c.discard(Reset)
-	return &StaleConnError{Reason: Reset, Op: "verify", Err: syscall.ECONNRESET}
+	path, ok := c.path.pathIdle()
+	if !ok {
+		return nil // closed meanwhile: the write reports it
+	}
+	h := c.d.horizon
+	if heard := idle - path; heard >= time.Second {
+		// A packet came a second or more after the conn's last data and
+		// carried none: the answer to a keepalive probe, which left when the
+		// path had been silent the keepalive idle.
+		h.sawAlive(min(heard, h.keepAliveIdle()), now)
+	}
+	c.wakePath.Store(int64(max(path, 1)))
+	switch {
+	case path < v:
+		return nil // the path answered less than v ago (a keepalive ACK)
+	case h.knownAlive(path):
+		c.d.cfg.metrics.verified(verifyKnownAlive, 0)
+		return nil
+	}
+	return c.verifyPath(path)
+}
+
+// verifyPath runs the path check on a conn whose path has been silent for
+// path, and acts on its answer.
+func (c *conn) verifyPath(path time.Duration) error {
+	start := nanotime()
+	r := c.path.verify()
+	end := nanotime()
+	c.d.cfg.metrics.verified(r, time.Duration(end-start))
+	switch r {
+	case verifyAlive:
+		c.probedAt.Store(end)
+		c.d.horizon.sawAlive(path, end)
+		return nil
+	case verifyStale:
+		c.discard(Reset, path)
+		return &StaleConnError{Reason: Reset, Op: "verify", Err: syscall.ECONNRESET}
+	}
+	return nil
 }
 
 // Read records activity and counts a peer close that the reader meets first.
 func (c *conn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.lastIO.Store(nanotime())
-		if c.wakeIdle.Load() != 0 {
-			c.wakeIdle.Store(0) // the path answered after the idle period
-		}
-		if c.awaiting.Load() {
-			c.awaiting.Store(false)
+		now := nanotime()
+		c.lastIO.Store(now)
+		if c.awaiting.Load() || c.d.streams.Load() > 0 {
+			c.lastActive.Store(now)
+			if c.wakeIdle.Load() != 0 {
+				c.wakeIdle.Store(0) // the path answered after the idle period
+			}
+			if w := c.wakePath.Load(); w != 0 {
+				c.wakePath.Store(0)
+				c.d.horizon.sawAlive(time.Duration(w), now)
+			}
+			if c.awaiting.Load() {
+				c.awaiting.Store(false)
+			}
+		} else {
+			c.unasked.Store(now)
 		}
 	}
 	if err != nil {
@@ -362,7 +437,7 @@ func (c *conn) noteIOError(err error) {
 	default:
 		reason = SocketError
 	}
-	c.markDead(reason, stateStale)
+	c.markDead(reason, stateStale, -1)
 }
 
 // Close releases the conn: grpc calls it once its transport is done with the

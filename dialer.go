@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -38,6 +39,16 @@ type Dialer struct {
 	checkAfter int64
 	horizon    *idleHorizon
 
+	// What the Dialer's interceptors know of the RPCs in flight: calls
+	// counts unary attempts between the check before the pick and the
+	// invoker's return, streams the streams from creation to end. A conn is
+	// retired only when neither counts anything but the attempt asking (see
+	// scan). counting is set once both interceptors exist: without them
+	// nothing is known, and nothing is retired.
+	calls, streams atomic.Int64
+	countUnary     atomic.Bool
+	countStream    atomic.Bool
+
 	// live is the snapshot of open conns the per-RPC path reads without a
 	// lock; it is replaced, under mu, whenever a conn comes or goes.
 	live atomic.Pointer[[]*conn]
@@ -59,7 +70,7 @@ type Dialer struct {
 // ErrInvalidOption that names them (DialOptions reports them at once).
 func NewDialer(opts ...Option) *Dialer {
 	cfg, err := newConfig(opts)
-	d := &Dialer{cfg: cfg, err: err, horizon: newIdleHorizon(cfg.maxIdle, cfg.metrics)}
+	d := &Dialer{cfg: cfg, err: err, horizon: newIdleHorizon(cfg.maxIdle, cfg.keepAliveIdle, cfg.metrics)}
 	d.checkAfter = int64(cfg.probeAfterIdle)
 	if v := cfg.verifyAfterIdle; v > 0 && int64(v) < d.checkAfter {
 		d.checkAfter = int64(v)
@@ -114,7 +125,20 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 		c.Close()
 		return nil, ErrDialerClosed
 	}
+	if k := d.horizon.keepAliveIdle(); k != d.cfg.keepAliveIdle {
+		c.path.setKeepAliveIdle(k)
+	}
 	return c, nil
+}
+
+// applyKeepAlive sets the keepalive the horizon asks for on every live conn.
+func (d *Dialer) applyKeepAlive() {
+	k := d.horizon.keepAliveIdle()
+	if p := d.live.Load(); p != nil && k > 0 {
+		for _, c := range *p {
+			c.path.setKeepAliveIdle(k)
+		}
+	}
 }
 
 // parseDialAddr turns an address from grpc into a network and an address
@@ -228,40 +252,57 @@ func (d *Dialer) sweep(stop <-chan struct{}) {
 			return
 		case <-t.C:
 			d.nextCheck.Store(0)
-			d.scan(nanotime(), nil)
+			d.scan(nanotime(), nil, 0)
 		}
 	}
 }
 
-// beforePick runs before an attempt picks a transport. It retires the conns
-// idle past the idle horizon and probes those idle at least the
-// probe-after-idle time. A conn retired or found dead is closed, and the
-// attempt waits (at most releaseWait) until grpc has released it, so that it
-// picks a fresh transport instead of the dying one. Until the earliest time a
-// conn can be due (nextCheck) it costs a clock read and an atomic load,
-// whatever the number of conns.
-func (d *Dialer) beforePick(ctx context.Context) {
+// beforePick runs before an attempt picks a transport; self is what the
+// attempt itself adds to d.calls and d.streams. It retires the conns idle
+// past the idle horizon and probes those idle at least the probe-after-idle
+// time. A conn retired or found dead is closed, and the attempt waits (at
+// most releaseWait) until grpc has released it, so that it picks a fresh
+// transport instead of the dying one. Until the earliest time a conn can be
+// due (nextCheck) it costs a clock read and an atomic load, whatever the
+// number of conns.
+func (d *Dialer) beforePick(ctx context.Context, self int64) {
 	now := nanotime()
 	if now < d.nextCheck.Load() {
 		return
 	}
-	d.scan(now, ctx)
+	d.scan(now, ctx, self)
 }
+
+// busyRescan is how soon a scan that could not retire a conn because an RPC
+// was in flight looks again.
+const busyRescan = int64(time.Millisecond)
 
 // scan checks every live conn at now and sets nextCheck. With a ctx it waits
 // for the conns it closed to be released.
+//
+// A conn is retired only when the Dialer carries no RPC but the attempt
+// running the scan (self), which has not picked yet: grpc reports which conn
+// an attempt used only when it ends, so an RPC in flight on any conn holds
+// back the retirement of all. With one conn (pick_first, grpc's default) that
+// is exact; with several it errs toward keeping conns, which the probe and
+// the path check still guard.
 //
 // nextCheck never ends up later than a conn's due time: for the conns scanned
 // it is their earliest due time, and it is at most now plus the shortest due
 // age, which a conn registered after now cannot beat. The horizon resets it
 // when it shrinks.
-func (d *Dialer) scan(now int64, ctx context.Context) {
+func (d *Dialer) scan(now int64, ctx context.Context, self int64) {
+	if d.horizon.refresh(now) {
+		d.applyKeepAlive()
+	}
 	p := d.live.Load()
 	if p == nil {
 		return
 	}
-	ra, rf := d.horizon.retireAge(now)
-	retireAge, retireAwaiting := int64(ra), int64(rf)
+	retireAge := int64(d.horizon.retireAge())
+	fixed := d.cfg.maxIdle > 0
+	idle := retireAge > 0 && d.countUnary.Load() && d.countStream.Load() &&
+		d.calls.Load()+d.streams.Load() <= self
 	probeAge := int64(d.cfg.probeAfterIdle)
 	next := now + probeAge
 	if retireAge > 0 {
@@ -273,24 +314,25 @@ func (d *Dialer) scan(now int64, ctx context.Context) {
 		case stateReleased:
 			continue
 		case stateOpen:
-			io := c.lastIO.Load()
-			probeAt := max(io, c.probedAt.Load()) + probeAge
-			retireAt := io + retireAge
-			if c.awaiting.Load() {
-				retireAt = io + retireAwaiting
+			probeAt := max(c.lastIO.Load(), c.probedAt.Load()) + probeAge
+			retireAt := c.lastActive.Load() + retireAge
+			due := retireAge > 0 && now >= retireAt
+			if due && idle && c.retire(fixed) {
+				break
 			}
-			switch {
-			case retireAge > 0 && now >= retireAt && c.retire():
-			case now >= probeAt && (c.probe() != nil || c.state.Load() != stateOpen):
-			default:
-				if c.state.Load() == stateOpen {
-					next = min(next, max(io, c.probedAt.Load())+probeAge)
-					if retireAge > 0 {
-						next = min(next, retireAt)
-					}
+			if now >= probeAt && (c.probe() != nil || c.state.Load() != stateOpen) {
+				break
+			}
+			if c.state.Load() == stateOpen {
+				next = min(next, probeAt)
+				switch {
+				case due:
+					next = min(next, now+busyRescan) // held back: look again soon
+				case retireAge > 0:
+					next = min(next, retireAt)
 				}
-				continue
 			}
+			continue
 		}
 		if ctx == nil {
 			continue
@@ -313,20 +355,100 @@ func (d *Dialer) scan(now int64, ctx context.Context) {
 
 // UnaryClientInterceptor returns the check before the pick for unary RPCs:
 // install it innermost (after retry and hedging) so that every attempt, not
-// only the call, is checked. The retry and hedging interceptors need it for
-// nothing else: they learn whether an attempt left the client from the conn
-// itself (see handoff.go).
+// only the call, is checked. It also counts the attempts in flight, which is
+// how the Dialer knows that a conn it retires carries no call; it learns that
+// a conn finished its handshake from the grpc.Peer of an attempt that ended
+// on it, which the retry and hedging interceptors pass. The retry and hedging
+// interceptors need it for nothing else: they learn whether an attempt left
+// the client from the conn itself (see handoff.go).
 func (d *Dialer) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
+	d.countUnary.Store(true)
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		d.beforePick(ctx)
-		return invoker(ctx, method, req, reply, cc, opts...)
+		d.calls.Add(1)
+		d.beforePick(ctx, 1)
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		d.calls.Add(-1)
+		markUsed(opts)
+		return err
 	}
 }
 
-// StreamClientInterceptor returns the check before the pick for streams.
-func (d *Dialer) StreamClientInterceptor() grpc.StreamClientInterceptor {
-	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		d.beforePick(ctx)
-		return streamer(ctx, desc, cc, method, opts...)
+// markUsed marks the conn an attempt ended on as used, from the attempt's
+// grpc.Peer (the last one in opts: the retry and hedging interceptors append
+// theirs).
+func markUsed(opts []grpc.CallOption) {
+	for i := len(opts) - 1; i >= 0; i-- {
+		if po, ok := opts[i].(grpc.PeerCallOption); ok {
+			if po.PeerAddr != nil {
+				if ca, ok := po.PeerAddr.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
+					ca.c.used.Store(true)
+				}
+			}
+			return
+		}
 	}
+}
+
+// StreamClientInterceptor returns the check before the pick for streams. It
+// counts the streams open until they end (an error or the end of the
+// responses from RecvMsg, or the stream's context done), and marks the conn
+// a stream was created on as used.
+func (d *Dialer) StreamClientInterceptor() grpc.StreamClientInterceptor {
+	d.countStream.Store(true)
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		d.streams.Add(1)
+		d.beforePick(ctx, 1)
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			d.streams.Add(-1)
+			return nil, err
+		}
+		cs := &countedStream{ClientStream: s, d: d, serverStreams: desc.ServerStreams}
+		cs.stop = context.AfterFunc(ctx, cs.end)
+		return cs, nil
+	}
+}
+
+// countedStream takes its stream off the Dialer's count when it ends.
+type countedStream struct {
+	grpc.ClientStream
+	d             *Dialer
+	serverStreams bool
+	ended         atomic.Bool
+	stop          func() bool
+}
+
+// end takes the stream off the count, once: from the AfterFunc when the
+// context ends, or from finish.
+func (s *countedStream) end() {
+	if s.ended.CompareAndSwap(false, true) {
+		s.d.streams.Add(-1)
+	}
+}
+
+// finish ends the stream from the caller's goroutine, which also releases
+// the AfterFunc (stop is set before the caller has the stream).
+func (s *countedStream) finish() {
+	s.stop()
+	s.end()
+}
+
+// RecvMsg ends the stream on an error (io.EOF included) and, for a stream
+// with one response, on that response: grpc has read its status by then.
+func (s *countedStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err != nil || !s.serverStreams {
+		s.finish()
+	}
+	return err
+}
+
+// SendMsg ends the stream on an error other than io.EOF (which says the
+// stream ended on the server and leaves its status to RecvMsg).
+func (s *countedStream) SendMsg(m any) error {
+	err := s.ClientStream.SendMsg(m)
+	if err != nil && !errors.Is(err, io.EOF) {
+		s.finish()
+	}
+	return err
 }

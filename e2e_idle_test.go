@@ -97,9 +97,9 @@ func TestE2EIdleRace(t *testing.T) {
 			m := NewMetrics()
 			dopts, d := spyDialOptions(t, WithMetrics(m))
 			guarded[mi] = runIdleRace(t, "grpcguard "+mode.String(), newClient(t, p.Addr(), dopts...), srv, p, seed, func() bool {
-				return d.Load() != nil && retireOf(d.Load().horizon) > 0
+				return d.Load() != nil && d.Load().horizon.retireAge() > 0
 			})
-			guarded[mi].retired = int(testutil.ToFloat64(m.retiredConns))
+			guarded[mi].retired = int(testutil.ToFloat64(m.retiredBy[0]))
 			guarded[mi].stale = staleTotal(m)
 		}()
 	}

@@ -267,7 +267,11 @@ func ExampleWithMaxIdle() {
 	mfs, _ := reg.Gather()
 	for _, mf := range mfs {
 		if mf.GetName() == "grpcguard_connections_retired_total" {
-			fmt.Println("connections retired:", mf.GetMetric()[0].GetCounter().GetValue())
+			for _, s := range mf.GetMetric() {
+				if s.GetLabel()[0].GetValue() == "max_idle" {
+					fmt.Println("connections retired:", s.GetCounter().GetValue())
+				}
+			}
 		}
 	}
 	// Output:

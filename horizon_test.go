@@ -10,26 +10,27 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-func TestEstimateHorizon(t *testing.T) {
-	ms := func(v ...int) []time.Duration {
-		d := make([]time.Duration, len(v))
-		for i, x := range v {
-			d[i] = time.Duration(x) * time.Millisecond
-		}
-		return d
+func ms(v ...int) []time.Duration {
+	d := make([]time.Duration, len(v))
+	for i, x := range v {
+		d[i] = time.Duration(x) * time.Millisecond
 	}
+	return d
+}
+
+func TestEstimateHorizon(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		ages []time.Duration
 		want time.Duration
 	}{
-		{"one death", ms(1000), time.Second},
-		{"the youngest", ms(1300, 1000, 1100), time.Second},
+		{"one death retires nothing", ms(1000), 0},
+		{"two that agree", ms(1300, 1000), time.Second},
+		{"the youngest corroborated", ms(1300, 1000, 1100), time.Second},
 		{"one odd early death is ignored", ms(60, 1000, 1200), time.Second},
-		{"an odd death seen first is overruled by the second", ms(60, 1000), time.Second},
-		{"two early deaths are not odd", ms(60, 70, 1000), 60 * time.Millisecond},
-		{"late detection does not hide the youngest", ms(1000, 3500), time.Second},
-		{"a death at a fifth is odd", ms(200, 1000), time.Second},
+		{"two far apart agree on nothing", ms(60, 1000), 0},
+		{"two early deaths agree", ms(60, 70, 1000), 60 * time.Millisecond},
+		{"late detection within twice", ms(1000, 1900), time.Second},
 	} {
 		if got := estimateHorizon(tc.ages); got != tc.want {
 			t.Errorf("%s: estimateHorizon(%v) = %v, want %v", tc.name, tc.ages, got, tc.want)
@@ -37,16 +38,33 @@ func TestEstimateHorizon(t *testing.T) {
 	}
 }
 
-func TestHorizonLearnsFromIdleDeathsOnly(t *testing.T) {
+// death is an idle death of kind seen at, with path idle equal to idle.
+func death(kind deathKind, idle time.Duration, at int64) idleDeath {
+	return idleDeath{idle: idle, path: idle, kind: kind, at: at}
+}
+
+// Retirement needs two deaths that agree; one crash teaches nothing; deaths at
+// once are one event; busy deaths and announced closes are only counted.
+func TestHorizonNeedsConsistentEvidence(t *testing.T) {
 	m := NewMetrics()
-	h := newIdleHorizon(learnHorizon, m)
-	h.observe(10 * time.Millisecond) // a busy conn killed: not an idle death
-	if got := h.retireAgeNow(); got != 0 {
-		t.Fatalf("retire age %v after a busy death, want none", got)
+	h := newIdleHorizon(learnHorizon, DefaultKeepAliveIdle, m)
+	now := nanotime()
+	h.observe(death(deathClosed, 10*time.Millisecond, now)) // a busy conn killed
+	h.observe(death(deathClosed, time.Second, now+int64(time.Second)))
+	if got := h.retireAge(); got != 0 {
+		t.Fatalf("retire age %v after one idle death, want none", got)
 	}
-	h.observe(time.Second)
-	if got := h.retireAgeNow(); got != 800*time.Millisecond {
-		t.Errorf("retire age %v, want 80%% of 1s", got)
+	h.observe(death(deathClosed, 1200*time.Millisecond, now+int64(time.Second)+int64(5*time.Millisecond)))
+	if got := h.retireAge(); got != 0 {
+		t.Fatalf("retire age %v after two deaths 5ms apart (one event), want none", got)
+	}
+	h.observe(death(deathAnnounced, 1100*time.Millisecond, now+int64(2*time.Second)))
+	if got := h.retireAge(); got != 0 {
+		t.Fatalf("retire age %v after a GOAWAY-announced close, want none", got)
+	}
+	h.observe(death(deathClosed, 1300*time.Millisecond, now+int64(3*time.Second)))
+	if got := h.retireAge(); got != 800*time.Millisecond {
+		t.Errorf("retire age %v after two deaths at 1s and 1.3s, want 80%% of 1s", got)
 	}
 	if got := testutil.ToFloat64(m.horizon); got != 1 {
 		t.Errorf("idle_horizon_seconds = %v, want 1", got)
@@ -54,15 +72,101 @@ func TestHorizonLearnsFromIdleDeathsOnly(t *testing.T) {
 	if got := testutil.CollectAndCount(m.staleIdleAge); got != 1 {
 		t.Errorf("stale_connection_idle_seconds has %d series, want 1", got)
 	}
-	fixed := newIdleHorizon(300*time.Millisecond, nil)
-	fixed.observe(100 * time.Millisecond)
-	if got := fixed.retireAgeNow(); got != 300*time.Millisecond {
-		t.Errorf("WithMaxIdle(300ms): retire age %v after a death at 100ms, want 300ms (not learned)", got)
+	if h.keepAliveIdle() != DefaultKeepAliveIdle {
+		t.Errorf("keepalive %v after FIN deaths only, want the default: keepalive cannot satisfy a closer", h.keepAliveIdle())
 	}
-	off := newIdleHorizon(0, nil)
-	off.observe(time.Second)
-	if got := off.retireAgeNow(); got != 0 {
+
+	fixed := newIdleHorizon(300*time.Millisecond, DefaultKeepAliveIdle, nil)
+	fixed.observe(death(deathClosed, 100*time.Millisecond, now))
+	fixed.observe(death(deathClosed, 110*time.Millisecond, now+int64(time.Second)))
+	if got := fixed.retireAge(); got != 300*time.Millisecond {
+		t.Errorf("WithMaxIdle(300ms): retire age %v after deaths at 100ms, want 300ms (not learned)", got)
+	}
+	off := newIdleHorizon(0, DefaultKeepAliveIdle, nil)
+	off.observe(death(deathClosed, time.Second, now))
+	off.observe(death(deathClosed, time.Second, now+int64(time.Second)))
+	if got := off.retireAge(); got != 0 {
 		t.Errorf("WithMaxIdle(0): retire age %v, want never", got)
+	}
+}
+
+// A reset after idle shortens keepalive to half the path idle (whole seconds,
+// at least 1s, at most the configured), arms the path check below it, and
+// retires nothing; it lasts keepAliveMemory.
+func TestHorizonResetShortensKeepAlive(t *testing.T) {
+	m := NewMetrics()
+	h := newIdleHorizon(learnHorizon, DefaultKeepAliveIdle, m)
+	if got := testutil.ToFloat64(m.keepAlive); got != DefaultKeepAliveIdle.Seconds() {
+		t.Fatalf("keepalive_seconds = %v, want %v", got, DefaultKeepAliveIdle.Seconds())
+	}
+	now := nanotime()
+	h.sawAlive(8*time.Second, now)
+	if !h.knownAlive(5 * time.Second) {
+		t.Fatal("a path seen alive after 8s is not known alive at 5s")
+	}
+	if !h.observe(death(deathReset, 7650*time.Millisecond, now)) {
+		t.Fatal("a reset after 7.65s of idle did not change the keepalive")
+	}
+	if got := h.keepAliveIdle(); got != 3*time.Second {
+		t.Errorf("keepalive %v after a reset at 7.65s, want 3s", got)
+	}
+	if got := testutil.ToFloat64(m.keepAlive); got != 3 {
+		t.Errorf("keepalive_seconds = %v, want 3", got)
+	}
+	if h.knownAlive(5 * time.Second) {
+		t.Error("still known alive at 5s after a reset at 7.65s: the alive edge was not forgotten")
+	}
+	if h.retireAge() != 0 {
+		t.Error("one reset retires conns")
+	}
+	h.sawAlive(9*time.Second, now+1)
+	if h.knownAlive(8 * time.Second) {
+		t.Error("known alive past the dead edge")
+	}
+	h.sawAlive(3*time.Second, now+2)
+	if !h.knownAlive(2 * time.Second) {
+		t.Error("a path seen alive after 3s is not known alive at 2s")
+	}
+	h.observe(death(deathReset, 1500*time.Millisecond, now+int64(time.Second)))
+	if got := h.keepAliveIdle(); got != time.Second {
+		t.Errorf("keepalive %v after a reset at 1.5s, want the 1s floor", got)
+	}
+	if h.refresh(now + int64(keepAliveMemory) - int64(time.Second)) {
+		t.Error("keepalive restored before keepAliveMemory")
+	}
+	if !h.refresh(now+int64(keepAliveMemory)+int64(2*time.Second)) || h.keepAliveIdle() != DefaultKeepAliveIdle {
+		t.Errorf("keepalive %v after keepAliveMemory, want the configured one back", h.keepAliveIdle())
+	}
+	off := newIdleHorizon(learnHorizon, 0, nil)
+	if off.observe(death(deathReset, 8*time.Second, now)) || off.keepAliveIdle() != 0 {
+		t.Error("WithKeepAlive(0): a reset turned keepalive on")
+	}
+}
+
+// A death is forgotten after 16 times its age (at least a minute): a short
+// horizon does not outlive its cause for long.
+func TestHorizonForgets(t *testing.T) {
+	h := newIdleHorizon(learnHorizon, DefaultKeepAliveIdle, nil)
+	now := nanotime()
+	h.observe(death(deathClosed, 100*time.Millisecond, now))
+	h.observe(death(deathClosed, 100*time.Millisecond, now+int64(time.Second)))
+	if got := h.retireAge(); got != 80*time.Millisecond {
+		t.Fatalf("retire age %v, want 80ms", got)
+	}
+	h.refresh(now + int64(horizonMemoryMin) - 1)
+	if h.retireAge() == 0 {
+		t.Fatal("forgotten before a minute")
+	}
+	h.refresh(now + int64(horizonMemoryMin) + int64(2*time.Second))
+	if got := h.retireAge(); got != 0 {
+		t.Fatalf("retire age %v a minute later, want forgotten", got)
+	}
+	long := newIdleHorizon(learnHorizon, DefaultKeepAliveIdle, nil)
+	long.observe(death(deathClosed, 350*time.Second, now)) // an NLB's idle timeout
+	long.observe(death(deathClosed, 400*time.Second, now+int64(time.Second)))
+	long.refresh(now + int64(time.Hour))
+	if got := long.retireAge(); got != 280*time.Second {
+		t.Errorf("350s deaths forgotten within an hour: retire age %v", got)
 	}
 }
 
@@ -80,8 +184,8 @@ func TestRetireIdleConnBeforePick(t *testing.T) {
 	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "b"); err != nil {
 		t.Fatal(err)
 	}
-	if n := testutil.ToFloat64(m.retiredConns); n != 1 {
-		t.Errorf("connections_retired_total = %v, want 1", n)
+	if n := testutil.ToFloat64(m.retiredBy[1]); n != 1 {
+		t.Errorf("connections_retired_total{reason=max_idle} = %v, want 1", n)
 	}
 	if n := staleTotal(m); n != 0 {
 		t.Errorf("stale_connections_total = %v, want 0: retiring is not finding dead", n)
@@ -91,90 +195,85 @@ func TestRetireIdleConnBeforePick(t *testing.T) {
 	}
 }
 
+// usedPair is a Dialer conn, marked used as an attempt ending on it would,
+// and the interceptors' facts present.
+func usedPair(t *testing.T, d *Dialer) *conn {
+	t.Helper()
+	d.UnaryClientInterceptor()
+	d.StreamClientInterceptor()
+	c0, _ := loopbackPair(t, d.DialContext)
+	c := c0.(*conn)
+	c.used.Store(true)
+	return c
+}
+
 // A conn with a write in flight is never retired, however long the write
 // has been blocked.
 func TestRetireSparesConnWithWriteInFlight(t *testing.T) {
 	d := NewDialer(WithMaxIdle(time.Millisecond))
 	defer d.Close()
-	c0, _ := loopbackPair(t, d.DialContext)
-	c := c0.(*conn)
+	c := usedPair(t, d)
 	if _, err := c.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	c.writing.Add(1) // as Write does before its syscall
 	time.Sleep(5 * time.Millisecond)
-	d.beforePick(context.Background())
+	d.beforePick(context.Background(), 0)
 	if s := c.state.Load(); s != stateOpen {
 		t.Fatalf("state %d, want open: a conn in the middle of a write was retired", s)
 	}
 	c.writing.Add(-1)
-	d.beforePick(context.Background())
+	d.nextCheck.Store(0)
+	d.beforePick(context.Background(), 0)
 	if s := c.state.Load(); s != stateRetired && s != stateReleased {
 		t.Fatalf("state %d, want retired once the write is done", s)
 	}
 }
 
-// A death is forgotten after 16 times its age (at least a minute): a short
-// horizon that a crash taught does not outlive its cause for long.
-func TestHorizonForgets(t *testing.T) {
-	h := newIdleHorizon(learnHorizon, nil)
-	before := nanotime()
-	h.observe(100 * time.Millisecond)
-	now := nanotime()
-	if got := h.retireAgeAt(now); got != 80*time.Millisecond {
-		t.Fatalf("retire age %v, want 80ms", got)
+// A conn no attempt has ended on may still be in grpc's handshake: it is not
+// retired, however short the horizon, even after it wrote.
+func TestRetireSparesConnNotYetUsed(t *testing.T) {
+	d := NewDialer(WithMaxIdle(time.Millisecond))
+	defer d.Close()
+	d.UnaryClientInterceptor()
+	d.StreamClientInterceptor()
+	c0, _ := loopbackPair(t, d.DialContext)
+	c := c0.(*conn)
+	if _, err := c.Write([]byte("PRI * HTTP/2.0")); err != nil { // a preface
+		t.Fatal(err)
 	}
-	if got := h.retireAgeAt(before + int64(horizonMemoryMin) - 1); got == 0 {
-		t.Fatal("forgotten before a minute")
-	}
-	if got := h.retireAgeAt(now + int64(horizonMemoryMin) + int64(time.Second)); got != 0 {
-		t.Fatalf("retire age %v a minute later, want forgotten", got)
-	}
-	long := newIdleHorizon(learnHorizon, nil)
-	long.observe(350 * time.Second) // an NLB's idle timeout
-	if got := long.retireAgeAt(nanotime() + int64(time.Hour)); got != 280*time.Second {
-		t.Errorf("a 350s death forgotten within an hour: retire age %v", got)
+	time.Sleep(5 * time.Millisecond)
+	d.beforePick(context.Background(), 0)
+	if s := c.state.Load(); s != stateOpen {
+		t.Fatalf("state %d, want open: a conn mid-handshake was retired", s)
 	}
 }
 
-// A conn grpc has not written on yet is still being set up: it is not
-// retired, however short the horizon.
-func TestRetireSparesConnNotYetUsed(t *testing.T) {
+// An RPC in flight holds back retirement, and so does the lack of the
+// interceptors' facts.
+func TestRetireSparesConnWhileRPCInFlight(t *testing.T) {
 	d := NewDialer(WithMaxIdle(time.Millisecond))
 	defer d.Close()
 	c0, _ := loopbackPair(t, d.DialContext)
 	c := c0.(*conn)
+	c.used.Store(true)
 	time.Sleep(5 * time.Millisecond)
-	d.beforePick(context.Background())
+	d.beforePick(context.Background(), 0)
 	if s := c.state.Load(); s != stateOpen {
-		t.Fatalf("state %d, want open: a conn not yet written was retired", s)
+		t.Fatalf("state %d, want open: retired without the interceptors' facts", s)
 	}
-}
-
-func (h *idleHorizon) retireAgeAt(now int64) time.Duration { a, _ := h.retireAge(now); return a }
-
-func (h *idleHorizon) retireAgeNow() time.Duration { return h.retireAgeAt(nanotime()) }
-
-func retireOf(h *idleHorizon) time.Duration { return h.retireAgeNow() }
-
-// A conn whose last I/O was a write may have a call waiting for its answer:
-// it keeps the full horizon, not the margin.
-func TestRetireSparesAwaitingConnTheMargin(t *testing.T) {
-	d := NewDialer()
-	defer d.Close()
-	d.horizon.observe(100 * time.Millisecond) // retire at 80ms, or 100ms when awaiting
-	c0, _ := loopbackPair(t, d.DialContext)
-	c := c0.(*conn)
-	if _, err := c.Write([]byte("request")); err != nil {
-		t.Fatal(err)
+	d.UnaryClientInterceptor()
+	d.StreamClientInterceptor()
+	d.calls.Add(1)
+	d.nextCheck.Store(0)
+	d.beforePick(context.Background(), 0)
+	if s := c.state.Load(); s != stateOpen {
+		t.Fatalf("state %d, want open: retired with a call in flight", s)
 	}
-	time.Sleep(90 * time.Millisecond)
-	d.beforePick(context.Background())
-	if st := c.state.Load(); st != stateOpen {
-		t.Fatalf("state %d at 90ms: a conn awaiting its answer was retired within the margin", st)
+	d.nextCheck.Store(0)
+	d.beforePick(context.Background(), 1) // the call is the one asking
+	if s := c.state.Load(); s != stateRetired && s != stateReleased {
+		t.Fatalf("state %d, want retired when only the asking attempt is in flight", s)
 	}
-	waitFor(t, 5*time.Second, "retirement past the full horizon", func() bool {
-		d.beforePick(context.Background())
-		return c.state.Load() != stateOpen
-	})
+	d.calls.Add(-1)
 }

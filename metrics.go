@@ -19,9 +19,10 @@ import (
 //	grpcguard_connections_open
 //	grpcguard_connections_unprobed_total
 //	grpcguard_stale_connection_idle_seconds     histogram: idle age at death
-//	grpcguard_idle_horizon_seconds              learned or set
-//	grpcguard_connections_retired_total
-//	grpcguard_verifications_total{result}       result: alive, stale, unanswered
+//	grpcguard_idle_horizon_seconds              learned or set; 0: nothing is retired
+//	grpcguard_keepalive_seconds                 the TCP keepalive idle the Dialer uses now
+//	grpcguard_connections_retired_total{reason} reason: learned, max_idle
+//	grpcguard_verifications_total{result}       result: alive, stale, unanswered, known_alive
 //	grpcguard_verification_duration_seconds     histogram
 //	grpcguard_retries_total{grpc_service,grpc_method,grpc_code}
 //	grpcguard_retries_throttled_total{grpc_service,grpc_method}
@@ -53,7 +54,8 @@ type Metrics struct {
 	hedgeDelay      *prometheus.GaugeVec
 	staleIdleAge    prometheus.Histogram
 	horizon         prometheus.Gauge
-	retiredConns    prometheus.Counter
+	retiredConns    *prometheus.CounterVec
+	keepAlive       prometheus.Gauge
 	verifications   *prometheus.CounterVec
 	verifyWait      prometheus.Histogram
 	unprobed        prometheus.Counter
@@ -66,6 +68,7 @@ type Metrics struct {
 	dialOK    prometheus.Counter
 	dialErr   prometheus.Counter
 	verifyBy  [numVerifyResults]prometheus.Counter
+	retiredBy [2]prometheus.Counter // learned, max_idle
 }
 
 // MetricsOption configures NewMetrics. It follows the pattern of Option,
@@ -134,9 +137,11 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 			Help:        "Idle age at which connections die, learned from deaths or set with WithMaxIdle; conns are retired before it.",
 			ConstLabels: mc.constLabels,
 		}),
-		retiredConns: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "grpcguard", Name: "connections_retired_total",
-			Help:        "Idle connections closed before use because they outlived the idle horizon.",
+		retiredConns: counter("connections_retired_total",
+			"Idle connections that carried no RPC, closed before use because they outlived the idle horizon, by how the horizon was set.", "reason"),
+		keepAlive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "grpcguard", Name: "keepalive_seconds",
+			Help:        "The TCP keepalive idle the Dialer's connections use now: WithKeepAlive's, or shorter after a middlebox forgot an idle flow.",
 			ConstLabels: mc.constLabels,
 		}),
 		verifications: counter("verifications_total", "Path checks (keepalive round trips) before the first write after idle, by result.", "result"),
@@ -158,6 +163,8 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 	for r := StaleReason(0); r < numStaleReasons; r++ {
 		m.staleBy[r] = m.stale.WithLabelValues(r.String())
 	}
+	m.retiredBy[0] = m.retiredConns.WithLabelValues("learned")
+	m.retiredBy[1] = m.retiredConns.WithLabelValues("max_idle")
 	m.probeAliv = m.probes.WithLabelValues("alive")
 	m.probeStal = m.probes.WithLabelValues("stale")
 	m.dialOK = m.dials.WithLabelValues("ok")
@@ -168,7 +175,7 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.stale, m.probes, m.dials, m.open, m.retries, m.retryThrottled,
 		m.retryUnprocessd, m.retryDedup, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay,
-		m.staleIdleAge, m.horizon, m.retiredConns, m.verifications, m.verifyWait, m.unprobed}
+		m.staleIdleAge, m.horizon, m.retiredConns, m.keepAlive, m.verifications, m.verifyWait, m.unprobed}
 }
 
 // Describe implements prometheus.Collector.
@@ -284,15 +291,29 @@ func (m *Metrics) horizonSet(d time.Duration) {
 	}
 }
 
-func (m *Metrics) retired() {
+func (m *Metrics) retired(fixed bool) {
+	if m == nil {
+		return
+	}
+	if fixed {
+		m.retiredBy[1].Inc()
+	} else {
+		m.retiredBy[0].Inc()
+	}
+}
+
+func (m *Metrics) keepAliveSet(d time.Duration) {
 	if m != nil {
-		m.retiredConns.Inc()
+		m.keepAlive.Set(d.Seconds())
 	}
 }
 
 func (m *Metrics) verified(r verifyResult, wait time.Duration) {
-	if m != nil {
-		m.verifyBy[r].Inc()
+	if m == nil {
+		return
+	}
+	m.verifyBy[r].Inc()
+	if r != verifyKnownAlive {
 		m.verifyWait.Observe(wait.Seconds())
 	}
 }

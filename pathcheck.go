@@ -41,6 +41,7 @@ const (
 	verifyAlive      verifyResult = iota // the peer answered
 	verifyStale                          // reset, or closed meanwhile
 	verifyUnanswered                     // nothing within the bound
+	verifyKnownAlive                     // not run: the path idle is below the alive edge
 	numVerifyResults
 )
 
@@ -51,6 +52,8 @@ func (r verifyResult) String() string {
 		return "alive"
 	case verifyStale:
 		return "stale"
+	case verifyKnownAlive:
+		return "known_alive"
 	}
 	return "unanswered"
 }

@@ -149,3 +149,49 @@ func (p *pathCheck) run() verifyResult {
 		time.Sleep(min(step, bound-elapsed))
 	}
 }
+
+// pathIdle returns how long the socket has received nothing, keepalive ACKs
+// included: the kernel's own measure of idle for keepalive (the smaller of
+// tcpi_last_data_recv and tcpi_last_ack_recv), in whole milliseconds. ok is
+// false when TCP_INFO cannot be read (the socket is closed).
+func (p *pathCheck) pathIdle() (idle time.Duration, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rc.Control(p.infoFn) != nil || p.errno != 0 {
+		return 0, false
+	}
+	if p.info.Rtt != 0 {
+		p.rttUs = p.info.Rtt
+	}
+	return infoPathIdle(&p.info), true
+}
+
+func infoPathIdle(info *unix.TCPInfo) time.Duration {
+	return time.Duration(min(info.Last_data_recv, info.Last_ack_recv)) * time.Millisecond
+}
+
+// setKeepAliveIdle sets the socket's TCP_KEEPIDLE (whole seconds), which the
+// check restores after each kick. A socket without keepalive is left alone:
+// the user turned it off.
+func (p *pathCheck) setKeepAliveIdle(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	secs := int32(max(1, d/time.Second))
+	if p.keepOn == 0 || secs == p.keepIdle {
+		return
+	}
+	p.keepIdle = secs
+	p.errno = 0
+	p.rc.Control(p.restoreFn)
+}
+
+// socketPathIdle is pathIdle for a socket that may be mid-check (a death found
+// by the check itself): it allocates, and is used only when a conn dies.
+func socketPathIdle(rc syscall.RawConn) (time.Duration, bool) {
+	var info *unix.TCPInfo
+	var err error
+	if rc.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }) != nil || err != nil {
+		return 0, false
+	}
+	return infoPathIdle(info), true
+}

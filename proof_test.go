@@ -172,8 +172,8 @@ func TestProofSharedLocalAddress(t *testing.T) {
 	if _, err := wrote.Write([]byte("request")); err != nil {
 		t.Fatal(err)
 	}
-	wrote.discard(Reset)
-	quiet.discard(Reset)
+	wrote.discard(Reset, -1)
+	quiet.discard(Reset, -1)
 	judge := func(c *conn) verdict {
 		return verdictOf(start, &peer.Peer{Addr: c.RemoteAddr(), LocalAddr: c.LocalAddr()})
 	}
