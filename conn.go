@@ -133,7 +133,6 @@ func (c *conn) probeDue(now int64) bool {
 	return now-max(c.lastIO.Load(), c.probedAt.Load()) >= int64(c.d.cfg.probeAfterIdle)
 }
 
-
 // probe polls the socket. A conn found closed or reset is marked stale and
 // its socket closed (once); one whose peer sent FIN behind unread data is
 // marked draining and left to grpc's reader. Either is counted and reported
