@@ -223,6 +223,20 @@ func (c *conn) markDead(reason StaleReason, state int32, path time.Duration) boo
 	return true
 }
 
+// noteAnnouncedClose counts, in the idle-age histogram, a conn that grpc
+// closes because the peer announced it would (a GOAWAY, read as data nobody
+// asked for, moments before): an L7 proxy closing idle conns. grpc closes such
+// a conn itself, often before the FIN behind the GOAWAY arrives, so it is
+// never found dead; its idle age is still the proxy's timeout.
+func (c *conn) noteAnnouncedClose() {
+	now := nanotime()
+	u, active := c.unasked.Load(), c.lastActive.Load()
+	if u <= active || now-u >= int64(announceWindow) {
+		return
+	}
+	c.d.horizon.observe(idleDeath{idle: time.Duration(u - active), kind: deathAnnounced, at: now})
+}
+
 // announceWindow: a FIN this soon after data nobody asked for (a GOAWAY)
 // was announced by it. nginx and HAProxy send the FIN ~0.1ms after.
 const announceWindow = 50 * time.Millisecond
@@ -445,6 +459,9 @@ func (c *conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		prev := c.state.Swap(stateReleased)
+		if prev == stateOpen {
+			c.noteAnnouncedClose()
+		}
 		err = c.Conn.Close()
 		if (prev == stateStale || prev == stateRetired) && errors.Is(err, net.ErrClosed) {
 			err = nil // closed already, by discard or retire

@@ -147,6 +147,8 @@ type Counters struct {
 	Retried       int            // retries_total
 	Unprocessed   int            // retries_unprocessed_total
 	Hedged        int            // hedges_total
+	Dials         int            // dials_total{result="ok"}
+	KeepAlive     time.Duration  // keepalive_seconds
 }
 
 // StaleTotal is the number of stale connections, every reason.
@@ -438,6 +440,12 @@ func gather(g prometheus.Gatherer) (*Counters, error) {
 				c.Unprocessed += v
 			case "grpcguard_hedges_total":
 				c.Hedged += v
+			case "grpcguard_dials_total":
+				if label("result") == "ok" {
+					c.Dials += v
+				}
+			case "grpcguard_keepalive_seconds":
+				c.KeepAlive = time.Duration(m.GetGauge().GetValue() * float64(time.Second))
 			}
 		}
 	}
