@@ -12,15 +12,19 @@
 //     without reading from them (Probe: poll(2) for POLLRDHUP, FIN from RST
 //     told apart, no byte consumed, no read lock taken). Before an RPC picks a
 //     transport, its interceptors probe the connections that have been idle
-//     and retire those idle past the idle horizon, so the RPC never meets
-//     them. Each connection also checks itself before its first Write after
-//     idle, sending nothing on a stale socket: a probe, and after a second of
-//     idle on Linux a path check, a keepalive round trip that catches a NAT or
-//     load balancer that forgot the flow.
-//   - The idle horizon: each Dialer learns, from the idle age at which its
-//     connections die, when its target's idle connections are killed, and
-//     retires them at 80% of it (or at WithMaxIdle). This is what keeps a call
-//     off a connection that dies while the call is being written.
+//     and retire those idle past the idle horizon that carry no RPC, so the
+//     RPC never meets them. Each connection also checks itself before its
+//     first Write after idle, sending nothing on a stale socket: a probe, and
+//     on Linux, when its path has been silent a second or more and longer
+//     than this Dialer has seen it survive, a path check, a keepalive round
+//     trip that catches a NAT or load balancer that forgot the flow.
+//   - What each Dialer learns from its connections' deaths, weighed by what
+//     a wrong guess costs: a reset after idle shortens the TCP keepalive of
+//     all its connections, which keeps middleboxes from forgetting them; two
+//     deaths that agree set the idle horizon, past 80% of which idle
+//     connections are retired (or at WithMaxIdle). The horizon keeps a call
+//     off a connection that an endpoint or proxy closes while the call is
+//     being written.
 //   - Retry and hedging interceptors that are safe by default: they resend a
 //     call only when it provably never left the client or when its method is
 //     idempotent, declared with WithIdempotentMethods or by the protobuf option
@@ -43,11 +47,12 @@
 //
 // Connections idle 100ms or more are probed (WithProbeAfterIdle); a busy
 // connection is never probed or checked, so the per-RPC cost is a clock read
-// and an atomic load, whatever the number of connections. A connection idle
-// 1s or more is path-checked before its next write (WithVerifyAfterIdle).
-// The idle horizon is learned (WithMaxIdle). TCP keepalive (15s, 5s, 3
-// probes) and TCP_USER_TIMEOUT (20s) are set on every TCP connection, as
-// grpc-go would on an unwrapped one.
+// and a few atomic operations, whatever the number of connections. A
+// connection whose path has been silent 1s or more, and longer than its
+// Dialer has seen the path survive, is path-checked before its next write
+// (WithVerifyAfterIdle). The idle horizon is learned (WithMaxIdle). TCP
+// keepalive (15s, 5s, 3 probes, shortened after a reset after idle) and
+// TCP_USER_TIMEOUT (20s) are set on every TCP connection.
 //
 // # Errors
 //

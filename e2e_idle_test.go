@@ -34,6 +34,7 @@ type raceResult struct {
 	maxRuns        int // the most executions of any one request
 	proxyCloses    int64
 	retired, stale int
+	dials          int
 }
 
 // runIdleRace makes raceCalls non-idempotent calls through cc with seeded
@@ -101,13 +102,14 @@ func TestE2EIdleRace(t *testing.T) {
 			})
 			guarded[mi].retired = int(testutil.ToFloat64(m.retiredBy[0]))
 			guarded[mi].stale = staleTotal(m)
+			guarded[mi].dials = int(testutil.ToFloat64(m.dialOK))
 		}()
 	}
 	wg.Wait()
 	for mi, mode := range modes {
 		pl, g := plain[mi], guarded[mi]
-		t.Logf("%v, %d non-idempotent calls at 0.97-1.03 x %v idle: plain grpc-go failed %d (proxy closed %d); grpcguard failed %d (%d after learning), retired %d conns, %d stale; most runs of one call: plain %d, grpcguard %d",
-			mode, raceCalls, raceIdle, pl.failed, pl.proxyCloses, g.failed, g.failedLearned, g.retired, g.stale, pl.maxRuns, g.maxRuns)
+		t.Logf("%v, %d non-idempotent calls at 0.97-1.03 x %v idle: plain grpc-go failed %d (proxy closed %d); grpcguard failed %d (%d after learning), retired %d conns, %d stale, %.2f dials per call; most runs of one call: plain %d, grpcguard %d",
+			mode, raceCalls, raceIdle, pl.failed, pl.proxyCloses, g.failed, g.failedLearned, g.retired, g.stale, float64(g.dials)/raceCalls, pl.maxRuns, g.maxRuns)
 		if g.failed > 3 || g.failedLearned > 0 {
 			t.Errorf("%v: grpcguard failed %d calls, %d of them after the horizon was learned; want at most 3, none after learning", mode, g.failed, g.failedLearned)
 		}

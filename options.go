@@ -272,19 +272,24 @@ func WithProbeAfterIdle(d time.Duration) ClientOption {
 	})
 }
 
-// WithVerifyAfterIdle sets how long a TCP connection must have been idle
-// before its next write waits for a round trip that proves the path still
-// knows the connection (Linux; see the package documentation). A NAT, load
-// balancer or stateful firewall that forgot an idle flow answers it with RST:
-// the connection is then closed, the write refused with nothing sent, and the
+// WithVerifyAfterIdle sets how long the path of a TCP connection must have
+// been silent (no packet received, keepalive ACKs included) before its next
+// write waits for a round trip that proves the path still knows the
+// connection (Linux; see the package documentation). A NAT, load balancer or
+// stateful firewall that forgot an idle flow answers it with RST: the
+// connection is then closed, the write refused with nothing sent, and the
 // call resent at once on a fresh connection, whatever its method.
+//
+// The check runs only while the answer is unknown: once the Dialer has seen
+// its path answer after a longer silence (a check, a reply to a write after
+// idle, a keepalive ACK), writes after shorter silences go without it, for
+// the price of one TCP_INFO read. A reset forgets what was seen.
 //
 // The default, 1s, is the shortest idle at which the kernel sends the probe at
 // once (TCP_KEEPIDLE counts whole seconds, at least one), and below any idle
-// timeout a middlebox uses. The price is paid once per idle period, by the
-// first call after it: the time to the kernel's next timer tick plus one round
-// trip (3.7 ms median on loopback here, HZ=250). A busy connection is never checked.
-// 0 turns the check off; otherwise d must be at least 1s.
+// timeout a middlebox uses. A check costs the time to the kernel's next timer
+// tick plus one round trip. A busy connection is never checked. 0 turns the
+// check off; otherwise d must be at least 1s.
 func WithVerifyAfterIdle(d time.Duration) ClientOption {
 	return clientOption(func(c *config) error {
 		if d < 0 || (d > 0 && d < time.Second) {
@@ -295,15 +300,17 @@ func WithVerifyAfterIdle(d time.Duration) ClientOption {
 	})
 }
 
-// WithMaxIdle sets the idle horizon by hand: a connection idle for d is
-// retired before a call can pick it (closed and redialed), as net/http's
-// Transport.IdleConnTimeout and database/sql's SetConnMaxIdleTime do. Set it
-// just under the idle timeout of the load balancer, NAT or proxy on the path.
+// WithMaxIdle sets the idle horizon by hand: a connection idle for d that
+// carries no RPC is retired before a call can pick it (closed and redialed),
+// as net/http's Transport.IdleConnTimeout and database/sql's
+// SetConnMaxIdleTime do. Set it just under the idle timeout of the load
+// balancer, NAT or proxy on the path.
 //
-// Without this option the horizon is learned: from the idle age at which
-// connections were found dead, each Dialer estimates when its target's
-// connections die and retires them at 80% of it (see the package
-// documentation); until a connection has died, nothing is retired. d = 0
+// Without this option the horizon is learned: once two connections died at
+// idle ages that agree within a factor of two, each Dialer retires its idle
+// connections at 80% of the younger (see the package documentation); until
+// then nothing is retired. Retirement needs the Dialer's interceptors (as
+// DialOptions installs them), which tell it that no RPC is in flight. d = 0
 // turns retirement off; a negative d is invalid.
 func WithMaxIdle(d time.Duration) ClientOption {
 	return clientOption(func(c *config) error {
@@ -338,8 +345,12 @@ func WithSweepInterval(d time.Duration) ClientOption {
 // default TCP_USER_TIMEOUT, which also bounds unanswered probes, after 20s.
 // Valid: idle and interval up to 32767s, count up to 127 (the kernel's limits).
 // TCP keepalive is answered by the peer's kernel, so unlike HTTP/2 keepalive
-// pings it never trips a server's too_many_pings enforcement. idle = 0
-// disables TCP keepalive; otherwise every value must be positive.
+// pings it never trips a server's too_many_pings enforcement, and NATs and
+// load balancers reset their idle timers on it. After a connection is reset
+// (or goes silent) after idle, the Dialer shortens idle on all its
+// connections to half the idle at which it died, at least 1s, for an hour
+// (Linux). idle = 0 disables TCP keepalive, and that; otherwise every value
+// must be positive.
 func WithKeepAlive(idle, interval time.Duration, count int) ClientOption {
 	return clientOption(func(c *config) error {
 		switch {
