@@ -250,7 +250,7 @@ func (c *conn) socketPathIdle() (time.Duration, bool) {
 
 // retire closes an open conn that has outlived the idle horizon and carries
 // nothing: the Dialer checked that no call or stream of its own is in flight
-// (Dialer.inflight); the conn has been used by an attempt, so grpc's
+// (Dialer.calls, Dialer.streams); the conn has been used by an attempt, so grpc's
 // handshake on it is over; and no Write is in flight. It reports whether it
 // did. A Write racing with it is refused by the write protocol, and the
 // attempt behind it provably never left.
@@ -308,12 +308,14 @@ func (c *conn) quietSince(start int64) bool {
 // payload and are not writes.
 func (c *conn) Write(b []byte) (int, error) {
 	now := nanotime()
-	if idle := now - c.lastIO.Load(); idle >= c.d.checkAfter && c.state.Load() == stateOpen {
-		if err := c.checkAfterIdle(now, time.Duration(idle)); err != nil {
-			return 0, err
+	if idle := now - c.lastIO.Load(); (idle >= c.d.checkAfter || idle >= int64(minIdleDeath)) && c.state.Load() == stateOpen {
+		if idle >= c.d.checkAfter {
+			if err := c.checkAfterIdle(now, time.Duration(idle)); err != nil {
+				return 0, err
+			}
 		}
 		if active := now - c.lastActive.Load(); active >= int64(minIdleDeath) {
-			c.wakeIdle.Store(active)
+			c.wakeIdle.Store(active) // a death before the answer is this idle's
 		}
 	}
 	c.writing.Add(1)

@@ -45,9 +45,16 @@ type Dialer struct {
 	// retired only when neither counts anything but the attempt asking (see
 	// scan). counting is set once both interceptors exist: without them
 	// nothing is known, and nothing is retired.
-	calls, streams atomic.Int64
-	countUnary     atomic.Bool
-	countStream    atomic.Bool
+	//
+	// calls is written twice by every unary attempt: it has a cache line of
+	// its own, so that the per-RPC reads of nextCheck and the per-Read load
+	// of streams do not miss because of it.
+	_           [64]byte
+	calls       atomic.Int64
+	_           [56]byte
+	streams     atomic.Int64
+	countUnary  atomic.Bool
+	countStream atomic.Bool
 
 	// live is the snapshot of open conns the per-RPC path reads without a
 	// lock; it is replaced, under mu, whenever a conn comes or goes.

@@ -122,6 +122,7 @@ type idleHorizon struct {
 
 	retire    atomic.Int64 // idle ns after which a conn is retired; 0: never
 	aliveEdge atomic.Int64 // path idle ns known alive; 0: none
+	aliveSeen atomic.Int64 // aliveAt, for the lock-free look in sawAlive
 	keep      atomic.Int64 // the keepalive idle in force, ns
 	expires   atomic.Int64 // nanotime when something learned expires
 }
@@ -201,8 +202,8 @@ func (h *idleHorizon) observe(d idleDeath) (keepChanged bool) {
 
 // alive learns that the path answered after path of idle, at now.
 func (h *idleHorizon) sawAlive(path time.Duration, now int64) {
-	if path <= 0 || (path <= time.Duration(h.aliveEdge.Load()) && now-h.aliveAt < int64(aliveMemory)/2) {
-		return // nothing new; the edge was confirmed recently (racy read: only skips work)
+	if path <= 0 || (path <= time.Duration(h.aliveEdge.Load()) && now-h.aliveSeen.Load() < int64(aliveMemory)/2) {
+		return // nothing new, and the edge was confirmed recently
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -256,6 +257,7 @@ func (h *idleHorizon) updateLocked(now int64) bool {
 	}
 	h.expires.Store(expires)
 	h.aliveEdge.Store(int64(h.alive))
+	h.aliveSeen.Store(h.aliveAt)
 
 	keep := h.keepAlive
 	if h.keepSet != 0 {

@@ -13,6 +13,7 @@ import (
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -137,9 +138,18 @@ func TestRetireSparesOpenStream(t *testing.T) {
 }
 
 // A path that really closes flows idle 300ms, a learned horizon that is right,
-// and a slow call whose reply comes 270ms after the conn's last I/O.
+// and a slow call whose reply comes 270ms after the conn's last I/O: the
+// server sends the response headers at once, then the reply.
 func TestRetireSparesCallAwaitingItsReply(t *testing.T) {
-	srv := slowServer(270 * time.Millisecond)
+	srv := &testsvc.Server{Unary: func(ctx context.Context, _, req string) (string, error) {
+		if err := grpc.SendHeader(ctx, metadata.MD{}); err != nil {
+			return "", err
+		}
+		if req == "slow" {
+			time.Sleep(270 * time.Millisecond)
+		}
+		return req, nil
+	}}
 	p := startProxy(t, startServer(t, srv), faultproxy.Config{Mode: faultproxy.FINAfterIdle, Idle: 300 * time.Millisecond})
 	dopts, d := spyDialOptions(t, WithSweepInterval(10*time.Millisecond))
 	cc := newClient(t, p.Addr(), dopts...)
