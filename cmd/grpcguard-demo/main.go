@@ -80,10 +80,23 @@ func main() {
 		idle    = flag.Duration("idle", 150*time.Millisecond, "the proxy's idle time before it acts")
 		seed    = flag.Uint64("seed", 1, "seed for the gaps between calls and the server's tail")
 		metrics = flag.String("metrics", "", "serve the grpcguard clients' /metrics on this address (127.0.0.1:PORT) while running")
+
+		quietRounds = flag.Int("quiet-rounds", 8, "quiet callers: rounds (one call per client each); 30 for a measurement")
+		quietMinGap = flag.Duration("quiet-min-gap", 1200*time.Millisecond, "quiet callers: shortest quiet gap before a round")
+		quietMaxGap = flag.Duration("quiet-max-gap", 2500*time.Millisecond, "quiet callers: longest quiet gap before a round")
+		quietPaths  = flag.String("quiet-paths", "loopback,delay", "quiet callers: paths, comma-separated: loopback, delay (Linux, root: 10 ms each way)")
 	)
 	flag.Parse()
 	if *rpcs < 2 || *idle <= 0 {
 		fmt.Fprintln(os.Stderr, "grpcguard-demo: -rpcs must be at least 2 and -idle positive")
+		os.Exit(2)
+	}
+	paths, err := parsePaths(*quietPaths)
+	if err == nil && (*quietRounds < 1 || *quietMinGap < 0 || *quietMaxGap < *quietMinGap) {
+		err = fmt.Errorf("-quiet-rounds must be at least 1 and 0 <= -quiet-min-gap <= -quiet-max-gap")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "grpcguard-demo:", err)
 		os.Exit(2)
 	}
 	reg := prometheus.NewRegistry()
@@ -99,37 +112,48 @@ func main() {
 			run = append(run, s)
 		}
 	}
-	if len(run) == 0 && *only != middleboxScenario {
+	if len(run) == 0 && *only != middleboxScenario && *only != quietScenario {
 		fmt.Fprintf(os.Stderr, "grpcguard-demo: unknown scenario %q (want all, %s)\n", *only, names())
 		os.Exit(2)
 	}
 
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tclient\tRPCs\tfailed\tidempotent failed\tretried (unprocessed)\thedged\tstale conns\tretired\tran twice\tp50\tp99\t")
 	ok := true
+	ran := 0
 	start := time.Now()
-	for _, s := range run {
-		m := grpcguard.NewMetrics(grpcguard.WithConstLabels(prometheus.Labels{"scenario": s.name}))
-		reg.MustRegister(m)
-		rows, err := runScenario(s, *rpcs, *idle, *seed, m, reg)
-		if err != nil {
+	if *only != quietScenario {
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "scenario\tclient\tRPCs\tfailed\tidempotent failed\tretried (unprocessed)\thedged\tstale conns\tretired\tran twice\tp50\tp99\t")
+		for _, s := range run {
+			m := grpcguard.NewMetrics(grpcguard.WithConstLabels(prometheus.Labels{"scenario": s.name}))
+			reg.MustRegister(m)
+			rows, err := runScenario(s, *rpcs, *idle, *seed, m, reg)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "\ngrpcguard-demo:", err)
+				os.Exit(2)
+			}
+			writeRows(tw, s.name, rows)
+			if !keptPromise(s, rows[0], rows[1]) {
+				ok = false
+			}
+		}
+		mbOK, mbRan := runMiddleboxes(tw, *only, *rpcs, *seed, reg)
+		ok = mbOK && ok
+		clearProgress()
+		tw.Flush()
+		ran += len(run) + mbRan
+		fmt.Println("\nHalf the fault-scenario calls are Get (idempotent), half Echo (not). grpcguard retries a call only")
+		fmt.Println("if it provably never left the client or its method is idempotent, so an Echo whose bytes left may")
+		fmt.Println("still fail (reset-first-bytes): it is reported, never run twice. idle-race makes only Echo calls,")
+		fmt.Println("with default options: grpcguard learns when idle connections die and retires them before that.")
+	}
+	if *only == "all" || *only == quietScenario {
+		if err := runQuietRows(os.Stdout, paths, *quietRounds, *quietMinGap, *quietMaxGap, *seed, *only == "all"); err != nil {
 			fmt.Fprintln(os.Stderr, "\ngrpcguard-demo:", err)
 			os.Exit(2)
 		}
-		writeRows(tw, s.name, rows)
-		if !keptPromise(s, rows[0], rows[1]) {
-			ok = false
-		}
+		ran++
 	}
-	mbOK, mbRan := runMiddleboxes(tw, *only, *rpcs, *seed, reg)
-	ok = mbOK && ok
-	clearProgress()
-	tw.Flush()
-	fmt.Println("\nHalf the fault-scenario calls are Get (idempotent), half Echo (not). grpcguard retries a call only")
-	fmt.Println("if it provably never left the client or its method is idempotent, so an Echo whose bytes left may")
-	fmt.Println("still fail (reset-first-bytes): it is reported, never run twice. idle-race makes only Echo calls,")
-	fmt.Println("with default options: grpcguard learns when idle connections die and retires them before that.")
-	fmt.Printf("\n%d scenarios in %.1fs. ", len(run)+mbRan, time.Since(start).Seconds())
+	fmt.Printf("\n%d scenarios in %.1fs. ", ran, time.Since(start).Seconds())
 	if !ok {
 		fmt.Println("FAIL: a grpcguard row broke its promise (no idempotent call fails, no call runs twice, idle-race fails at most 3 while learning, hedging cuts the p99).")
 		os.Exit(1)
@@ -185,7 +209,7 @@ func names() string {
 	for _, s := range scenarios {
 		n = append(n, s.name)
 	}
-	return strings.Join(append(n, middleboxScenario), ", ")
+	return strings.Join(append(n, middleboxScenario, quietScenario), ", ")
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) }
@@ -441,4 +465,28 @@ func readMetrics(reg *prometheus.Registry, scenario string, r *result) error {
 		}
 	}
 	return nil
+}
+
+// progressLine prints line() on stderr every 200ms until stop is called,
+// only when stderr is a terminal (progressOn).
+func progressLine(line func() string) (stop func()) {
+	if !progressOn {
+		return func() {}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			fmt.Fprintf(os.Stderr, "\r\033[K%s", line())
+			select {
+			case <-quit:
+				fmt.Fprint(os.Stderr, "\r\033[K")
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }
