@@ -13,8 +13,22 @@
 // server, at most 3 calls failed while it learned the idle horizon (idle-race),
 // and (long tail) hedging cut the p99.
 //
+// After the table come the quiet callers (quiet.go): what grpcguard costs a
+// client calling every 1.2-2.5 s on a healthy path, over loopback and, as
+// root on Linux, over a wire with 10 ms each way; 8 rounds by default, which
+// is a glimpse, not a measurement. -slow adds a conntrack firewall that
+// forgets flows idle 5 s (slow_linux.go), about 2 minutes.
+//
 //	go run ./cmd/grpcguard-demo
 //	go run ./cmd/grpcguard-demo -scenario reset-first-bytes -rpcs 48 -metrics 127.0.0.1:9090
+//
+// The measurements (as root for the delay path and the firewall; build first
+// so that the compiler does not share the CPUs with the first rounds):
+//
+//	go build -o /tmp/grpcguard-demo ./cmd/grpcguard-demo
+//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30                          # both paths, ~4 min
+//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30 -quiet-paths loopback    # ~2 min
+//	/tmp/grpcguard-demo -scenario conntrack-5s                                    # ~2 min
 package main
 
 import (
@@ -84,6 +98,7 @@ func main() {
 		quietRounds = flag.Int("quiet-rounds", 8, "quiet callers: rounds (one call per client each); 30 for a measurement")
 		quietMinGap = flag.Duration("quiet-min-gap", 1200*time.Millisecond, "quiet callers: shortest quiet gap before a round")
 		quietMaxGap = flag.Duration("quiet-max-gap", 2500*time.Millisecond, "quiet callers: longest quiet gap before a round")
+		slow        = flag.Bool("slow", false, "also run the slow row (-scenario "+slowScenario+"): a conntrack firewall forgetting flows idle 5 s, 15 Echo calls after 6-9 s, ~2 min (Linux, root, nft)")
 		quietPaths  = flag.String("quiet-paths", "loopback,delay", "quiet callers: paths, comma-separated: loopback, delay (Linux, root: 10 ms each way)")
 	)
 	flag.Parse()
@@ -112,7 +127,7 @@ func main() {
 			run = append(run, s)
 		}
 	}
-	if len(run) == 0 && *only != middleboxScenario && *only != quietScenario {
+	if len(run) == 0 && *only != middleboxScenario && *only != quietScenario && *only != slowScenario {
 		fmt.Fprintf(os.Stderr, "grpcguard-demo: unknown scenario %q (want all, %s)\n", *only, names())
 		os.Exit(2)
 	}
@@ -120,7 +135,7 @@ func main() {
 	ok := true
 	ran := 0
 	start := time.Now()
-	if *only != quietScenario {
+	if *only != quietScenario && *only != slowScenario {
 		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "scenario\tclient\tRPCs\tfailed\tidempotent failed\tretried (unprocessed)\thedged\tstale conns\tretired\tran twice\tp50\tp99\t")
 		for _, s := range run {
@@ -151,6 +166,10 @@ func main() {
 			fmt.Fprintln(os.Stderr, "\ngrpcguard-demo:", err)
 			os.Exit(2)
 		}
+		ran++
+	}
+	if *slow || *only == slowScenario {
+		ok = runSlowConntrack(os.Stdout, *seed) && ok
 		ran++
 	}
 	fmt.Printf("\n%d scenarios in %.1fs. ", ran, time.Since(start).Seconds())
@@ -209,7 +228,7 @@ func names() string {
 	for _, s := range scenarios {
 		n = append(n, s.name)
 	}
-	return strings.Join(append(n, middleboxScenario, quietScenario), ", ")
+	return strings.Join(append(n, middleboxScenario, quietScenario, slowScenario), ", ")
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) }

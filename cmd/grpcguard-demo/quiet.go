@@ -36,6 +36,10 @@ import (
 // quietScenario is the -scenario name that runs only the quiet callers.
 const quietScenario = "quiet"
 
+// slowScenario is the -scenario name that runs only the slow row (see
+// runSlowConntrack), which -slow adds to any run.
+const slowScenario = "conntrack-5s"
+
 // quietOneWay is the delay path's one-way delay.
 const quietOneWay = 10 * time.Millisecond
 
