@@ -13,8 +13,22 @@
 // server, at most 3 calls failed while it learned the idle horizon (idle-race),
 // and (long tail) hedging cut the p99.
 //
+// After the table come the quiet callers (quiet.go): what grpcguard costs a
+// client calling every 1.2-2.5 s on a healthy path, over loopback and, as
+// root on Linux, over a wire with 10 ms each way; 8 rounds by default, which
+// is a glimpse, not a measurement. -slow adds a conntrack firewall that
+// forgets flows idle 5 s (slow_linux.go), about 2 minutes.
+//
 //	go run ./cmd/grpcguard-demo
 //	go run ./cmd/grpcguard-demo -scenario reset-first-bytes -rpcs 48 -metrics 127.0.0.1:9090
+//
+// The measurements (as root for the delay path and the firewall; build first
+// so that the compiler does not share the CPUs with the first rounds):
+//
+//	go build -o /tmp/grpcguard-demo ./cmd/grpcguard-demo
+//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30                          # both paths, ~4 min
+//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30 -quiet-paths loopback    # ~2 min
+//	/tmp/grpcguard-demo -scenario conntrack-5s                                    # ~2 min
 package main
 
 import (
@@ -80,10 +94,24 @@ func main() {
 		idle    = flag.Duration("idle", 150*time.Millisecond, "the proxy's idle time before it acts")
 		seed    = flag.Uint64("seed", 1, "seed for the gaps between calls and the server's tail")
 		metrics = flag.String("metrics", "", "serve the grpcguard clients' /metrics on this address (127.0.0.1:PORT) while running")
+
+		quietRounds = flag.Int("quiet-rounds", 8, "quiet callers: rounds (one call per client each); 30 for a measurement")
+		quietMinGap = flag.Duration("quiet-min-gap", 1200*time.Millisecond, "quiet callers: shortest quiet gap before a round")
+		quietMaxGap = flag.Duration("quiet-max-gap", 2500*time.Millisecond, "quiet callers: longest quiet gap before a round")
+		slow        = flag.Bool("slow", false, "also run the slow row (-scenario "+slowScenario+"): a conntrack firewall forgetting flows idle 5 s, 15 Echo calls after 6-9 s, ~2 min (Linux, root, nft)")
+		quietPaths  = flag.String("quiet-paths", "loopback,delay", "quiet callers: paths, comma-separated: loopback, delay (Linux, root: 10 ms each way)")
 	)
 	flag.Parse()
 	if *rpcs < 2 || *idle <= 0 {
 		fmt.Fprintln(os.Stderr, "grpcguard-demo: -rpcs must be at least 2 and -idle positive")
+		os.Exit(2)
+	}
+	paths, err := parsePaths(*quietPaths)
+	if err == nil && (*quietRounds < 1 || *quietMinGap < 0 || *quietMaxGap < *quietMinGap) {
+		err = fmt.Errorf("-quiet-rounds must be at least 1 and 0 <= -quiet-min-gap <= -quiet-max-gap")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "grpcguard-demo:", err)
 		os.Exit(2)
 	}
 	reg := prometheus.NewRegistry()
@@ -99,37 +127,52 @@ func main() {
 			run = append(run, s)
 		}
 	}
-	if len(run) == 0 && *only != middleboxScenario {
+	if len(run) == 0 && *only != middleboxScenario && *only != quietScenario && *only != slowScenario {
 		fmt.Fprintf(os.Stderr, "grpcguard-demo: unknown scenario %q (want all, %s)\n", *only, names())
 		os.Exit(2)
 	}
 
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tclient\tRPCs\tfailed\tidempotent failed\tretried (unprocessed)\thedged\tstale conns\tretired\tran twice\tp50\tp99\t")
 	ok := true
+	ran := 0
 	start := time.Now()
-	for _, s := range run {
-		m := grpcguard.NewMetrics(grpcguard.WithConstLabels(prometheus.Labels{"scenario": s.name}))
-		reg.MustRegister(m)
-		rows, err := runScenario(s, *rpcs, *idle, *seed, m, reg)
-		if err != nil {
+	if *only != quietScenario && *only != slowScenario {
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "scenario\tclient\tRPCs\tfailed\tidempotent failed\tretried (unprocessed)\thedged\tstale conns\tretired\tran twice\tp50\tp99\t")
+		for _, s := range run {
+			m := grpcguard.NewMetrics(grpcguard.WithConstLabels(prometheus.Labels{"scenario": s.name}))
+			reg.MustRegister(m)
+			rows, err := runScenario(s, *rpcs, *idle, *seed, m, reg)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "\ngrpcguard-demo:", err)
+				os.Exit(2)
+			}
+			writeRows(tw, s.name, rows)
+			if !keptPromise(s, rows[0], rows[1]) {
+				ok = false
+			}
+		}
+		mbOK, mbRan := runMiddleboxes(tw, *only, *rpcs, *seed, reg)
+		ok = mbOK && ok
+		clearProgress()
+		tw.Flush()
+		ran += len(run) + mbRan
+		fmt.Println("\nHalf the fault-scenario calls are Get (idempotent), half Echo (not). grpcguard retries a call only")
+		fmt.Println("if it provably never left the client or its method is idempotent, so an Echo whose bytes left may")
+		fmt.Println("still fail (reset-first-bytes): it is reported, never run twice. idle-race makes only Echo calls,")
+		fmt.Println("with default options: grpcguard learns when idle connections die and retires them before that.")
+	}
+	if *only == "all" || *only == quietScenario {
+		if err := runQuietRows(os.Stdout, paths, *quietRounds, *quietMinGap, *quietMaxGap, *seed, *only == "all"); err != nil {
 			fmt.Fprintln(os.Stderr, "\ngrpcguard-demo:", err)
 			os.Exit(2)
 		}
-		writeRows(tw, s.name, rows)
-		if !keptPromise(s, rows[0], rows[1]) {
-			ok = false
-		}
+		ran++
 	}
-	mbOK, mbRan := runMiddleboxes(tw, *only, *rpcs, *seed, reg)
-	ok = mbOK && ok
-	clearProgress()
-	tw.Flush()
-	fmt.Println("\nHalf the fault-scenario calls are Get (idempotent), half Echo (not). grpcguard retries a call only")
-	fmt.Println("if it provably never left the client or its method is idempotent, so an Echo whose bytes left may")
-	fmt.Println("still fail (reset-first-bytes): it is reported, never run twice. idle-race makes only Echo calls,")
-	fmt.Println("with default options: grpcguard learns when idle connections die and retires them before that.")
-	fmt.Printf("\n%d scenarios in %.1fs. ", len(run)+mbRan, time.Since(start).Seconds())
+	if *slow || *only == slowScenario {
+		ok = runSlowConntrack(os.Stdout, *seed) && ok
+		ran++
+	}
+	fmt.Printf("\n%d scenarios in %.1fs. ", ran, time.Since(start).Seconds())
 	if !ok {
 		fmt.Println("FAIL: a grpcguard row broke its promise (no idempotent call fails, no call runs twice, idle-race fails at most 3 while learning, hedging cuts the p99).")
 		os.Exit(1)
@@ -185,7 +228,7 @@ func names() string {
 	for _, s := range scenarios {
 		n = append(n, s.name)
 	}
-	return strings.Join(append(n, middleboxScenario), ", ")
+	return strings.Join(append(n, middleboxScenario, quietScenario, slowScenario), ", ")
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) }
@@ -441,4 +484,28 @@ func readMetrics(reg *prometheus.Registry, scenario string, r *result) error {
 		}
 	}
 	return nil
+}
+
+// progressLine prints line() on stderr every 200ms until stop is called,
+// only when stderr is a terminal (progressOn).
+func progressLine(line func() string) (stop func()) {
+	if !progressOn {
+		return func() {}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			fmt.Fprintf(os.Stderr, "\r\033[K%s", line())
+			select {
+			case <-quit:
+				fmt.Fprint(os.Stderr, "\r\033[K")
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -104,6 +103,22 @@ func middleboxClients(scenario string, reg *prometheus.Registry) []netns.Client 
 	reg.MustRegister(m)
 	own := prometheus.NewRegistry() // this client's series alone, for its row
 	own.MustRegister(m)
+	dialFromHere := guardNetDialer()
+	return []netns.Client{
+		{Name: "plain grpc-go", Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
+			return []grpc.DialOption{grpc.WithContextDialer(ns.DialContext)}, nil
+		}},
+		{Name: "grpcguard", Metrics: own, Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
+			return grpcguard.DialOptions(grpcguard.WithMetrics(m), grpcguard.WithDialFunc(ns.Wrap(dialFromHere)))
+		}},
+	}
+}
+
+// guardNetDialer returns a dial function that dials TCP with the socket
+// options grpcguard's own Dialer sets by default (keepalive, TCP_USER_TIMEOUT):
+// a dial function's conns get none from grpcguard, since its Dialer does not
+// own them. Wrap it with Namespace.Wrap to dial from a namespace.
+func guardNetDialer() netns.DialFunc {
 	nd := &net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: grpcguard.DefaultKeepAliveIdle,
 			Interval: grpcguard.DefaultKeepAliveInterval, Count: grpcguard.DefaultKeepAliveCount},
@@ -115,39 +130,7 @@ func middleboxClients(scenario string, reg *prometheus.Registry) []netns.Client 
 			return errors.Join(err, serr)
 		},
 	}
-	return []netns.Client{
-		{Name: "plain grpc-go", Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
-			return []grpc.DialOption{grpc.WithContextDialer(ns.DialContext)}, nil
-		}},
-		{Name: "grpcguard", Metrics: own, Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
-			dial := ns.Wrap(func(ctx context.Context, addr string) (net.Conn, error) {
-				return nd.DialContext(ctx, "tcp", addr)
-			})
-			return grpcguard.DialOptions(grpcguard.WithMetrics(m), grpcguard.WithDialFunc(dial))
-		}},
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		return nd.DialContext(ctx, "tcp", addr)
 	}
-}
-
-// progressLine prints line() on stderr every 200ms until stop is called,
-// only when stderr is a terminal (progressOn).
-func progressLine(line func() string) (stop func()) {
-	if !progressOn {
-		return func() {}
-	}
-	quit, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			fmt.Fprintf(os.Stderr, "\r\033[K%s", line())
-			select {
-			case <-quit:
-				fmt.Fprint(os.Stderr, "\r\033[K")
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return func() { close(quit); <-done }
 }

@@ -63,8 +63,11 @@ type Scenario struct {
 	Idle time.Duration
 	// Calls per client, after one warm-up call that is not counted.
 	// Default 40. They alternate Get (idempotent by its proto option) and
-	// Echo (not).
+	// Echo (not), unless Method is set.
 	Calls int
+	// Method, if set (testsvc.Echo, testsvc.Get), is the method of every
+	// counted call. Default: Get and Echo in turn.
+	Method string
 	// Each call follows a quiet gap drawn uniformly from [MinGap, MaxGap),
 	// from Seed: every client gets the same gaps. Defaults 600ms, 1600ms:
 	// around a 1s idle timeout.
@@ -261,7 +264,7 @@ func Run(ctx context.Context, s Scenario, clients []Client) ([]Result, error) {
 				results[i].RanOnce++
 			default:
 				results[i].RanTwice++
-				if scheduledMethod(j) == testsvc.Echo {
+				if s.method(j) == testsvc.Echo {
 					results[i].NonIdemRanTwice++
 				}
 			}
@@ -329,9 +332,12 @@ func serve(ns Namespace, opts ...grpc.ServerOption) (addr string, stop func(), e
 	return ln.Addr().String(), func() { gs.Stop(); <-done }, nil
 }
 
-// scheduledMethod is the method of call i: Get (idempotent) and Echo (not)
-// in turn.
-func scheduledMethod(i int) string {
+// method is the method of call i: s.Method, or Get (idempotent) and Echo
+// (not) in turn.
+func (s Scenario) method(i int) string {
+	if s.Method != "" {
+		return s.Method
+	}
 	if i%2 == 1 {
 		return testsvc.Echo
 	}
@@ -371,7 +377,7 @@ func runClient(ctx context.Context, s Scenario, n *Net, c Client, key, target st
 		case <-ctx.Done():
 			return res, ctx.Err()
 		}
-		method := scheduledMethod(i)
+		method := s.method(i)
 		start := time.Now()
 		err := call(method, callID(key, i))
 		lat = append(lat, time.Since(start))
