@@ -77,9 +77,12 @@ const (
 	// aliveMemory: how long the alive edge is kept without a sample at or
 	// above it.
 	aliveMemory = 10 * time.Minute
-	// aliveMargin: a path idle is known alive only this far below the edge,
-	// for TCP_INFO's jiffy-rounded milliseconds (10ms at HZ=100).
-	aliveMargin = 10 * time.Millisecond
+	// aliveMargin: a path idle is known alive only this far below the edge.
+	// None: both are read the same way (TCP_INFO, in jiffies), a caller that
+	// calls every N seconds must find its own period known, and the path was
+	// seen alive a little later than measured (the probe leaves a tick after
+	// the read).
+	aliveMargin = 0
 )
 
 // deathKind is what a death tells about the path.
