@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
 )
 
 // ErrDialerClosed is returned by DialContext after Dialer.Close.
@@ -399,7 +400,7 @@ func markUsed(opts []grpc.CallOption) {
 // StreamClientInterceptor returns the check before the pick for streams. It
 // counts the streams open until they end (an error or the end of the
 // responses from RecvMsg, or the stream's context done), and marks the conn
-// a stream was created on as used.
+// a stream ended on as used.
 func (d *Dialer) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	d.countStream.Store(true)
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
@@ -434,10 +435,18 @@ func (s *countedStream) end() {
 }
 
 // finish ends the stream from the caller's goroutine, which also releases
-// the AfterFunc (stop is set before the caller has the stream).
+// the AfterFunc (stop is set before the caller has the stream), and marks
+// the conn it ran on as used. (Its Context, which names the conn, is read
+// only now: reading it earlier would commit the stream and end grpc-go's
+// transparent retry of it.)
 func (s *countedStream) finish() {
 	s.stop()
 	s.end()
+	if p, ok := peer.FromContext(s.ClientStream.Context()); ok {
+		if ca, ok := p.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
+			ca.c.used.Store(true)
+		}
+	}
 }
 
 // RecvMsg ends the stream on an error (io.EOF included) and, for a stream
