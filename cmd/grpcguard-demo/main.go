@@ -26,8 +26,8 @@
 // so that the compiler does not share the CPUs with the first rounds):
 //
 //	go build -o /tmp/grpcguard-demo ./cmd/grpcguard-demo
-//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30                          # both paths, ~4 min
-//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30 -quiet-paths loopback    # ~2 min
+//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30                          # both paths, ~2 min
+//	/tmp/grpcguard-demo -scenario quiet -quiet-rounds 30 -quiet-paths loopback    # ~1 min
 //	/tmp/grpcguard-demo -scenario conntrack-5s                                    # ~2 min
 package main
 
@@ -95,7 +95,7 @@ func main() {
 		seed    = flag.Uint64("seed", 1, "seed for the gaps between calls and the server's tail")
 		metrics = flag.String("metrics", "", "serve the grpcguard clients' /metrics on this address (127.0.0.1:PORT) while running")
 
-		quietRounds = flag.Int("quiet-rounds", 8, "quiet callers: rounds (one call per client each); 30 for a measurement")
+		quietRounds = flag.Int("quiet-rounds", 16, "quiet callers: rounds (one call per client each); 30 for a measurement")
 		quietMinGap = flag.Duration("quiet-min-gap", 1200*time.Millisecond, "quiet callers: shortest quiet gap before a round")
 		quietMaxGap = flag.Duration("quiet-max-gap", 2500*time.Millisecond, "quiet callers: longest quiet gap before a round")
 		slow        = flag.Bool("slow", false, "also run the slow row (-scenario "+slowScenario+"): a conntrack firewall forgetting flows idle 5 s, 15 Echo calls after 6-9 s, ~2 min (Linux, root, nft)")

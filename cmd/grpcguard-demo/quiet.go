@@ -16,6 +16,7 @@ import (
 
 	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -70,6 +71,7 @@ type quietRow struct {
 	client        string
 	calls, failed int
 	conns         int // connections the server accepted from it
+	checked       int // calls that waited for a path check (grpcguard)
 	p50, p99      time.Duration
 }
 
@@ -120,7 +122,10 @@ func runQuiet(w *quietWire, rounds int, minGap, maxGap time.Duration, seed uint6
 		return quietResult{}, err
 	}
 	defer plain.Close()
-	gopts, err := grpcguard.DialOptions(w.guard...)
+	m := grpcguard.NewMetrics()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	gopts, err := grpcguard.DialOptions(append(w.guard[:len(w.guard):len(w.guard)], grpcguard.WithMetrics(m))...)
 	if err != nil {
 		return quietResult{}, err
 	}
@@ -184,6 +189,7 @@ func runQuiet(w *quietWire, rounds int, minGap, maxGap time.Duration, seed uint6
 		rows[c].p50, rows[c].p99 = quantile(lat[c], 0.50), quantile(lat[c], 0.99)
 		rows[c].conns = int(lns[c].n.Load())
 	}
+	res.guard.checked = pathChecks(reg)
 	slices.Sort(ratios)
 	if len(ratios) > 0 {
 		res.ratio = ratios[len(ratios)/2]
@@ -239,7 +245,7 @@ func runQuietRows(out io.Writer, paths []string, rounds int, minGap, maxGap time
 	fmt.Fprintf(out, "\nQuiet callers: one Echo call every %v-%v, no faults, %d rounds, %s.\n", minGap, maxGap, rounds, how)
 	fmt.Fprintln(out, "Plain grpc-go and grpcguard (DialOptions, default options) on the same gaps, grpcguard half the smallest gap later, against one server.")
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\tclient\tcalls\tfailed\tconns\tp50\tp99\tgrpcguard/plain (median of rounds)\t")
+	fmt.Fprintln(tw, "path\tclient\tcalls\tfailed\tconns\tpath-checked\tp50\tp99\tgrpcguard/plain (median of rounds)\t")
 	var skipped []string
 	for _, o := range outs {
 		if o.err != nil {
@@ -250,11 +256,11 @@ func runQuietRows(out io.Writer, paths []string, rounds int, minGap, maxGap time
 			continue
 		}
 		for i, r := range []quietRow{o.res.plain, o.res.guard} {
-			name, ratio := o.name, ""
+			name, ratio, checked := o.name, "", "-"
 			if i > 0 {
-				name, ratio = "", fmt.Sprintf("%.2fx", o.res.ratio)
+				name, ratio, checked = "", fmt.Sprintf("%.2fx", o.res.ratio), fmt.Sprint(r.checked)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t\n", name, r.client, r.calls, r.failed, r.conns, fineMs(r.p50), fineMs(r.p99), ratio)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t\n", name, r.client, r.calls, r.failed, r.conns, checked, fineMs(r.p50), fineMs(r.p99), ratio)
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -264,6 +270,26 @@ func runQuietRows(out io.Writer, paths []string, rounds int, minGap, maxGap time
 		fmt.Fprintln(out, s)
 	}
 	return nil
+}
+
+// pathChecks reads how many path checks waited for a round trip (every
+// result but known_alive, which is a check not needed).
+func pathChecks(g prometheus.Gatherer) int {
+	mfs, _ := g.Gather()
+	n := 0
+	for _, mf := range mfs {
+		if mf.GetName() != "grpcguard_verifications_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() != "known_alive" {
+					n += int(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	return n
 }
 
 // quietPath returns the wire named p.
