@@ -32,13 +32,19 @@ const (
 	//   - "advertise": the response carries DedupHeader. A client asks on
 	//     the few calls from which it learns, so that the other calls do not
 	//     pay for a header they would not read.
-	//   - "resend-scope=<scope>" and "resend-age-ms=<n>": the attempt is a
+	//   - "resend-scope=<scope>" and "resend-age-us=<n>": the attempt is a
 	//     resend of a call whose earlier attempt may have run, under the
 	//     store scope the client learned from that attempt's replica (empty
-	//     when declared with WithServerDedup), n milliseconds ago. A server
-	//     that does not know the id refuses the resend when its store has
-	//     another scope or keeps ids for less than n ms: the first attempt
-	//     may have run where this server cannot see it.
+	//     when declared with WithServerDedup), n microseconds before the
+	//     resend left (stamped as grpc writes its headers, rounded up). A
+	//     server that does not know the id refuses the resend when its store
+	//     has another scope or keeps ids for no more than n µs: the first
+	//     attempt may have run where this server cannot see it.
+	//   - "resend-age-ms=<n>", sent by earlier clients instead of
+	//     resend-age-us: an age stamped before the resend waited for its
+	//     connection, and truncated. A server answers such a resend from its
+	//     store, but refuses it when it does not know the id: the age cannot
+	//     be trusted.
 	//
 	// Other parameters are refused (InvalidArgument), so that an id
 	// containing ';' is never cut short.
@@ -378,6 +384,9 @@ func (d *deduper) refusal(r idParams, scope string) string {
 	if r.scope != "" && r.scope != scope {
 		return fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
 	}
+	if r.untrustedAge {
+		return fmt.Sprintf("its age (resend-age-ms=%d) was stamped before it waited for a connection: it cannot be trusted", r.age.Milliseconds())
+	}
 	if keep := d.store.Retention(d.cfg.ttl); r.age >= keep {
 		return fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.age, keep)
 	}
@@ -580,7 +589,10 @@ type idParams struct {
 	advertise bool
 	resend    bool
 	scope     string        // resend-scope
-	age       time.Duration // resend-age-ms
+	age       time.Duration // resend-age-us, or resend-age-ms
+	// untrustedAge: the age came as resend-age-ms, from a client that
+	// stamped it before the resend waited for a connection.
+	untrustedAge bool
 }
 
 // parseRequestID splits a RequestIDHeader value into the id and its
@@ -603,12 +615,16 @@ func parseRequestID(v string) (string, idParams, error) {
 			p.advertise = true
 		case "resend-scope":
 			p.scope, seenScope = val, true
-		case "resend-age-ms":
-			ms, err := strconv.ParseInt(val, 10, 64)
-			if err != nil || ms < 0 {
-				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-age-ms must be a number of milliseconds", RequestIDHeader)
+		case "resend-age-us", "resend-age-ms":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n < 0 || n > int64(maxDedupTTL/time.Microsecond) {
+				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: %s must be a duration up to 24h", RequestIDHeader, k)
 			}
-			p.resend, p.age = true, time.Duration(ms)*time.Millisecond
+			unit := time.Microsecond
+			if k == "resend-age-ms" {
+				unit, p.untrustedAge = time.Millisecond, true
+			}
+			p.resend, p.age = true, time.Duration(n)*unit
 		default:
 			// Refused rather than ignored: an application's own id that
 			// contains ';' would otherwise be cut short and share its key
@@ -617,7 +633,7 @@ func parseRequestID(v string) (string, idParams, error) {
 		}
 	}
 	if seenScope && !p.resend {
-		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-scope without resend-age-ms", RequestIDHeader)
+		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-scope without resend-age-us", RequestIDHeader)
 	}
 	return id, p, nil
 }

@@ -126,10 +126,11 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 	p.dedup = &c.cover
 	for n := 1; ; n++ {
 		attemptCtx, cancel := ctx, context.CancelFunc(nil)
+		var resend grpc.CallOption
 		if n > 1 {
 			attemptCtx = metadata.AppendToOutgoingContext(attemptCtx, previousAttemptsKey, strconv.Itoa(n-1))
 			if c.cover.used { // the resend relies on the server's deduplication
-				attemptCtx = c.cover.resendContext(attemptCtx, nanotime())
+				attemptCtx, resend = c.cover.resendAttempt(attemptCtx, attemptOpts)
 			}
 		}
 		if p.perAttemptTimeout > 0 {
@@ -137,6 +138,9 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 		}
 		c.trailer, c.header = nil, nil
 		aopts := c.a.begin(attemptOpts)
+		if resend != nil {
+			aopts = append(aopts, resend) // last, so that grpc applies it
+		}
 		if n == 1 {
 			cs.budget.call(c.a.start) // a call that may retry earns extra attempts
 		}
