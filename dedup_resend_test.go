@@ -12,6 +12,7 @@ import (
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -155,7 +156,9 @@ func TestDedupResendAgeCountsTheWaitForAConnection(t *testing.T) {
 		t.Fatalf("the first call did not teach the client a 1s retention: %v", hdr)
 	}
 	fp.CloseAll(false) // the next call opens connection 1
-	waitFor(t, 5*time.Second, "the client to see its connection closed", func() bool { return fp.Open() == 0 })
+	waitFor(t, 5*time.Second, "the client to see its connection closed", func() bool {
+		return fp.Open() == 0 && cc.GetState() != connectivity.Ready
+	})
 	start := time.Now()
 	_, err := testsvc.Call(ctx, cc, testsvc.Echo, "pay")
 	took := time.Since(start)

@@ -188,7 +188,8 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 // A resend (the id's resend parameters) of an id this server does not know
 // is refused with FailedPrecondition when the store's scope differs from the
 // one the client names, or the first attempt is older than the store keeps
-// ids: the first attempt may have run somewhere this server cannot see.
+// ids (Store.Retention, and RetentionChecker where the store implements
+// it): the first attempt may have run somewhere this server cannot see.
 //
 // Requests that are not protobuf messages are not deduplicated, and neither
 // are streams: a stream's outcome is a sequence of messages, each possibly
@@ -336,10 +337,10 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 		}
 		if existing == nil {
 			if p.resend {
-				if why := d.refusal(p, scope); why != "" {
+				if code, why := d.refusal(ctx, p, scope); why != "" {
 					d.release(ctx, key, claim, false)
 					d.cfg.metrics.refuse()
-					return nil, status.Errorf(codes.FailedPrecondition, "grpcguard: resend of request id refused: %s", why)
+					return nil, status.Errorf(code, "grpcguard: resend of request id refused: %s", why)
 				}
 			}
 			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
@@ -379,18 +380,28 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 }
 
 // refusal says why a resend of an id this store did not know must not run,
-// or "" when it may.
-func (d *deduper) refusal(r idParams, scope string) string {
+// and with which code, or "" when it may.
+func (d *deduper) refusal(ctx context.Context, r idParams, scope string) (codes.Code, string) {
 	if r.scope != "" && r.scope != scope {
-		return fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
+		return codes.FailedPrecondition, fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
 	}
 	if r.untrustedAge {
-		return fmt.Sprintf("its age (resend-age-ms=%d) was stamped before it waited for a connection: it cannot be trusted", r.age.Milliseconds())
+		return codes.FailedPrecondition, fmt.Sprintf("its age (resend-age-ms=%d) was stamped before it waited for a connection: it cannot be trusted", r.age.Milliseconds())
 	}
 	if keep := d.store.Retention(d.cfg.ttl); r.age >= keep {
-		return fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.age, keep)
+		return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.age, keep)
 	}
-	return ""
+	if rc, ok := d.store.(RetentionChecker); ok {
+		keep, err := rc.CheckRetention(ctx, d.cfg.ttl)
+		if err != nil {
+			d.cfg.metrics.storeErr(opClaim)
+			return codes.Unavailable, fmt.Sprintf("cannot check whether the dedup store lost ids: %v", err)
+		}
+		if r.age >= keep {
+			return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, and the dedup store may have lost ids %v ago", r.age, keep)
+		}
+	}
+	return codes.OK, ""
 }
 
 // run runs the handler under the claim and stores its outcome.

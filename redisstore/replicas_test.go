@@ -103,7 +103,8 @@ func scopeOf(t testing.TB, hdr metadata.MD) string {
 func resend(ctx context.Context, scope string, start time.Time) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx)
 	id := md.Get(grpcguard.RequestIDHeader)[0]
-	md.Set(grpcguard.RequestIDHeader, id+";resend-scope="+scope+";resend-age-ms="+strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+	us := (time.Since(start).Nanoseconds() + 999) / 1000 // rounded up, as the client does
+	md.Set(grpcguard.RequestIDHeader, id+";resend-scope="+scope+";resend-age-us="+strconv.FormatInt(us, 10))
 	return metadata.NewOutgoingContext(ctx, md)
 }
 
