@@ -27,7 +27,10 @@ import (
 // id's parameters, the store scope of the replica the earlier attempt went to, and its age;
 // the replica the resend reaches answers from its store, or refuses when its
 // store cannot have seen the first attempt (another scope, or older than it
-// keeps ids). So a stale or wrong belief here costs a failed call, not a
+// keeps ids). A resend relying on learned deduplication is sent only after
+// the dedup service, reached through the same channel, answered for its id
+// (dedup_lookup.go): the replica the resend reaches may not be the one that
+// advertised. So a stale or wrong belief here costs a failed call, not a
 // second execution, with one exception documented on observe.
 
 const (
@@ -171,6 +174,9 @@ type dedupCover struct {
 	used  bool   // an attempt may have run: a resend needs dedup
 	scope string // the store scope every such attempt's replica advertised; "" when declared by hand
 	first int64  // nanotime at which the first such attempt began
+	// fence is the token of the fence the dedup service claimed for the
+	// resend (learned dedup only; see lookupBeforeResend), in hex.
+	fence string
 }
 
 // dedupCovers reports whether a call of method may be sent again after an
@@ -210,7 +216,7 @@ func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, st
 	if float64(now-first) >= dedupWindowShare*float64(window) {
 		return false
 	}
-	*cover = dedupCover{used: true, scope: scope, first: first}
+	*cover = dedupCover{used: true, scope: scope, first: first, fence: cover.fence}
 	return true
 }
 
@@ -260,7 +266,7 @@ func (k *dedupKnowledge) lookup(method string, peer net.Addr, now int64) (scope 
 // returned one asks it first and adds the id to its metadata.
 func (cover *dedupCover) resendAttempt(ctx context.Context, opts []grpc.CallOption) (context.Context, grpc.CallOption) {
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy
-	c := &resendCreds{scope: cover.scope, first: cover.first}
+	c := &resendCreds{scope: cover.scope, first: cover.first, fence: cover.fence}
 	if vs := md[RequestIDHeader]; len(vs) == 1 {
 		c.id = rewriteID(vs[0], "resend-", "")
 	}
@@ -279,6 +285,7 @@ type resendCreds struct {
 	id    string // the id and its parameters but the resend's; "": none
 	scope string
 	first int64 // nanotime at which the first attempt that may have run began
+	fence string
 	inner credentials.PerRPCCredentials
 }
 
@@ -297,7 +304,11 @@ func (c *resendCreds) GetRequestMetadata(ctx context.Context, uri ...string) (ma
 		}
 		maps.Copy(md, im) // the caller's map may be shared: not written
 	}
-	md[RequestIDHeader] = c.id + resendParams(c.scope, nanotime()-c.first)
+	v := c.id + resendParams(c.scope, nanotime()-c.first)
+	if c.fence != "" {
+		v += ";resend-fence=" + c.fence
+	}
+	md[RequestIDHeader] = v
 	return md, nil
 }
 

@@ -40,6 +40,10 @@ const (
 	//     server that does not know the id refuses the resend when its store
 	//     has another scope or keeps ids for no more than n µs: the first
 	//     attempt may have run where this server cannot see it.
+	//   - "resend-fence=<16 hex digits>", with the above: the token of the
+	//     fence the dedup service's lookup claimed for this resend (see
+	//     DedupLookupMethod); a server whose store holds it runs the resend
+	//     under it.
 	//   - "resend-age-ms=<n>", sent by earlier clients instead of
 	//     resend-age-us: an age stamped before the resend waited for its
 	//     connection, and truncated. A server answers such a resend from its
@@ -198,7 +202,16 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 // (see WithDedupFailOpen); an outcome that cannot be stored is still returned
 // to its caller. Invalid options fail every call with Internal, naming the
 // option.
+//
+// Clients that learned deduplication from DedupHeader resend a call that may
+// have run only after the dedup service answered for its id (see
+// NewServerDedup and ServerDedup.RegisterService): with this interceptor
+// alone, such clients resend nothing on its strength.
 func UnaryServerDedup(store Store, opts ...DedupOption) grpc.UnaryServerInterceptor {
+	return newDeduper(store, opts).unary
+}
+
+func newDeduper(store Store, opts []DedupOption) *deduper {
 	d := &deduper{cfg: dedupConfig{ttl: DefaultDedupTTL}}
 	var errs []error
 	for _, o := range opts {
@@ -217,7 +230,7 @@ func UnaryServerDedup(store Store, opts ...DedupOption) grpc.UnaryServerIntercep
 		store = ms
 	}
 	d.store = store
-	return d.unary
+	return d
 }
 
 // deduper is the state of one UnaryServerDedup interceptor.
@@ -301,6 +314,9 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	if len(ids) > 1 {
 		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value", RequestIDHeader)
 	}
+	if info.FullMethod == DedupLookupMethod {
+		return handler(ctx, req) // it reads the id itself
+	}
 	key, p, err := parseRequestID(ids[0])
 	if err != nil {
 		return nil, err
@@ -324,7 +340,11 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	// stored, and a stored one ends the loop) and the handler's metadata.
 	c := &dedupCall{}
 	claim := c.claim[:]
-	fillClaim(claim, fp)
+	if p.fenced {
+		fenceClaim(claim, fp, p.fence) // the lookup's claim: run under it
+	} else {
+		fillClaim(claim, fp)
+	}
 	waited := false
 	for range maxClaimRounds {
 		existing, scope, err := d.store.Claim(ctx, key, claim, d.cfg.ttl)
@@ -334,6 +354,13 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 				return handler(ctx, req)
 			}
 			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
+		}
+		if p.fenced && string(existing) == string(claim) {
+			// The fence the lookup made in this store for this resend:
+			// the first attempt never claimed the id here (the lookup
+			// checked scope and age then) and waits on the fence if it
+			// comes late. Run under it.
+			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
 		}
 		if existing == nil {
 			if p.resend {
@@ -604,6 +631,8 @@ type idParams struct {
 	// untrustedAge: the age came as resend-age-ms, from a client that
 	// stamped it before the resend waited for a connection.
 	untrustedAge bool
+	fenced       bool    // resend-fence
+	fence        [8]byte // its token
 }
 
 // parseRequestID splits a RequestIDHeader value into the id and its
@@ -626,6 +655,10 @@ func parseRequestID(v string) (string, idParams, error) {
 			p.advertise = true
 		case "resend-scope":
 			p.scope, seenScope = val, true
+		case "resend-fence":
+			if p.fence, p.fenced = fenceToken(val); !p.fenced {
+				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-fence must be 16 hex digits", RequestIDHeader)
+			}
 		case "resend-age-us", "resend-age-ms":
 			n, err := strconv.ParseInt(val, 10, 64)
 			if err != nil || n < 0 || n > int64(maxDedupTTL/time.Microsecond) {
@@ -643,7 +676,7 @@ func parseRequestID(v string) (string, idParams, error) {
 			return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: unknown parameter %q (an id must not contain ';')", RequestIDHeader, f)
 		}
 	}
-	if seenScope && !p.resend {
+	if (seenScope || p.fenced) && !p.resend {
 		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-scope without resend-age-us", RequestIDHeader)
 	}
 	return id, p, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,12 +23,34 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// dedupServer serves srv with UnaryServerDedup(store, opts...) innermost
-// after outer, and returns its address.
+// dedupServer serves srv with the interceptor of NewServerDedup(store,
+// opts...) innermost after outer, and its dedup service, and returns its
+// address.
 func dedupServer(t testing.TB, srv *testsvc.Server, store Store, outer []grpc.UnaryServerInterceptor, opts ...DedupOption) string {
 	t.Helper()
-	chain := append(append([]grpc.UnaryServerInterceptor(nil), outer...), UnaryServerDedup(store, opts...))
-	return startServer(t, srv, grpc.ChainUnaryInterceptor(chain...))
+	addr, _ := serveDedup(t, srv, store, outer, opts...)
+	return addr
+}
+
+// serveDedup is dedupServer that also returns a function that stops the
+// server at once (as a process that dies), also called when the test ends.
+func serveDedup(t testing.TB, srv *testsvc.Server, store Store, outer []grpc.UnaryServerInterceptor, opts ...DedupOption) (string, func()) {
+	t.Helper()
+	sd := NewServerDedup(store, opts...)
+	chain := append(append([]grpc.UnaryServerInterceptor(nil), outer...), sd.UnaryServerInterceptor())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
+	srv.Register(gs)
+	sd.RegisterService(gs)
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { gs.Stop(); <-done }) }
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
 }
 
 // withRequestID returns ctx carrying id as the call's request id.

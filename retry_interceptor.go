@@ -124,12 +124,20 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 		attemptOpts = append(attemptOpts, grpc.Header(&c.header))
 	}
 	p.dedup = &c.cover
+	var lastErr error
 	for n := 1; ; n++ {
 		attemptCtx, cancel := ctx, context.CancelFunc(nil)
 		var resend grpc.CallOption
 		if n > 1 {
 			attemptCtx = metadata.AppendToOutgoingContext(attemptCtx, previousAttemptsKey, strconv.Itoa(n-1))
 			if c.cover.used { // the resend relies on the server's deduplication
+				if c.cover.scope != "" { // learned, not declared: ask the store first
+					lr := c.cover.lookupBeforeResend(attemptCtx, method, req, reply, cc, invoker, attemptOpts, lastErr)
+					if lr.answered {
+						return lr.err
+					}
+					c.cover.fence = lr.fence
+				}
 				attemptCtx, resend = c.cover.resendAttempt(attemptCtx, attemptOpts)
 			}
 		}
@@ -170,6 +178,7 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 		if !d.resend {
 			return err
 		}
+		lastErr = err
 		if err := sleep(ctx, d.wait); err != nil {
 			return err
 		}
