@@ -250,7 +250,7 @@ func replayOutcome(b []byte, fp fingerprint, out proto.Message, opts []grpc.Call
 	for _, opt := range opts {
 		switch opt := opt.(type) {
 		case grpc.HeaderCallOption:
-			*opt.HeaderAddr = o.header
+			*opt.HeaderAddr = metadata.Join(o.header, replayedMD)
 		case grpc.TrailerCallOption:
 			*opt.TrailerAddr = o.trailer
 		}

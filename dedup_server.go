@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // Metadata keys of request ids and deduplication. They are grpcguard's own,
@@ -58,7 +59,17 @@ const (
 	// call, under which store scope and for how long it keeps ids:
 	// "scope=<scope>;ttl-ms=<milliseconds>".
 	DedupHeader = "grpcguard-dedup"
+	// DedupReplayedHeader is the response header, value "1", that marks a
+	// reply (or error) answered from a stored outcome: the handler did not
+	// run for this call, it ran once for an earlier one with the same id.
+	// The stored outcome's own headers come with it. A client returning an
+	// outcome its lookup found (DedupLookupMethod) sets it in the caller's
+	// grpc.Header too.
+	DedupReplayedHeader = "grpcguard-dedup-replayed"
 )
+
+// replayedMD is DedupReplayedHeader's metadata, never written.
+var replayedMD = metadata.MD{DedupReplayedHeader: {"1"}}
 
 // DefaultDedupTTL is how long UnaryServerDedup keeps a request id and its
 // outcome by default: far longer than any retry of a call (those come within
@@ -505,6 +516,7 @@ func (d *deduper) replay(ctx context.Context, method string, ms *methodState, re
 	if advertise {
 		d.advertise(ctx, scope)
 	}
+	_ = grpc.SetHeader(ctx, replayedMD)
 	_ = grpc.SetHeader(ctx, o.header)
 	_ = grpc.SetTrailer(ctx, o.trailer)
 	if o.status.GetCode() != int32(codes.OK) {
@@ -512,7 +524,13 @@ func (d *deduper) replay(ctx context.Context, method string, ms *methodState, re
 	}
 	mt, err := replyTypeOf(method, ms)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "grpcguard: cannot rebuild the stored reply: %v", err)
+		// A replica that never ran the method, whose reply type is in no
+		// registry: the stored bytes are the reply's encoding, sent as they
+		// are, as the unknown fields of an empty message (proto.Marshal
+		// writes them verbatim). The client decodes them as its own type.
+		m := new(emptypb.Empty)
+		m.ProtoReflect().SetUnknown(o.replyBytes)
+		return m, nil
 	}
 	m := mt.New().Interface()
 	if err := proto.Unmarshal(o.replyBytes, m); err != nil {
