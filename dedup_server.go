@@ -91,6 +91,7 @@ type DedupOption struct {
 
 type dedupConfig struct {
 	ttl      time.Duration
+	idFields []string
 	key      func(ctx context.Context, id string) (string, error)
 	failOpen bool
 	metrics  *DedupMetrics
@@ -99,12 +100,44 @@ type dedupConfig struct {
 // WithDedupTTL sets how long ids and outcomes are kept. Default 5 minutes
 // (DefaultDedupTTL); valid from 1s to 24h. A claim whose handler is still
 // running when the TTL passes expires too: keep handlers well inside it.
+//
+// The default suits grpcguard's own resends, which come within the call's
+// deadline. Ids that callers set themselves and retry across processes (a
+// job retried after a crash, a message a queue delivers again, a user
+// pressing "pay" again) need the id kept as long as anyone may retry it:
+// hours, up to 24h. Size the store for it: every outcome is kept the whole
+// TTL, so a MemoryStore needs MaxBytes of about calls per second x TTL in
+// seconds x (outcome size + 60 bytes): 100 calls/s for 1h with 300-byte
+// outcomes is about 130 MB; a Redis store the same in maxmemory, with
+// noeviction (redisstore's documentation says why).
 func WithDedupTTL(d time.Duration) DedupOption {
 	return DedupOption{func(c *dedupConfig) error {
 		if d < minDedupTTL || d > maxDedupTTL {
 			return invalid("WithDedupTTL", d, "must be between 1s and 24h")
 		}
 		c.ttl = d
+		return nil
+	}}
+}
+
+// WithDedupIDField takes a call's request id, when it carries no
+// RequestIDHeader, from the first of the named fields its request message
+// has: a top-level singular string field, such as AIP-155's "request_id" or
+// AEP-155's "idempotency_key". An empty field, or a request without such a
+// field, runs the call without deduplication, as a call without id does.
+// The value is the id whole (up to 128 bytes; ';' is not a separator
+// there), and WithDedupKey applies to it as to a header's id. Such an id is
+// the caller's own (see the README on caller-set ids): it is never a resend
+// by grpcguard's rules, so a server that does not hold it runs it. Names
+// are protobuf field names; none by default.
+func WithDedupIDField(names ...string) DedupOption {
+	return DedupOption{func(c *dedupConfig) error {
+		for _, n := range names {
+			if !protoreflect.Name(n).IsValid() {
+				return invalid("WithDedupIDField", fmt.Sprintf("%q", n), "must be a protobuf field name")
+			}
+		}
+		c.idFields = append(c.idFields, names...)
 		return nil
 	}}
 }
@@ -260,6 +293,42 @@ type deduper struct {
 type methodState struct {
 	prefix methodPrefix
 	reply  atomic.Pointer[replyType] // once known
+	// idField is the request's id field (WithDedupIDField), looked up on
+	// the method's first request.
+	idField atomic.Pointer[idField]
+}
+
+// idField is a method's request id field; fd nil: the request has none.
+type idField struct{ fd protoreflect.FieldDescriptor }
+
+// fieldID returns the value of req's id field (WithDedupIDField), "" when
+// it has none or it is empty.
+func (d *deduper) fieldID(method string, req any) (string, error) {
+	msg, ok := req.(proto.Message)
+	if !ok {
+		return "", nil
+	}
+	ms := d.method(method)
+	f := ms.idField.Load()
+	if f == nil {
+		f = &idField{}
+		fields := msg.ProtoReflect().Descriptor().Fields()
+		for _, name := range d.cfg.idFields {
+			if fd := fields.ByName(protoreflect.Name(name)); fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList() {
+				f.fd = fd
+				break
+			}
+		}
+		ms.idField.Store(f)
+	}
+	if f.fd == nil {
+		return "", nil
+	}
+	id := msg.ProtoReflect().Get(f.fd).String()
+	if len(id) > maxRequestID {
+		return "", status.Errorf(codes.InvalidArgument, "grpcguard: request field %s: the id must be at most %d bytes", f.fd.Name(), maxRequestID)
+	}
+	return id, nil
 }
 
 type replyType struct{ t protoreflect.MessageType }
@@ -319,18 +388,30 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 		return nil, d.err
 	}
 	ids := metadata.ValueFromIncomingContext(ctx, RequestIDHeader)
-	if len(ids) == 0 {
-		return handler(ctx, req)
-	}
-	if len(ids) > 1 {
+	var (
+		key string
+		p   idParams
+		err error
+	)
+	switch {
+	case len(ids) == 1:
+		if info.FullMethod == DedupLookupMethod {
+			return handler(ctx, req) // it reads the id itself
+		}
+		if key, p, err = parseRequestID(ids[0]); err != nil {
+			return nil, err
+		}
+	case len(ids) > 1:
 		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value", RequestIDHeader)
-	}
-	if info.FullMethod == DedupLookupMethod {
-		return handler(ctx, req) // it reads the id itself
-	}
-	key, p, err := parseRequestID(ids[0])
-	if err != nil {
-		return nil, err
+	case len(d.cfg.idFields) == 0:
+		return handler(ctx, req)
+	default:
+		if key, err = d.fieldID(info.FullMethod, req); err != nil || key == "" {
+			if err != nil {
+				return nil, err
+			}
+			return handler(ctx, req)
+		}
 	}
 	msg, ok := req.(proto.Message)
 	if !ok {
