@@ -55,6 +55,8 @@ type dedupKnowledge struct {
 
 	mu    sync.Mutex
 	peers map[string]*peerDedup // peer address -> its advertised store
+
+	statusKnowledge
 }
 
 func newDedupKnowledge() *dedupKnowledge {
@@ -193,7 +195,7 @@ type dedupCover struct {
 // one safety decision calls it for attempts that may have reached the server
 // of a method that is not idempotent.
 func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, start, now int64) bool {
-	if c.requestIDsOff || c.dedup == nil {
+	if c.requestIDsOff || c.dedup == nil || !c.dedup.dialed() {
 		// Only DialOptions puts request ids on calls, and it alone makes
 		// the knowledge: interceptors composed by hand send no id, and a
 		// resend without one would run again.
