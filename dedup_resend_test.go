@@ -1,6 +1,8 @@
 package grpcguard
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -210,5 +212,71 @@ func TestDedupResendAgeSubMillisecond(t *testing.T) {
 	}
 	if srv.Runs(testsvc.Echo, "old")+srv.Runs(testsvc.Echo, "edge") != 0 || srv.Runs(testsvc.Echo, "young") != 1 {
 		t.Fatalf("runs: old %d, edge %d, young %d; want 0, 0, 1", srv.Runs(testsvc.Echo, "old"), srv.Runs(testsvc.Echo, "edge"), srv.Runs(testsvc.Echo, "young"))
+	}
+}
+
+// TestDedupResendAgeWhileStoreEvicts (issue 18, item 1, the first case): a
+// call's reply is lost; the resend waits 30ms for a new connection while a
+// burst fills the server's store, which drops the call's outcome young (its
+// retention falls to a few milliseconds). The resend, stamped before the
+// wait, said it was 0ms old and ran again; stamped when it leaves, it is
+// older than the store's retention and refused, and the call ran once.
+func TestDedupResendAgeWhileStoreEvicts(t *testing.T) {
+	store, err := NewMemoryStore(MemoryStoreConfig{MaxBytes: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &testsvc.Server{}
+	addr := dedupServer(t, srv, store, nil)
+	fp := startProxy(t, addr, faultproxy.Config{Choose: func(n int) faultproxy.Mode {
+		if n == 1 {
+			return faultproxy.LostReply
+		}
+		return faultproxy.Pass
+	}})
+	flooded := make(chan struct{})
+	hp := startHoldProxy(t, fp.Addr(), func(n int) time.Duration {
+		if n != 2 {
+			return 0
+		}
+		// While the resend's connection is held, other calls' outcomes
+		// fill the store.
+		go func() {
+			defer close(flooded)
+			claim := newClaim(fingerprint{1})
+			for i, end := 0, time.Now().Add(30*time.Millisecond); time.Now().Before(end); i++ {
+				key := fmt.Sprint("burst-", i)
+				if _, _, err := store.Claim(context.Background(), key, claim, DefaultDedupTTL); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := store.Finish(context.Background(), key, claim, make([]byte, 1000), DefaultDedupTTL); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+		return 30 * time.Millisecond
+	})
+	cc := bundleClient(t, hp.addr())
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "learn"); err != nil {
+		t.Fatal(err)
+	}
+	fp.CloseAll(false)
+	waitFor(t, 5*time.Second, "the client to see its connection closed", func() bool {
+		return fp.Open() == 0 && cc.GetState() != connectivity.Ready
+	})
+	_, err = testsvc.Call(ctx, cc, testsvc.Echo, "pay")
+	<-flooded
+	if fp.Stats().LostReplies != 1 {
+		t.Fatalf("the case did not arise: %+v (%v)", fp.Stats(), err)
+	}
+	t.Logf("retention after the burst %v; the call: %v", store.Retention(DefaultDedupTTL), err)
+	if n := srv.Runs(testsvc.Echo, "pay"); n != 1 {
+		t.Fatalf("the call ran %d times, want 1 (err %v)", n, err)
+	}
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("the resend that outlived the retention: %v, want FailedPrecondition", err)
 	}
 }
