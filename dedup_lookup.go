@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -52,7 +53,11 @@ const DedupLookupMethod = "/grpcguard.dedup.v1.Dedup/Lookup"
 
 // lookupTries bounds the lookups of one resend that fail with Unavailable
 // (the connection broke).
-const lookupTries = 4
+const lookupTries = 5
+
+// lookupPause is the pause before a lookup is asked again after an
+// Unavailable whose connection did not die, times the tries so far.
+const lookupPause = 5 * time.Millisecond
 
 // Lookup answers.
 const (
@@ -204,9 +209,10 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 		}
 	}
 	resp := new(wrapperspb.BytesValue)
+	var a attempt
 	for try := 1; ; try++ {
 		lctx, creds := cover.resendAttempt(ctx, opts)
-		err = invoker(lctx, DedupLookupMethod, wrapperspb.Bytes(fp[:]), resp, cc, append(lopts, creds)...)
+		err = invoker(lctx, DedupLookupMethod, wrapperspb.Bytes(fp[:]), resp, cc, a.begin(append(lopts, creds))...)
 		if err == nil {
 			break
 		}
@@ -217,8 +223,15 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 			return lookupResult{answered: true, err: failure}
 		case codes.Unavailable:
 			// The lookup changes nothing but the fence, which it re-issues:
-			// it may be asked again, on a new connection.
+			// it may be asked again, on a new connection once grpc has let
+			// go of a dead one, or after a short pause.
 			if try < lookupTries && ctx.Err() == nil {
+				v := a.verdict()
+				if v.connDied {
+					v.awaitRelease(ctx)
+				} else if sleep(ctx, time.Duration(try)*lookupPause) != nil {
+					return lookupResult{answered: true, err: failure}
+				}
 				continue
 			}
 			return lookupResult{answered: true, err: failure}

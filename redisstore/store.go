@@ -5,7 +5,9 @@
 //	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
 //	store := redisstore.New(rdb, redisstore.Options{})
 //	defer store.Close()
-//	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(grpcguard.UnaryServerDedup(store)))
+//	dedup := grpcguard.NewServerDedup(store)
+//	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(dedup.UnaryServerInterceptor()))
+//	dedup.RegisterService(srv) // the lookup clients ask before a resend
 //
 // A claim is a SET NX with the TTL as expiry; the outcome replaces it, as
 // bytes, only while the claim is still the caller's (a Lua script compares
