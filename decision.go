@@ -72,9 +72,12 @@ type failure struct {
 //     declared it with WithServerDedup), every attempt that may have run did
 //     so under one store, and the resend reaches it well within the time the
 //     store keeps ids. The resend carries the same id and says which store
-//     the first attempt met; the server answers it from the first outcome,
-//     or refuses it, and never runs it twice (UnaryServerDedup). Streams are
-//     not deduplicated.
+//     the first attempt met and how old it is when it leaves; the server
+//     answers it from the first outcome, or refuses it, and never runs it
+//     twice (UnaryServerDedup). When the deduplication was learned, not
+//     declared, the resend is sent only after the dedup service answered
+//     for the id (lookupBeforeResend): the replica it reaches may not be the
+//     one that advertised. Streams are not deduplicated.
 func mayRetry(resendable codeSet, f failure, idempotent bool) (ok, unprocessed bool) {
 	if f.callerDone {
 		return false, false

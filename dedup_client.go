@@ -2,6 +2,7 @@ package grpcguard
 
 import (
 	"context"
+	"maps"
 	"net"
 	"strconv"
 	"strings"
@@ -9,7 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // What a client knows about its target's deduplication, and the one question
@@ -22,7 +27,10 @@ import (
 // id's parameters, the store scope of the replica the earlier attempt went to, and its age;
 // the replica the resend reaches answers from its store, or refuses when its
 // store cannot have seen the first attempt (another scope, or older than it
-// keeps ids). So a stale or wrong belief here costs a failed call, not a
+// keeps ids). A resend relying on learned deduplication is sent only after
+// the dedup service, reached through the same channel, answered for its id
+// (dedup_lookup.go): the replica the resend reaches may not be the one that
+// advertised. So a stale or wrong belief here costs a failed call, not a
 // second execution, with one exception documented on observe.
 
 const (
@@ -47,6 +55,8 @@ type dedupKnowledge struct {
 
 	mu    sync.Mutex
 	peers map[string]*peerDedup // peer address -> its advertised store
+
+	statusKnowledge
 }
 
 func newDedupKnowledge() *dedupKnowledge {
@@ -166,6 +176,9 @@ type dedupCover struct {
 	used  bool   // an attempt may have run: a resend needs dedup
 	scope string // the store scope every such attempt's replica advertised; "" when declared by hand
 	first int64  // nanotime at which the first such attempt began
+	// fence is the token of the fence the dedup service claimed for the
+	// resend (learned dedup only; see lookupBeforeResend), in hex.
+	fence string
 }
 
 // dedupCovers reports whether a call of method may be sent again after an
@@ -175,14 +188,14 @@ type dedupCover struct {
 // since), every attempt of the call that may have run did so under one store
 // scope, and the first of them began within the retention the store
 // advertised. It records the attempt in cover, which the call keeps across
-// attempts; resendContext then marks the resend. Without request ids it is
+// attempts; resendAttempt then marks the resend. Without request ids it is
 // always false.
 //
 // It is the only place that says whether deduplication covers a resend; the
 // one safety decision calls it for attempts that may have reached the server
 // of a method that is not idempotent.
 func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, start, now int64) bool {
-	if c.requestIDsOff || c.dedup == nil {
+	if c.requestIDsOff || c.dedup == nil || !c.dedup.dialed() {
 		// Only DialOptions puts request ids on calls, and it alone makes
 		// the knowledge: interceptors composed by hand send no id, and a
 		// resend without one would run again.
@@ -205,7 +218,7 @@ func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, st
 	if float64(now-first) >= dedupWindowShare*float64(window) {
 		return false
 	}
-	*cover = dedupCover{used: true, scope: scope, first: first}
+	*cover = dedupCover{used: true, scope: scope, first: first, fence: cover.fence}
 	return true
 }
 
@@ -232,12 +245,87 @@ func (k *dedupKnowledge) lookup(method string, peer net.Addr, now int64) (scope 
 	return p.scope, p.ttl, true
 }
 
-// resendContext marks the request id of a resend that relies on
-// deduplication with the scope and age of the call's first attempt that may
-// have run (see RequestIDHeader). Call it only when cover.used.
-func (cover *dedupCover) resendContext(ctx context.Context, now int64) context.Context {
-	age := time.Duration(now - cover.first).Milliseconds()
-	return withIDParams(ctx, "resend-", ";resend-scope="+cover.scope+";resend-age-ms="+strconv.FormatInt(age, 10))
+// resendAttempt prepares a resend that relies on deduplication: it returns
+// ctx without the request id, and a call option whose per-RPC credentials
+// write the id back, with the scope of the call's first attempt that may
+// have run and its age, when grpc builds the resend's headers.
+//
+// Why there: the server judges the resend by its age (a store that does not
+// know the id refuses a resend older than it keeps ids), so the age must be
+// the one at which the resend left, not the one at which it was decided.
+// grpc asks per-RPC credentials for their metadata in the transport's
+// NewStream, after the pick, so after any wait for a connection (grpc's
+// connect timeout is 20s) and for the balancer; stamped before invoke, a
+// resend held 1.5s for a new connection said "0 ms" to a store that had
+// dropped the id after 1s, and ran again (issue 18). What comes after the
+// stamp is the wait for a stream slot on a server that caps concurrent
+// streams (grpc-go servers do not by default) and the network; the first
+// attempt's own way to the server and its handler's run lie between the
+// first attempt's start and the outcome's store time, and cover them.
+// The age is rounded up to the microsecond, never down.
+//
+// The caller's own per-RPC credentials call option, if any, is kept: the
+// returned one asks it first and adds the id to its metadata.
+func (cover *dedupCover) resendAttempt(ctx context.Context, opts []grpc.CallOption) (context.Context, grpc.CallOption) {
+	md, _ := metadata.FromOutgoingContext(ctx) // a copy
+	c := &resendCreds{scope: cover.scope, first: cover.first, fence: cover.fence}
+	if vs := md[RequestIDHeader]; len(vs) == 1 {
+		c.id = rewriteID(vs[0], "resend-", "")
+	}
+	delete(md, RequestIDHeader)
+	for _, o := range opts {
+		if pc, ok := o.(grpc.PerRPCCredsCallOption); ok {
+			c.inner = pc.Creds // grpc applies the last one
+		}
+	}
+	return metadata.NewOutgoingContext(ctx, md), grpc.PerRPCCredentials(c)
+}
+
+// resendCreds writes a resend's RequestIDHeader when grpc builds its headers
+// (see resendAttempt).
+type resendCreds struct {
+	id    string // the id and its parameters but the resend's; "": none
+	scope string
+	first int64 // nanotime at which the first attempt that may have run began
+	fence string
+	inner credentials.PerRPCCredentials
+}
+
+// GetRequestMetadata implements credentials.PerRPCCredentials.
+func (c *resendCreds) GetRequestMetadata(ctx context.Context, uri ...string) (map[string]string, error) {
+	if c.id == "" {
+		// Cannot happen (a resend relies on deduplication only with an
+		// id); never send it without one, which would run it again.
+		return nil, status.Error(codes.Internal, "grpcguard: a resend relying on deduplication lost its request id")
+	}
+	md := make(map[string]string, 1)
+	if c.inner != nil {
+		im, err := c.inner.GetRequestMetadata(ctx, uri...)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(md, im) // the caller's map may be shared: not written
+	}
+	v := c.id + resendParams(c.scope, nanotime()-c.first)
+	if c.fence != "" {
+		v += ";resend-fence=" + c.fence
+	}
+	md[RequestIDHeader] = v
+	return md, nil
+}
+
+// RequireTransportSecurity implements credentials.PerRPCCredentials: as the
+// caller's credentials require; the id itself needs no security.
+func (c *resendCreds) RequireTransportSecurity() bool {
+	return c.inner != nil && c.inner.RequireTransportSecurity()
+}
+
+// resendParams are the id parameters of a resend whose first attempt that
+// may have run began age ago under scope: the age in microseconds, rounded
+// up.
+func resendParams(scope string, age int64) string {
+	us := (max(age, 0) + 999) / 1000
+	return ";resend-scope=" + scope + ";resend-age-us=" + strconv.FormatInt(us, 10)
 }
 
 // dedupAdvert is a parsed DedupHeader.

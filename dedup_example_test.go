@@ -31,9 +31,20 @@ func ExampleUnaryServerDedup() {
 		}
 		return tlsInfo.State.PeerCertificates[0].Subject.String() + "/" + id, nil
 	})
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(
-		grpcguard.UnaryServerDedup(nil, byCaller, grpcguard.WithDedupMetrics(metrics)),
-	))
+	dedup := grpcguard.NewServerDedup(nil, byCaller, grpcguard.WithDedupMetrics(metrics))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(dedup.UnaryServerInterceptor()))
+	dedup.RegisterService(srv) // the same key function scopes the lookups
+	_ = srv                    // register services, then srv.Serve(listener)
+}
+
+// A server whose clients may learn its deduplication from its responses
+// registers the dedup service next to the interceptor: a client resends a
+// call that may have run only after that service answered for the call's
+// id, so that a resend never runs on a replica without deduplication.
+func ExampleNewServerDedup() {
+	dedup := grpcguard.NewServerDedup(nil) // a MemoryStore; redisstore for replicas
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(dedup.UnaryServerInterceptor()))
+	dedup.RegisterService(srv)
 	_ = srv // register services, then srv.Serve(listener)
 }
 

@@ -35,8 +35,9 @@ type MemoryStoreConfig struct {
 	// Default 64 MiB, about 200,000 outcomes of small calls. When full, the
 	// oldest outcomes are dropped first, a segment of up to 64 KiB at a
 	// time (counted as evictions), and the store advertises the shorter
-	// retention; running calls are never dropped: a claim that cannot fit
-	// fails with ErrStoreFull.
+	// retention, the time since the youngest outcome dropped in any shard
+	// had finished (see Retention); running calls are never dropped: a
+	// claim that cannot fit fails with ErrStoreFull.
 	MaxBytes int64
 	// MaxEntries bounds the number of ids held. Default 262,144.
 	MaxEntries int
@@ -64,10 +65,12 @@ type MemoryStore struct {
 	mask   uint64
 	m      *DedupMetrics
 
-	// The most recent eviction of ids before their TTL: when and at what
-	// age (of the youngest one dropped). Written only on eviction.
-	evictedAt  atomic.Int64
-	evictedAge atomic.Int64
+	// evictedHorizon is the latest time (nanotime, at least 1) at which an
+	// outcome dropped before its TTL had finished, in any shard; 0: none
+	// was. Every id dropped early finished at or before it, every id
+	// finished after it is still held (or expired): see Retention. Written
+	// only on eviction.
+	evictedHorizon atomic.Int64
 }
 
 type memShard struct {
@@ -341,14 +344,23 @@ func (s *MemoryStore) Wait(ctx context.Context, key string, running []byte) ([]b
 	}
 }
 
-// Retention implements Store: ttl, or the age at which ids were last dropped
-// early if that happened within the last ttl.
+// Retention implements Store: ttl, or, if outcomes were dropped before
+// their TTL, the time since the latest of them had finished, if shorter.
+//
+// Why that and not the age of the last ids dropped: shards drop outcomes
+// independently, at ages that differ from shard to shard and from drop to
+// drop. A shard that dropped a 5ms-old outcome, followed by one that dropped
+// 650ms-old ones, made "the last drop's age" 650ms, and a resend of the
+// first, 30ms old, passed and ran again (issue 18). An id dropped early
+// finished at or before the horizon, so a resend of it is at least now minus
+// the horizon old (its first attempt began before it finished), and is
+// refused; an id finished after the horizon was never dropped early.
 func (s *MemoryStore) Retention(ttl time.Duration) time.Duration {
-	at := s.evictedAt.Load()
-	if at == 0 || nanotime()-at > int64(ttl) {
+	h := s.evictedHorizon.Load()
+	if h == 0 {
 		return ttl
 	}
-	return min(ttl, time.Duration(s.evictedAge.Load()))
+	return min(ttl, time.Duration(nanotime()-h))
 }
 
 // errHashCollision fails a claim whose key has the 64-bit hash of another
@@ -386,7 +398,7 @@ func (s *MemoryStore) current(sh *memShard, key string, h uint64, now int64) ([]
 	if string(r.key) != key {
 		sh.unindex(h, loc)
 		s.m.evicted()
-		s.evictedEarly(r.finished, now)
+		s.evictedEarly(r.finished)
 		return nil, false, nil
 	}
 	return bytes.Clone(r.value), true, nil
@@ -512,7 +524,7 @@ func (s *MemoryStore) dropSegment(sh *memShard, now int64) []byte {
 		off = r.end
 	}
 	if youngest != 0 {
-		s.evictedEarly(youngest, now)
+		s.evictedEarly(youngest)
 	}
 	sh.bytes -= int64(cap(seg.buf))
 	sh.segs[0] = nil
@@ -521,9 +533,14 @@ func (s *MemoryStore) dropSegment(sh *memShard, now int64) []byte {
 	return seg.buf
 }
 
-// evictedEarly records that an outcome finished at finished was dropped at
-// now, before its TTL: the store keeps ids that long for now.
-func (s *MemoryStore) evictedEarly(finished, now int64) {
-	s.evictedAt.Store(now)
-	s.evictedAge.Store(now - finished)
+// evictedEarly records that an outcome finished at finished was dropped
+// before its TTL: the store's retention is now at most the time since then.
+func (s *MemoryStore) evictedEarly(finished int64) {
+	finished = max(finished, 1)
+	for {
+		h := s.evictedHorizon.Load()
+		if h >= finished || s.evictedHorizon.CompareAndSwap(h, finished) {
+			return
+		}
+	}
 }

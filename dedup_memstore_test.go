@@ -170,7 +170,7 @@ func newClaim(fp fingerprint) []byte {
 // one larger than a segment and after their segments filled; an outcome
 // larger than the store fails with ErrStoreFull and leaves the claim; whole
 // segments are dropped oldest first, each early drop counted, and the
-// retention is the age of the youngest one dropped.
+// retention is the time since the youngest one dropped had finished.
 func TestMemoryStoreSegments(t *testing.T) {
 	m := NewDedupMetrics()
 	store, err := NewMemoryStore(MemoryStoreConfig{MaxBytes: 64 << 10, Metrics: m})

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // Metadata keys of request ids and deduplication. They are grpcguard's own,
@@ -32,13 +33,23 @@ const (
 	//   - "advertise": the response carries DedupHeader. A client asks on
 	//     the few calls from which it learns, so that the other calls do not
 	//     pay for a header they would not read.
-	//   - "resend-scope=<scope>" and "resend-age-ms=<n>": the attempt is a
+	//   - "resend-scope=<scope>" and "resend-age-us=<n>": the attempt is a
 	//     resend of a call whose earlier attempt may have run, under the
 	//     store scope the client learned from that attempt's replica (empty
-	//     when declared with WithServerDedup), n milliseconds ago. A server
-	//     that does not know the id refuses the resend when its store has
-	//     another scope or keeps ids for less than n ms: the first attempt
-	//     may have run where this server cannot see it.
+	//     when declared with WithServerDedup), n microseconds before the
+	//     resend left (stamped as grpc writes its headers, rounded up). A
+	//     server that does not know the id refuses the resend when its store
+	//     has another scope or keeps ids for no more than n µs: the first
+	//     attempt may have run where this server cannot see it.
+	//   - "resend-fence=<16 hex digits>", with the above: the token of the
+	//     fence the dedup service's lookup claimed for this resend (see
+	//     DedupLookupMethod); a server whose store holds it runs the resend
+	//     under it.
+	//   - "resend-age-ms=<n>", sent by earlier clients instead of
+	//     resend-age-us: an age stamped before the resend waited for its
+	//     connection, and truncated. A server answers such a resend from its
+	//     store, but refuses it when it does not know the id: the age cannot
+	//     be trusted.
 	//
 	// Other parameters are refused (InvalidArgument), so that an id
 	// containing ';' is never cut short.
@@ -48,7 +59,17 @@ const (
 	// call, under which store scope and for how long it keeps ids:
 	// "scope=<scope>;ttl-ms=<milliseconds>".
 	DedupHeader = "grpcguard-dedup"
+	// DedupReplayedHeader is the response header, value "1", that marks a
+	// reply (or error) answered from a stored outcome: the handler did not
+	// run for this call, it ran once for an earlier one with the same id.
+	// The stored outcome's own headers come with it. A client returning an
+	// outcome its lookup found (DedupLookupMethod) sets it in the caller's
+	// grpc.Header too.
+	DedupReplayedHeader = "grpcguard-dedup-replayed"
 )
+
+// replayedMD is DedupReplayedHeader's metadata, never written.
+var replayedMD = metadata.MD{DedupReplayedHeader: {"1"}}
 
 // DefaultDedupTTL is how long UnaryServerDedup keeps a request id and its
 // outcome by default: far longer than any retry of a call (those come within
@@ -70,6 +91,7 @@ type DedupOption struct {
 
 type dedupConfig struct {
 	ttl      time.Duration
+	idFields []string
 	key      func(ctx context.Context, id string) (string, error)
 	failOpen bool
 	metrics  *DedupMetrics
@@ -78,12 +100,44 @@ type dedupConfig struct {
 // WithDedupTTL sets how long ids and outcomes are kept. Default 5 minutes
 // (DefaultDedupTTL); valid from 1s to 24h. A claim whose handler is still
 // running when the TTL passes expires too: keep handlers well inside it.
+//
+// The default suits grpcguard's own resends, which come within the call's
+// deadline. Ids that callers set themselves and retry across processes (a
+// job retried after a crash, a message a queue delivers again, a user
+// pressing "pay" again) need the id kept as long as anyone may retry it:
+// hours, up to 24h. Size the store for it: every outcome is kept the whole
+// TTL, so a MemoryStore needs MaxBytes of about calls per second x TTL in
+// seconds x (outcome size + 60 bytes): 100 calls/s for 1h with 300-byte
+// outcomes is about 130 MB; a Redis store the same in maxmemory, with
+// noeviction (redisstore's documentation says why).
 func WithDedupTTL(d time.Duration) DedupOption {
 	return DedupOption{func(c *dedupConfig) error {
 		if d < minDedupTTL || d > maxDedupTTL {
 			return invalid("WithDedupTTL", d, "must be between 1s and 24h")
 		}
 		c.ttl = d
+		return nil
+	}}
+}
+
+// WithDedupIDField takes a call's request id, when it carries no
+// RequestIDHeader, from the first of the named fields its request message
+// has: a top-level singular string field, such as AIP-155's "request_id" or
+// AEP-155's "idempotency_key". An empty field, or a request without such a
+// field, runs the call without deduplication, as a call without id does.
+// The value is the id whole (up to 128 bytes; ';' is not a separator
+// there), and WithDedupKey applies to it as to a header's id. Such an id is
+// the caller's own (see the README on caller-set ids): it is never a resend
+// by grpcguard's rules, so a server that does not hold it runs it. Names
+// are protobuf field names; none by default.
+func WithDedupIDField(names ...string) DedupOption {
+	return DedupOption{func(c *dedupConfig) error {
+		for _, n := range names {
+			if !protoreflect.Name(n).IsValid() {
+				return invalid("WithDedupIDField", fmt.Sprintf("%q", n), "must be a protobuf field name")
+			}
+		}
+		c.idFields = append(c.idFields, names...)
 		return nil
 	}}
 }
@@ -182,7 +236,8 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 // A resend (the id's resend parameters) of an id this server does not know
 // is refused with FailedPrecondition when the store's scope differs from the
 // one the client names, or the first attempt is older than the store keeps
-// ids: the first attempt may have run somewhere this server cannot see.
+// ids (Store.Retention, and RetentionChecker where the store implements
+// it): the first attempt may have run somewhere this server cannot see.
 //
 // Requests that are not protobuf messages are not deduplicated, and neither
 // are streams: a stream's outcome is a sequence of messages, each possibly
@@ -191,7 +246,16 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 // (see WithDedupFailOpen); an outcome that cannot be stored is still returned
 // to its caller. Invalid options fail every call with Internal, naming the
 // option.
+//
+// Clients that learned deduplication from DedupHeader resend a call that may
+// have run only after the dedup service answered for its id (see
+// NewServerDedup and ServerDedup.RegisterService): with this interceptor
+// alone, such clients resend nothing on its strength.
 func UnaryServerDedup(store Store, opts ...DedupOption) grpc.UnaryServerInterceptor {
+	return newDeduper(store, opts).unary
+}
+
+func newDeduper(store Store, opts []DedupOption) *deduper {
 	d := &deduper{cfg: dedupConfig{ttl: DefaultDedupTTL}}
 	var errs []error
 	for _, o := range opts {
@@ -210,7 +274,7 @@ func UnaryServerDedup(store Store, opts ...DedupOption) grpc.UnaryServerIntercep
 		store = ms
 	}
 	d.store = store
-	return d.unary
+	return d
 }
 
 // deduper is the state of one UnaryServerDedup interceptor.
@@ -229,6 +293,42 @@ type deduper struct {
 type methodState struct {
 	prefix methodPrefix
 	reply  atomic.Pointer[replyType] // once known
+	// idField is the request's id field (WithDedupIDField), looked up on
+	// the method's first request.
+	idField atomic.Pointer[idField]
+}
+
+// idField is a method's request id field; fd nil: the request has none.
+type idField struct{ fd protoreflect.FieldDescriptor }
+
+// fieldID returns the value of req's id field (WithDedupIDField), "" when
+// it has none or it is empty.
+func (d *deduper) fieldID(method string, req any) (string, error) {
+	msg, ok := req.(proto.Message)
+	if !ok {
+		return "", nil
+	}
+	ms := d.method(method)
+	f := ms.idField.Load()
+	if f == nil {
+		f = &idField{}
+		fields := msg.ProtoReflect().Descriptor().Fields()
+		for _, name := range d.cfg.idFields {
+			if fd := fields.ByName(protoreflect.Name(name)); fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList() {
+				f.fd = fd
+				break
+			}
+		}
+		ms.idField.Store(f)
+	}
+	if f.fd == nil {
+		return "", nil
+	}
+	id := msg.ProtoReflect().Get(f.fd).String()
+	if len(id) > maxRequestID {
+		return "", status.Errorf(codes.InvalidArgument, "grpcguard: request field %s: the id must be at most %d bytes", f.fd.Name(), maxRequestID)
+	}
+	return id, nil
 }
 
 type replyType struct{ t protoreflect.MessageType }
@@ -288,15 +388,30 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 		return nil, d.err
 	}
 	ids := metadata.ValueFromIncomingContext(ctx, RequestIDHeader)
-	if len(ids) == 0 {
-		return handler(ctx, req)
-	}
-	if len(ids) > 1 {
+	var (
+		key string
+		p   idParams
+		err error
+	)
+	switch {
+	case len(ids) == 1:
+		if info.FullMethod == DedupLookupMethod {
+			return handler(ctx, req) // it reads the id itself
+		}
+		if key, p, err = parseRequestID(ids[0]); err != nil {
+			return nil, err
+		}
+	case len(ids) > 1:
 		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: %s must be one value", RequestIDHeader)
-	}
-	key, p, err := parseRequestID(ids[0])
-	if err != nil {
-		return nil, err
+	case len(d.cfg.idFields) == 0:
+		return handler(ctx, req)
+	default:
+		if key, err = d.fieldID(info.FullMethod, req); err != nil || key == "" {
+			if err != nil {
+				return nil, err
+			}
+			return handler(ctx, req)
+		}
 	}
 	msg, ok := req.(proto.Message)
 	if !ok {
@@ -317,7 +432,11 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	// stored, and a stored one ends the loop) and the handler's metadata.
 	c := &dedupCall{}
 	claim := c.claim[:]
-	fillClaim(claim, fp)
+	if p.fenced {
+		fenceClaim(claim, fp, p.fence) // the lookup's claim: run under it
+	} else {
+		fillClaim(claim, fp)
+	}
 	waited := false
 	for range maxClaimRounds {
 		existing, scope, err := d.store.Claim(ctx, key, claim, d.cfg.ttl)
@@ -328,12 +447,19 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			}
 			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
 		}
+		if p.fenced && string(existing) == string(claim) {
+			// The fence the lookup made in this store for this resend:
+			// the first attempt never claimed the id here (the lookup
+			// checked scope and age then) and waits on the fence if it
+			// comes late. Run under it.
+			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
+		}
 		if existing == nil {
 			if p.resend {
-				if why := d.refusal(p, scope); why != "" {
+				if code, why := d.refusal(ctx, p, scope); why != "" {
 					d.release(ctx, key, claim, false)
 					d.cfg.metrics.refuse()
-					return nil, status.Errorf(codes.FailedPrecondition, "grpcguard: resend of request id refused: %s", why)
+					return nil, status.Errorf(code, "grpcguard: resend of request id refused: %s", why)
 				}
 			}
 			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
@@ -373,15 +499,28 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 }
 
 // refusal says why a resend of an id this store did not know must not run,
-// or "" when it may.
-func (d *deduper) refusal(r idParams, scope string) string {
+// and with which code, or "" when it may.
+func (d *deduper) refusal(ctx context.Context, r idParams, scope string) (codes.Code, string) {
 	if r.scope != "" && r.scope != scope {
-		return fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
+		return codes.FailedPrecondition, fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
+	}
+	if r.untrustedAge {
+		return codes.FailedPrecondition, fmt.Sprintf("its age (resend-age-ms=%d) was stamped before it waited for a connection: it cannot be trusted", r.age.Milliseconds())
 	}
 	if keep := d.store.Retention(d.cfg.ttl); r.age >= keep {
-		return fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.age, keep)
+		return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.age, keep)
 	}
-	return ""
+	if rc, ok := d.store.(RetentionChecker); ok {
+		keep, err := rc.CheckRetention(ctx, d.cfg.ttl)
+		if err != nil {
+			d.cfg.metrics.storeErr(opClaim)
+			return codes.Unavailable, fmt.Sprintf("cannot check whether the dedup store lost ids: %v", err)
+		}
+		if r.age >= keep {
+			return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, and the dedup store may have lost ids %v ago", r.age, keep)
+		}
+	}
+	return codes.OK, ""
 }
 
 // run runs the handler under the claim and stores its outcome.
@@ -458,6 +597,7 @@ func (d *deduper) replay(ctx context.Context, method string, ms *methodState, re
 	if advertise {
 		d.advertise(ctx, scope)
 	}
+	_ = grpc.SetHeader(ctx, replayedMD)
 	_ = grpc.SetHeader(ctx, o.header)
 	_ = grpc.SetTrailer(ctx, o.trailer)
 	if o.status.GetCode() != int32(codes.OK) {
@@ -465,7 +605,13 @@ func (d *deduper) replay(ctx context.Context, method string, ms *methodState, re
 	}
 	mt, err := replyTypeOf(method, ms)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "grpcguard: cannot rebuild the stored reply: %v", err)
+		// A replica that never ran the method, whose reply type is in no
+		// registry: the stored bytes are the reply's encoding, sent as they
+		// are, as the unknown fields of an empty message (proto.Marshal
+		// writes them verbatim). The client decodes them as its own type.
+		m := new(emptypb.Empty)
+		m.ProtoReflect().SetUnknown(o.replyBytes)
+		return m, nil
 	}
 	m := mt.New().Interface()
 	if err := proto.Unmarshal(o.replyBytes, m); err != nil {
@@ -580,7 +726,12 @@ type idParams struct {
 	advertise bool
 	resend    bool
 	scope     string        // resend-scope
-	age       time.Duration // resend-age-ms
+	age       time.Duration // resend-age-us, or resend-age-ms
+	// untrustedAge: the age came as resend-age-ms, from a client that
+	// stamped it before the resend waited for a connection.
+	untrustedAge bool
+	fenced       bool    // resend-fence
+	fence        [8]byte // its token
 }
 
 // parseRequestID splits a RequestIDHeader value into the id and its
@@ -603,12 +754,20 @@ func parseRequestID(v string) (string, idParams, error) {
 			p.advertise = true
 		case "resend-scope":
 			p.scope, seenScope = val, true
-		case "resend-age-ms":
-			ms, err := strconv.ParseInt(val, 10, 64)
-			if err != nil || ms < 0 {
-				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-age-ms must be a number of milliseconds", RequestIDHeader)
+		case "resend-fence":
+			if p.fence, p.fenced = fenceToken(val); !p.fenced {
+				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-fence must be 16 hex digits", RequestIDHeader)
 			}
-			p.resend, p.age = true, time.Duration(ms)*time.Millisecond
+		case "resend-age-us", "resend-age-ms":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n < 0 || n > int64(maxDedupTTL/time.Microsecond) {
+				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: %s must be a duration up to 24h", RequestIDHeader, k)
+			}
+			unit := time.Microsecond
+			if k == "resend-age-ms" {
+				unit, p.untrustedAge = time.Millisecond, true
+			}
+			p.resend, p.age = true, time.Duration(n)*unit
 		default:
 			// Refused rather than ignored: an application's own id that
 			// contains ';' would otherwise be cut short and share its key
@@ -616,8 +775,8 @@ func parseRequestID(v string) (string, idParams, error) {
 			return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: unknown parameter %q (an id must not contain ';')", RequestIDHeader, f)
 		}
 	}
-	if seenScope && !p.resend {
-		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-scope without resend-age-ms", RequestIDHeader)
+	if (seenScope || p.fenced) && !p.resend {
+		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-scope without resend-age-us", RequestIDHeader)
 	}
 	return id, p, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,12 +23,34 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// dedupServer serves srv with UnaryServerDedup(store, opts...) innermost
-// after outer, and returns its address.
+// dedupServer serves srv with the interceptor of NewServerDedup(store,
+// opts...) innermost after outer, and its dedup service, and returns its
+// address.
 func dedupServer(t testing.TB, srv *testsvc.Server, store Store, outer []grpc.UnaryServerInterceptor, opts ...DedupOption) string {
 	t.Helper()
-	chain := append(append([]grpc.UnaryServerInterceptor(nil), outer...), UnaryServerDedup(store, opts...))
-	return startServer(t, srv, grpc.ChainUnaryInterceptor(chain...))
+	addr, _ := serveDedup(t, srv, store, outer, opts...)
+	return addr
+}
+
+// serveDedup is dedupServer that also returns a function that stops the
+// server at once (as a process that dies), also called when the test ends.
+func serveDedup(t testing.TB, srv *testsvc.Server, store Store, outer []grpc.UnaryServerInterceptor, opts ...DedupOption) (string, func()) {
+	t.Helper()
+	sd := NewServerDedup(store, opts...)
+	chain := append(append([]grpc.UnaryServerInterceptor(nil), outer...), sd.UnaryServerInterceptor())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
+	srv.Register(gs)
+	sd.RegisterService(gs)
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { gs.Stop(); <-done }) }
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
 }
 
 // withRequestID returns ctx carrying id as the call's request id.
@@ -300,6 +323,8 @@ func TestDedupInvalidIDAndOptions(t *testing.T) {
 		metadata.Pairs(RequestIDHeader, "a;resend-scope=x"),
 		metadata.Pairs(RequestIDHeader, "a;resend-age-ms=-1"),
 		metadata.Pairs(RequestIDHeader, "a;resend-age-ms=x"),
+		metadata.Pairs(RequestIDHeader, "a;resend-age-us=-1"),
+		metadata.Pairs(RequestIDHeader, "a;resend-age-us=1.5"),
 		metadata.Pairs(RequestIDHeader, "order;1"), // an application's id with ';'
 		metadata.Pairs(RequestIDHeader, "a;"),
 	} {
@@ -358,14 +383,20 @@ func TestDedupResendRules(t *testing.T) {
 	}
 	// An id this store never saw, under another store's scope: the first
 	// attempt may have run there.
-	if err := resend("r1", "resend-scope=mem-0000000000000000;resend-age-ms=10"); status.Code(err) != codes.FailedPrecondition {
+	if err := resend("r1", "resend-scope=mem-0000000000000000;resend-age-us=10000"); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("other scope: %v, want FailedPrecondition", err)
 	}
 	// Older than the store keeps ids.
-	if err := resend("r2", "resend-scope="+store.Scope()+";resend-age-ms=60000"); status.Code(err) != codes.FailedPrecondition {
+	if err := resend("r2", "resend-scope="+store.Scope()+";resend-age-us=60000000"); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("too old: %v, want FailedPrecondition", err)
 	}
-	if srv.Calls() != 0 || testutil.ToFloat64(m.refused) != 2 {
+	// An age in milliseconds, from a client that stamped it before the
+	// resend waited for a connection: not trusted for an unknown id.
+	if err := resend("r4", "resend-scope="+store.Scope()+";resend-age-ms=10"); status.Code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), "cannot be trusted") {
+		t.Fatalf("age in ms: %v, want FailedPrecondition", err)
+	}
+	if srv.Calls() != 0 || testutil.ToFloat64(m.refused) != 3 {
 		t.Fatalf("refused resends ran (%d calls) or were not counted (%v)", srv.Calls(), testutil.ToFloat64(m.refused))
 	}
 	// The refused ids were not kept: the same id may run normally.
@@ -375,13 +406,17 @@ func TestDedupResendRules(t *testing.T) {
 	// This store's scope, or declared by hand (no scope), within the
 	// retention: an unknown id never ran here, so it runs; a known one is
 	// answered.
-	for _, v := range []string{"resend-scope=" + store.Scope() + ";resend-age-ms=10", "resend-scope=;resend-age-ms=10", "resend-age-ms=10"} {
+	for _, v := range []string{"resend-scope=" + store.Scope() + ";resend-age-us=10000", "resend-scope=;resend-age-us=10000", "resend-age-us=10000"} {
 		if err := resend("r3"+v, v); err != nil {
 			t.Fatalf("%s: %v", v, err)
 		}
 	}
-	if err := resend("r1", "resend-scope=mem-0000000000000000;resend-age-ms=10"); err != nil {
+	if err := resend("r1", "resend-scope=mem-0000000000000000;resend-age-us=10000"); err != nil {
 		t.Fatalf("known id resent under a wrong scope guess: %v, want its outcome", err)
+	}
+	// A known id is answered whatever the age says: its outcome is here.
+	if err := resend("r1", "resend-age-ms=10"); err != nil {
+		t.Fatalf("known id resent with an age in ms: %v, want its outcome", err)
 	}
 	if got := srv.Runs(testsvc.Echo, "r1"); got != 1 {
 		t.Fatalf("r1 ran %d times", got)
@@ -457,7 +492,7 @@ func TestDedupLostReplyResentRunsOnce(t *testing.T) {
 		t.Fatal("the server did not run the call whose reply was lost")
 	}
 	p.SetMode(faultproxy.Pass)
-	out, err := testsvc.Call(withRequestID(ctx, "lost;resend-scope="+adv.scope+";resend-age-ms=50"), cc, testsvc.Echo, "pay")
+	out, err := testsvc.Call(withRequestID(ctx, "lost;resend-scope="+adv.scope+";resend-age-us=50000"), cc, testsvc.Echo, "pay")
 	if err != nil || out != "pay #2" { // #1 was the warm-up call
 		t.Fatalf("resend: %q, %v; want the first outcome", out, err)
 	}

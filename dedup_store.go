@@ -44,6 +44,22 @@ type Store interface {
 	Retention(ttl time.Duration) time.Duration
 }
 
+// RetentionChecker is implemented by a Store that can lose ids before their
+// TTL in ways it learns only by asking its backend: a Redis that evicts keys
+// under memory pressure, restarts, or fails over to a replica that missed
+// the last writes. Before UnaryServerDedup runs a resend of an id its store
+// did not hold, under the claim it has just made, it asks, and refuses the
+// resend unless its first attempt is younger than the answer: the id may
+// have been lost. Only such resends ask (rare: the common lost reply finds
+// its outcome), so the check may cost a round trip to the backend.
+type RetentionChecker interface {
+	// CheckRetention returns how long, as of now and from the backend
+	// itself (never a cached belief), the store has kept every id it was
+	// given: ttl, or the time since it may last have lost ids, if shorter.
+	// An error refuses the resend.
+	CheckRetention(ctx context.Context, ttl time.Duration) (time.Duration, error)
+}
+
 // The scope of a store names what it remembers: servers whose stores report
 // the same scope share their ids, and a store that has lost what it held (a
 // restarted process, a flushed Redis) reports a new scope. A MemoryStore's

@@ -38,9 +38,18 @@ func WithRequestIDs(on bool) ClientOption {
 // reached the server may then be resent, with its request id, within that
 // window; the server answers the resend with the first outcome or refuses it.
 //
+// The declaration is the operator's promise, and the client takes it as
+// such: it resends without asking any server first. Declare only what holds
+// for every replica the client can reach, for as long as it runs; a replica
+// without the interceptor, or with another store, runs such a resend again.
+//
 // Without this option the client learns it per target, from the
 // DedupHeader the servers send, and only for the methods and replicas that
-// sent it: nothing is assumed. Names are full method names,
+// sent it: nothing is assumed. What it learned from one replica is not
+// applied to another: before each resend it asks the dedup service
+// (DedupLookupMethod), which a server without it answers Unimplemented, and
+// resends only if the store the first attempt met answers that the id never
+// ran there (see ServerDedup.RegisterService). Names are full method names,
 // "/pkg.Service/Method", or a whole service, "/pkg.Service/*". Repeated uses
 // add up. Without request ids (WithRequestIDs(false)) it has no effect.
 func WithServerDedup(methods ...string) ClientOption {
@@ -62,8 +71,14 @@ func WithServerDedup(methods ...string) ClientOption {
 // withDedupKnowledge shares k between the interceptors of one DialOptions
 // result: the request-id interceptor learns into it, retry and hedging read
 // it.
+// A DedupStatus's knowledge, given before (WithDedupStatus), is kept
+// instead of k.
 func withDedupKnowledge(k *dedupKnowledge) ClientOption {
 	return clientOption(func(c *config) error {
+		if c.dedup != nil && c.dedup.status {
+			c.dedup.taken.Store(true)
+			return nil
+		}
 		c.dedup = k
 		return nil
 	})

@@ -77,14 +77,21 @@ func withID(ctx context.Context, advertise bool) context.Context {
 
 // withIDParams returns ctx whose RequestIDHeader keeps its id and its
 // parameters but those starting with drop, and gains add. It copies the
-// outgoing metadata: for the rare calls that learn or resend.
+// outgoing metadata: for the rare calls that learn.
 func withIDParams(ctx context.Context, drop, add string) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx)
 	vs := md[RequestIDHeader]
 	if len(vs) != 1 {
 		return ctx
 	}
-	id, rest, _ := strings.Cut(vs[0], ";")
+	md[RequestIDHeader] = []string{rewriteID(vs[0], drop, add)}
+	return metadata.NewOutgoingContext(ctx, md)
+}
+
+// rewriteID returns the RequestIDHeader value v with its id and its
+// parameters but those starting with drop, followed by add.
+func rewriteID(v, drop, add string) string {
+	id, rest, _ := strings.Cut(v, ";")
 	var b strings.Builder
 	b.WriteString(id)
 	for f := range strings.SplitSeq(rest, ";") {
@@ -94,8 +101,7 @@ func withIDParams(ctx context.Context, drop, add string) context.Context {
 		}
 	}
 	b.WriteString(add)
-	md[RequestIDHeader] = []string{b.String()}
-	return metadata.NewOutgoingContext(ctx, md)
+	return b.String()
 }
 
 func (r *requestIDs) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -295,15 +296,38 @@ func TestDedupCovers(t *testing.T) {
 	if off.dedupCovers(&dedupCover{}, m, nil, t0+0, t0+ms) {
 		t.Fatal("covered without request ids")
 	}
-	// The resend keeps the id and its other parameters, and replaces an
-	// earlier resend's.
-	idCtx := metadata.AppendToOutgoingContext(context.Background(), RequestIDHeader, "abc;advertise;resend-age-ms=1")
-	got := (&dedupCover{used: true, scope: "s1", first: 0}).resendContext(idCtx, 1500*ms)
-	if v := metadata.ValueFromOutgoingContext(got, RequestIDHeader); len(v) != 1 || v[0] != "abc;advertise;resend-scope=s1;resend-age-ms=1500" {
-		t.Fatalf("resend id: %v", v)
+	// The resend's id leaves the outgoing metadata: its credentials write
+	// it when grpc builds the headers, keeping the id and its other
+	// parameters, replacing an earlier resend's, with an age rounded up to
+	// the microsecond, after the caller's own credentials' metadata.
+	idCtx := metadata.AppendToOutgoingContext(context.Background(), RequestIDHeader, "abc;advertise;resend-age-us=1")
+	first := nanotime() - 1500*int64(time.Millisecond) - 1
+	got, opt := (&dedupCover{used: true, scope: "s1", first: first}).resendAttempt(idCtx,
+		[]grpc.CallOption{grpc.PerRPCCredentials(staticCreds{"authorization": "Bearer x"})})
+	if v := metadata.ValueFromOutgoingContext(got, RequestIDHeader); len(v) != 0 {
+		t.Fatalf("the resend's id stayed in its outgoing metadata: %v", v)
+	}
+	md, err := opt.(grpc.PerRPCCredsCallOption).Creds.GetRequestMetadata(context.Background())
+	if err != nil || md["authorization"] != "Bearer x" {
+		t.Fatalf("resend credentials: %v, %v; want the caller's kept", md, err)
+	}
+	id, age, _ := strings.Cut(md[RequestIDHeader], ";resend-scope=s1;resend-age-us=")
+	if us, err := strconv.ParseInt(age, 10, 64); id != "abc;advertise" || err != nil || us < 1500001 || us > 1500000+5e6 {
+		t.Fatalf("resend id %q: want abc;advertise, scope s1 and an age of 1.500001s or a little more", md[RequestIDHeader])
+	}
+	if p := resendParams("s", 1); p != ";resend-scope=s;resend-age-us=1" {
+		t.Fatalf("1ns is %q, want 1µs: rounded up", p)
 	}
 	if _, err := newConfig([]Option{WithServerDedup("nope")}); err == nil ||
 		err.Error() != `grpcguard: invalid option: WithServerDedup("nope"): must be a full method name "/pkg.Service/Method" or "/pkg.Service/*"` {
 		t.Fatalf("invalid WithServerDedup: %v", err)
 	}
 }
+
+// staticCreds are per-RPC credentials of fixed metadata, as a caller's own.
+type staticCreds map[string]string
+
+func (c staticCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return c, nil
+}
+func (staticCreds) RequireTransportSecurity() bool { return false }

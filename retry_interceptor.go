@@ -124,12 +124,21 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 		attemptOpts = append(attemptOpts, grpc.Header(&c.header))
 	}
 	p.dedup = &c.cover
+	var lastErr error
 	for n := 1; ; n++ {
 		attemptCtx, cancel := ctx, context.CancelFunc(nil)
+		var resend grpc.CallOption
 		if n > 1 {
 			attemptCtx = metadata.AppendToOutgoingContext(attemptCtx, previousAttemptsKey, strconv.Itoa(n-1))
 			if c.cover.used { // the resend relies on the server's deduplication
-				attemptCtx = c.cover.resendContext(attemptCtx, nanotime())
+				if c.cover.scope != "" { // learned, not declared: ask the store first
+					lr := c.cover.lookupBeforeResend(attemptCtx, method, req, reply, cc, invoker, attemptOpts, lastErr)
+					if lr.answered {
+						return lr.err
+					}
+					c.cover.fence = lr.fence
+				}
+				attemptCtx, resend = c.cover.resendAttempt(attemptCtx, attemptOpts)
 			}
 		}
 		if p.perAttemptTimeout > 0 {
@@ -137,6 +146,9 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 		}
 		c.trailer, c.header = nil, nil
 		aopts := c.a.begin(attemptOpts)
+		if resend != nil {
+			aopts = append(aopts, resend) // last, so that grpc applies it
+		}
 		if n == 1 {
 			cs.budget.call(c.a.start) // a call that may retry earns extra attempts
 		}
@@ -166,6 +178,7 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 		if !d.resend {
 			return err
 		}
+		lastErr = err
 		if err := sleep(ctx, d.wait); err != nil {
 			return err
 		}

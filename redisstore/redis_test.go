@@ -25,7 +25,36 @@ type redisServer struct {
 	addr string
 	cmd  *exec.Cmd
 	dir  string
+	bin  string
+	port int
 	done chan struct{}
+}
+
+// launch starts redis-server on r's port and directory, without persistence.
+func (r *redisServer) launch() error {
+	r.done = make(chan struct{})
+	r.cmd = exec.Command(r.bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(r.port), "--dir", r.dir,
+		"--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
+		"--logfile", filepath.Join(r.dir, "redis.log"))
+	if err := r.cmd.Start(); err != nil {
+		return err
+	}
+	done := r.done
+	go func() { r.cmd.Wait(); close(done) }()
+	return nil
+}
+
+// restart kills the server and starts a new one on the same port: what it
+// held is lost, as in a restart without persistence.
+func (r *redisServer) restart(t testing.TB) {
+	t.Helper()
+	r.stop()
+	if err := r.launch(); err != nil {
+		t.Fatal(err)
+	}
+	if !r.waitUp(5 * time.Second) {
+		t.Fatal("redis-server did not come back")
+	}
 }
 
 // startRedis starts redis-server for the test, or skips it with one line when
@@ -44,14 +73,10 @@ func startRedis(t testing.TB) *redisServer {
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		r := &redisServer{addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, done: make(chan struct{})}
-		r.cmd = exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir,
-			"--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
-			"--logfile", filepath.Join(dir, "redis.log"))
-		if err := r.cmd.Start(); err != nil {
+		r := &redisServer{addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, bin: bin, port: port}
+		if err := r.launch(); err != nil {
 			t.Skipf("redis-server cannot start (%v); skipping the Redis store tests", err)
 		}
-		go func() { r.cmd.Wait(); close(r.done) }()
 		if r.waitUp(5 * time.Second) {
 			t.Cleanup(r.stop)
 			return r

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -36,12 +37,18 @@ func startReplica(t testing.TB, name string, store grpcguard.Store, handler func
 		grpc.SetHeader(ctx, metadata.Pairs("x-replica", name))
 		return h(ctx, req)
 	}
-	addr, stop, err := testsvc.Serve(r.srv, grpc.ChainUnaryInterceptor(tag, grpcguard.UnaryServerDedup(store, opts...)))
+	sd := grpcguard.NewServerDedup(store, opts...)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(stop)
-	r.addr = addr
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(tag, sd.UnaryServerInterceptor()))
+	r.srv.Register(gs)
+	sd.RegisterService(gs)
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	r.addr = ln.Addr().String()
 	return r
 }
 
@@ -103,7 +110,8 @@ func scopeOf(t testing.TB, hdr metadata.MD) string {
 func resend(ctx context.Context, scope string, start time.Time) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx)
 	id := md.Get(grpcguard.RequestIDHeader)[0]
-	md.Set(grpcguard.RequestIDHeader, id+";resend-scope="+scope+";resend-age-ms="+strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+	us := (time.Since(start).Nanoseconds() + 999) / 1000 // rounded up, as the client does
+	md.Set(grpcguard.RequestIDHeader, id+";resend-scope="+scope+";resend-age-us="+strconv.FormatInt(us, 10))
 	return metadata.NewOutgoingContext(ctx, md)
 }
 

@@ -5,7 +5,9 @@
 //	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
 //	store := redisstore.New(rdb, redisstore.Options{})
 //	defer store.Close()
-//	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(grpcguard.UnaryServerDedup(store)))
+//	dedup := grpcguard.NewServerDedup(store)
+//	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(dedup.UnaryServerInterceptor()))
+//	dedup.RegisterService(srv) // the lookup clients ask before a resend
 //
 // A claim is a SET NX with the TTL as expiry; the outcome replaces it, as
 // bytes, only while the claim is still the caller's (a Lua script compares
@@ -17,16 +19,42 @@
 //
 // The scope (see grpcguard.Store) is a random value kept in Redis under the
 // prefix, created by the first claim: every replica sharing the Redis and the
-// prefix reports it, and a Redis that lost its data gets a new one, so that a
-// resend of an id the lost data may have held is refused, not run again.
+// prefix reports it. A Redis that lost it (a restart without persistence)
+// gets back the scope its replicas last saw, so that clients that learned
+// it go on resending the calls made since, instead of taking every replica
+// for one with a new store and resending nothing for the retention (5
+// minutes by default).
 //
-// Requirements and limits: Redis 2.6.12 or newer (Lua, SET NX PX); a
-// maxmemory-policy that never evicts these keys (noeviction, or volatile-*
-// with no other volatile keys), since an evicted claim is a forgotten id;
-// asynchronous replication loses the last writes on failover, and with them
-// the claims made just before it. Keys are "<prefix><key>"; on Redis Cluster
-// every key of a call must be in one slot, so put a hash tag in the prefix
-// ("{grpcguard}:").
+// Lost ids. Redis can lose keys before their TTL: it evicts them under
+// maxmemory, restarts (without persistence, or with an RDB snapshot older
+// than the last writes), or fails over to a replica that missed the last
+// writes. Every claim and outcome has a TTL (PX), so under a volatile-*
+// policy they are exactly the keys Redis evicts, and under allkeys-* they
+// are among them. Whatever the cause, a resend of an id that Redis lost
+// finds nothing, and must not run. So before a resend of an id Redis does
+// not hold runs, the store asks Redis (CheckRetention, one script): the
+// loss marker under the prefix records the Redis process (run_id) and its
+// evicted_keys count; when either differs from what Redis now reports,
+// Redis may have lost keys, the marker is rewritten with the time, and every
+// resend whose first attempt began before it is refused
+// (FailedPrecondition). Calls made since are protected again at once.
+//
+// Which maxmemory-policy: noeviction (or no maxmemory) is the only one under
+// which Redis never drops an id before its TTL; a full Redis then fails
+// claims, and calls fail closed (Unavailable) without running. Under any
+// other policy deduplication still never runs a resend twice, but an
+// eviction anywhere in the Redis (of any key, not only this store's: Redis
+// does not say which) refuses the resends outstanding at that moment: give
+// the store a Redis, or a maxmemory, of its own.
+//
+// Requirements and limits: Redis 3.2 or newer (Lua with effects
+// replication, SET NX PX); asynchronous replication loses the last writes
+// on failover: the new primary's run_id differs, so resends from before are
+// refused, as after a restart. Keys are "<prefix><key>", "<prefix>scope" and
+// "<prefix>loss"; on Redis Cluster every key of a call must be in one slot,
+// so put a hash tag in the prefix ("{grpcguard}:"). A store carries its
+// scope into an empty Redis: move replicas to another Redis only when they
+// restart, not while replicas on the old one still serve.
 //
 // Redis down or slow: every operation is bounded by Options.OpTimeout and
 // fails with an error naming it; grpcguard.UnaryServerDedup then fails the
@@ -43,6 +71,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpcguard/grpcguard"
@@ -76,7 +105,17 @@ type Store struct {
 	rdb     redis.UniversalClient
 	opts    Options
 	scopeK  string
+	lossK   string
 	channel string
+
+	// scope is the scope this store last saw, carried over into a Redis
+	// that lost it (a restart), so that clients do not take the replica for
+	// one with another store; the loss marker refuses the resends of what
+	// was lost.
+	scope atomic.Pointer[string]
+	// lostAt is when (nanotime) Redis may last have lost keys, as the last
+	// check found, 0 if never: Retention advertises the time since.
+	lostAt atomic.Int64
 
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
@@ -87,7 +126,10 @@ type Store struct {
 	done    chan struct{} // closed when the dispatcher ends
 }
 
-var _ grpcguard.Store = (*Store)(nil)
+var (
+	_ grpcguard.Store            = (*Store)(nil)
+	_ grpcguard.RetentionChecker = (*Store)(nil)
+)
 
 // New returns a Store on rdb. It does not contact Redis: the first operation
 // does.
@@ -105,23 +147,64 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		rdb:     rdb,
 		opts:    opts,
 		scopeK:  opts.Prefix + "scope",
+		lossK:   opts.Prefix + "loss",
 		channel: opts.Prefix + "done",
 		waiters: make(map[string]map[chan struct{}]struct{}),
 	}
 }
 
+// lossLua defines, for the scripts that need them, mark(): what tells one
+// Redis process and its evictions apart, "<run_id>:<evicted_keys>", and
+// now(): the Redis server's clock in microseconds, one clock for every
+// replica. A restart or a failover changes run_id; an eviction
+// evicted_keys; CONFIG RESETSTAT resets it, which also reads as a loss.
+// Effects replication, for writes after TIME and INFO: the default from
+// Redis 5, asked for before.
+const lossLua = `
+if redis.replicate_commands then redis.replicate_commands() end
+local function mark()
+  local ev = string.match(redis.call('INFO', 'stats'), 'evicted_keys:(%d+)') or '?'
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+  return run .. ':' .. ev
+end
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+`
+
 // claimScript: the scope, created if missing, and either a new claim (SET
-// NX PX) or what the key holds.
-var claimScript = redis.NewScript(`
+// NX PX) or what key holds. A missing scope means Redis holds nothing of
+// this prefix (a new Redis, or one that lost its data): the scope is set to
+// ARGV[3], the one this store last saw (or a new one), and the loss marker
+// (KEYS[3]) says that nothing older than now is known.
+var claimScript = redis.NewScript(lossLua + `
 local scope = redis.call('GET', KEYS[2])
 if not scope then
-  redis.call('SET', KEYS[2], ARGV[3])
   scope = ARGV[3]
+  redis.call('SET', KEYS[2], scope)
+  redis.call('HSET', KEYS[3], 'mark', mark())
+  redis.call('HSET', KEYS[3], 'since', now())
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {scope}
 end
 return {scope, redis.call('GET', KEYS[1])}
+`)
+
+// checkScript returns when Redis may last have lost keys (the loss marker's
+// since, microseconds) and now: if the marker (KEYS[1]) is missing or names
+// another process or eviction count than Redis now reports, Redis may have
+// lost keys since it was written, and since becomes now.
+var checkScript = redis.NewScript(lossLua + `
+local m, t = mark(), now()
+local cur = redis.call('HMGET', KEYS[1], 'mark', 'since')
+if cur[1] ~= m or not cur[2] then
+  redis.call('HSET', KEYS[1], 'mark', m)
+  redis.call('HSET', KEYS[1], 'since', t)
+  return {t, t}
+end
+return {tonumber(cur[2]), t}
 `)
 
 // finishScript replaces the caller's claim with the outcome and notifies.
@@ -154,8 +237,13 @@ func (s *Store) detached(ctx context.Context) (context.Context, context.CancelFu
 func (s *Store) Claim(ctx context.Context, key string, value []byte, ttl time.Duration) ([]byte, string, error) {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	candidate := strconv.FormatUint(rand.Uint64(), 16) + strconv.FormatUint(rand.Uint64(), 16)
-	res, err := claimScript.Run(ctx, s.rdb, []string{s.opts.Prefix + key, s.scopeK}, value, ttl.Milliseconds(), candidate).Slice()
+	var candidate string
+	if p := s.scope.Load(); p != nil {
+		candidate = *p
+	} else {
+		candidate = strconv.FormatUint(rand.Uint64(), 16) + strconv.FormatUint(rand.Uint64(), 16)
+	}
+	res, err := claimScript.Run(ctx, s.rdb, []string{s.opts.Prefix + key, s.scopeK, s.lossK}, value, ttl.Milliseconds(), candidate).Slice()
 	if err != nil {
 		return nil, "", fmt.Errorf("redisstore: claim: %w", err)
 	}
@@ -163,6 +251,9 @@ func (s *Store) Claim(ctx context.Context, key string, value []byte, ttl time.Du
 		return nil, "", fmt.Errorf("redisstore: claim: unexpected reply %v", res)
 	}
 	scope, _ := res[0].(string)
+	if p := s.scope.Load(); p == nil || *p != scope {
+		s.scope.Store(&scope)
+	}
 	if len(res) == 1 {
 		return nil, scope, nil
 	}
@@ -203,9 +294,47 @@ func (s *Store) Release(ctx context.Context, key string, claim []byte) error {
 	return nil
 }
 
-// Retention implements grpcguard.Store: Redis keeps keys for their TTL
-// (given a maxmemory-policy that does not evict them).
-func (s *Store) Retention(ttl time.Duration) time.Duration { return ttl }
+// Retention implements grpcguard.Store: Redis keeps keys for their TTL,
+// unless it lost them; this is the time since a check (CheckRetention) last
+// found that it may have, if shorter. It is what replicas advertise;
+// CheckRetention decides.
+func (s *Store) Retention(ttl time.Duration) time.Duration {
+	at := s.lostAt.Load()
+	if at == 0 {
+		return ttl
+	}
+	return min(ttl, time.Duration(nanotime()-at))
+}
+
+// CheckRetention implements grpcguard.RetentionChecker: it asks Redis
+// whether it evicted keys, restarted or failed over since the loss marker
+// was written, and returns the time since it may last have lost keys (ttl
+// if longer). Any eviction counts, of this store's keys or others': Redis
+// does not say which keys it evicted. One round trip, asked only before a
+// resend of an id Redis does not hold runs.
+func (s *Store) CheckRetention(ctx context.Context, ttl time.Duration) (time.Duration, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	res, err := checkScript.Run(ctx, s.rdb, []string{s.lossK}).Int64Slice()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: check retention: %w", err)
+	}
+	if len(res) != 2 {
+		return 0, fmt.Errorf("redisstore: check retention: unexpected reply %v", res)
+	}
+	keep := min(ttl, time.Duration(max(res[1]-res[0], 0))*time.Microsecond)
+	if keep < ttl {
+		at := nanotime() - int64(keep)
+		for old := s.lostAt.Load(); at > old && !s.lostAt.CompareAndSwap(old, at); old = s.lostAt.Load() {
+		}
+	}
+	return keep, nil
+}
+
+// nanotime is a monotonic clock reading in nanoseconds.
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+var epoch = time.Now()
 
 // Wait implements grpcguard.Store: it wakes on the notification of Finish or
 // Release, on a re-established subscription, or at the fallback interval,

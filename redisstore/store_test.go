@@ -128,7 +128,12 @@ func TestStoreWaitWakesOnNotification(t *testing.T) {
 	<-errc
 }
 
-func TestStoreScopeSharedAndNewAfterDataLoss(t *testing.T) {
+// TestStoreScopeSharedAndKeptAfterDataLoss: replicas on one Redis and
+// prefix share a scope, another prefix has its own. When Redis loses its
+// data, the replicas put their scope back (clients that learned it go on
+// resending new calls), and the loss marker makes the retention start again
+// from the loss, so that a resend of an id from before is refused.
+func TestStoreScopeSharedAndKeptAfterDataLoss(t *testing.T) {
 	r := startRedis(t)
 	a := r.store(t, Options{})
 	b := r.store(t, Options{})
@@ -143,13 +148,21 @@ func TestStoreScopeSharedAndNewAfterDataLoss(t *testing.T) {
 	if sa != sb || sa == so {
 		t.Fatalf("scopes %q %q %q: want the first two equal (same Redis, same prefix), the third apart", sa, sb, so)
 	}
-	// Redis loses its data: the scope changes, so a resend naming the old
-	// one is refused by the interceptor.
+	time.Sleep(50 * time.Millisecond)
+	if keep, err := b.CheckRetention(ctx, time.Minute); err != nil || keep < 50*time.Millisecond {
+		t.Fatalf("retention before any loss: %v, %v; want the time since the scope was made", keep, err)
+	}
 	if err := a.rdb.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, s2, _ := b.Claim(ctx, "z", []byte("c"), time.Minute); s2 == sa || s2 == "" {
-		t.Fatalf("after FLUSHALL the scope is %q, want a new one", s2)
+	if _, s2, _ := b.Claim(ctx, "z", []byte("c"), time.Minute); s2 != sa {
+		t.Fatalf("after FLUSHALL the scope is %q, want %q kept", s2, sa)
+	}
+	if keep, err := a.CheckRetention(ctx, time.Minute); err != nil || keep > 40*time.Millisecond {
+		t.Fatalf("retention after FLUSHALL: %v, %v; want the time since the loss", keep, err)
+	}
+	if adv := a.Retention(time.Minute); adv > 40*time.Millisecond {
+		t.Fatalf("advertised retention after FLUSHALL: %v; want the time since the loss", adv)
 	}
 }
 
