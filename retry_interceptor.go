@@ -132,7 +132,12 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 			attemptCtx = metadata.AppendToOutgoingContext(attemptCtx, previousAttemptsKey, strconv.Itoa(n-1))
 			if c.cover.used { // the resend relies on the server's deduplication
 				if c.cover.scope != "" { // learned, not declared: ask the store first
-					lr := c.cover.lookupBeforeResend(attemptCtx, method, req, reply, cc, invoker, attemptOpts, lastErr)
+					// Through the Dialer's check before the pick, like every
+					// attempt: it probes the conn and counts the lookup in flight.
+					viaPick := func(ctx context.Context, m string, rq, rp any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+						return cs.invoke(ctx, m, rq, rp, cc, invoker, opts)
+					}
+					lr := c.cover.lookupBeforeResend(attemptCtx, method, req, reply, cc, viaPick, attemptOpts, lastErr)
 					if lr.answered {
 						return lr.err
 					}
