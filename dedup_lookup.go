@@ -146,28 +146,15 @@ func (d *deduper) lookup(ctx context.Context, in *wrapperspb.BytesValue) (*wrapp
 			}
 			return &wrapperspb.BytesValue{Value: append([]byte{lookupFenced}, fence[1+fpLen:]...)}, nil
 		}
-		for existing != nil {
-			rec, err := decodeRecord(existing)
-			if err != nil {
-				return nil, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed record for this request id")
-			}
-			if rec.fp != fp {
-				d.cfg.metrics.conflict()
-				return nil, status.Errorf(codes.AlreadyExists, "grpcguard: request id already used with a different request (method or message)")
-			}
-			if rec.done {
-				d.cfg.metrics.answer()
-				return &wrapperspb.BytesValue{Value: append([]byte{lookupOutcome}, existing...)}, nil
-			}
-			existing, err = d.store.Wait(ctx, key, existing)
-			if ctx.Err() != nil {
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-			if err != nil {
-				d.cfg.metrics.storeErr(opWait)
-				return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: waiting for the running request id: %v", err)
-			}
+		rec, raw, _, err := d.awaitOutcome(ctx, key, existing, fp)
+		if err != nil {
+			return nil, err
 		}
+		if rec.done {
+			d.cfg.metrics.answer()
+			return &wrapperspb.BytesValue{Value: append([]byte{lookupOutcome}, raw...)}, nil
+		}
+		// released or expired: claim it again
 	}
 	return nil, status.Errorf(codes.Aborted, "grpcguard: request id claimed and released %d times", maxClaimRounds)
 }

@@ -464,38 +464,53 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			}
 			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
 		}
-		for {
-			rec, err := decodeRecord(existing)
-			if err != nil {
-				return nil, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed record for this request id")
-			}
-			if rec.fp != fp {
-				d.cfg.metrics.conflict()
-				return nil, status.Errorf(codes.AlreadyExists, "grpcguard: request id already used with a different request (method or message)")
-			}
-			if rec.done {
-				if waited {
-					d.cfg.metrics.wait()
-				} else {
-					d.cfg.metrics.answer()
-				}
-				return d.replay(ctx, info.FullMethod, ms, rec, scope, p.advertise)
-			}
-			waited = true
-			existing, err = d.store.Wait(ctx, key, existing)
-			if ctx.Err() != nil {
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-			if err != nil {
-				d.cfg.metrics.storeErr(opWait)
-				return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: waiting for the running request id: %v", err)
-			}
-			if existing == nil {
-				break // released or expired: claim it again
-			}
+		rec, _, w, err := d.awaitOutcome(ctx, key, existing, fp)
+		waited = waited || w
+		switch {
+		case err != nil:
+			return nil, err
+		case !rec.done:
+			continue // released or expired: claim it again
+		case waited:
+			d.cfg.metrics.wait()
+		default:
+			d.cfg.metrics.answer()
 		}
+		return d.replay(ctx, info.FullMethod, ms, rec, scope, p.advertise)
 	}
 	return nil, status.Errorf(codes.Aborted, "grpcguard: request id claimed and released %d times", maxClaimRounds)
+}
+
+// awaitOutcome reads the record existing that the store holds for key and,
+// while its call is running, waits for it: it returns the finished record
+// and its encoding, or a record not done when the claim was released or
+// expired (claim again). waited reports whether it had to wait. A record of
+// another request under the same id is refused with AlreadyExists. The
+// interceptor and the lookup service both answer from it.
+func (d *deduper) awaitOutcome(ctx context.Context, key string, existing []byte, fp fingerprint) (rec record, raw []byte, waited bool, err error) {
+	for existing != nil {
+		rec, err := decodeRecord(existing)
+		if err != nil {
+			return record{}, nil, waited, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed record for this request id")
+		}
+		if rec.fp != fp {
+			d.cfg.metrics.conflict()
+			return record{}, nil, waited, status.Errorf(codes.AlreadyExists, "grpcguard: request id already used with a different request (method or message)")
+		}
+		if rec.done {
+			return rec, existing, waited, nil
+		}
+		waited = true
+		existing, err = d.store.Wait(ctx, key, existing)
+		if ctx.Err() != nil {
+			return record{}, nil, waited, status.FromContextError(ctx.Err()).Err()
+		}
+		if err != nil {
+			d.cfg.metrics.storeErr(opWait)
+			return record{}, nil, waited, status.Errorf(codes.Unavailable, "grpcguard: dedup store: waiting for the running request id: %v", err)
+		}
+	}
+	return record{}, nil, waited, nil
 }
 
 // refusal says why a resend of an id this store did not know must not run,
