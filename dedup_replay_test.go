@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,14 +38,7 @@ func serveUnregistered(t testing.TB, store Store, runs *int) string {
 			return icpt(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/" + unregisteredService + "/Pay"}, h)
 		}}},
 	}, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return ln.Addr().String()
+	return serveLoopback(t, gs)
 }
 
 // TestDedupReplayWithoutRegistry (issue 18, item 5): two replicas share a
@@ -99,14 +91,7 @@ func serveRequestInfo(t testing.TB, runs *atomic.Int32, opts ...DedupOption) str
 			return icpt(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/grpcguard.testing.Payments/Pay"}, h)
 		}}},
 	}, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return ln.Addr().String()
+	return serveLoopback(t, gs)
 }
 
 // TestDedupIDFromRequestField (issue 18, item 6): with

@@ -100,9 +100,25 @@ func staleTotal(m *Metrics) int {
 func serveOn(t testing.TB, srv *testsvc.Server, ln net.Listener) {
 	gs := grpc.NewServer()
 	srv.Register(gs)
+	serveGRPC(t, gs, ln)
+}
+
+// serveGRPC serves gs on ln until the test ends.
+func serveGRPC(t testing.TB, gs *grpc.Server, ln net.Listener) {
 	done := make(chan struct{})
 	go func() { defer close(done); gs.Serve(ln) }()
 	t.Cleanup(func() { gs.Stop(); <-done })
+}
+
+// serveLoopback serves gs on a new 127.0.0.1 port until the test ends and
+// returns its address.
+func serveLoopback(t testing.TB, gs *grpc.Server) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveGRPC(t, gs, ln)
+	return ln.Addr().String()
 }
 
 // newClientTarget dials a full grpc target through d and its interceptors.
