@@ -56,13 +56,7 @@ func TestDedupResendNeverRunsOnReplicaWithoutDedup(t *testing.T) {
 	bAddr := startServer(t, b)
 	cc := pickFirst(t, []string{aAddr, bAddr})
 	ctx := ctxTimeout(t, 20*time.Second)
-	var hdr metadata.MD
-	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "learn", grpc.Header(&hdr)); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := parseAdvert(hdr); !ok {
-		t.Fatalf("the client did not learn A's dedup: %v", hdr)
-	}
+	learnDedup(t, ctx, cc)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := testsvc.Call(ctx, cc, testsvc.Echo, "pay")
@@ -107,13 +101,7 @@ func TestDedupLookupAnswersLostReply(t *testing.T) {
 	bAddr := dedupServer(t, b, store, nil)
 	cc := pickFirst(t, []string{aAddr, bAddr})
 	ctx := ctxTimeout(t, 20*time.Second)
-	var hdr metadata.MD
-	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "learn", grpc.Header(&hdr)); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := parseAdvert(hdr); !ok {
-		t.Fatalf("the client did not learn A's dedup: %v", hdr)
-	}
+	learnDedup(t, ctx, cc)
 	errc := make(chan error, 1)
 	var out string
 	go func() {
@@ -129,5 +117,18 @@ func TestDedupLookupAnswersLostReply(t *testing.T) {
 	}
 	if a.Runs(testsvc.Echo, "pay") != 1 || b.Runs(testsvc.Echo, "pay") != 0 {
 		t.Fatalf("runs: A %d, B %d; want 1, 0", a.Runs(testsvc.Echo, "pay"), b.Runs(testsvc.Echo, "pay"))
+	}
+}
+
+// learnDedup makes one call through cc that asks for the dedup advert, and
+// fails t unless the reply carries it: the client has then learned it.
+func learnDedup(t *testing.T, ctx context.Context, cc *grpc.ClientConn) {
+	t.Helper()
+	var hdr metadata.MD
+	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "learn", grpc.Header(&hdr)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := parseAdvert(hdr); !ok {
+		t.Fatalf("the client did not learn A's dedup: %v", hdr)
 	}
 }

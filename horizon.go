@@ -154,7 +154,7 @@ func (h *idleHorizon) refresh(now int64) (keepChanged bool) {
 }
 
 // retireAge returns the idle age at which conns carrying nothing are
-// retired at now, 0 for never.
+// retired, 0 for never (refresh first forgets what expired).
 func (h *idleHorizon) retireAge() time.Duration { return time.Duration(h.retire.Load()) }
 
 // keepAliveIdle is the TCP keepalive idle the Dialer's conns should use now.
@@ -203,7 +203,7 @@ func (h *idleHorizon) observe(d idleDeath) (keepChanged bool) {
 	return h.updateLocked(d.at)
 }
 
-// alive learns that the path answered after path of idle, at now.
+// sawAlive learns that the path answered after path of idle, at now.
 func (h *idleHorizon) sawAlive(path time.Duration, now int64) {
 	if path <= 0 || (path <= time.Duration(h.aliveEdge.Load()) && now-h.aliveSeen.Load() < int64(aliveMemory)/2) {
 		return // nothing new, and the edge was confirmed recently
