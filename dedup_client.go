@@ -4,12 +4,11 @@ import (
 	"context"
 	"maps"
 	"net"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -127,13 +126,13 @@ func (k *dedupKnowledge) observe(method string, addr net.Addr, header, trailer m
 	if m == nil {
 		return
 	}
-	adv, found := parseAdvert(header)
+	adv, found := wire.ParseAdvert(header)
 	if !found {
-		adv, found = parseAdvert(trailer)
+		adv, found = wire.ParseAdvert(trailer)
 	}
 	if !found {
 		if ok {
-			m.deniedUntil.Store(now + int64(DefaultDedupTTL))
+			m.deniedUntil.Store(now + int64(wire.DefaultTTL))
 		}
 		return
 	}
@@ -152,10 +151,10 @@ func (k *dedupKnowledge) observe(method string, addr net.Addr, header, trailer m
 		p = &peerDedup{}
 		k.peers[a] = p
 	}
-	if p.scope != "" && p.scope != adv.scope && now-p.seen < p.ttl {
-		p.mixedUntil = now + max(p.ttl, adv.ttl)
+	if p.scope != "" && p.scope != adv.Scope && now-p.seen < p.ttl {
+		p.mixedUntil = now + max(p.ttl, int64(adv.TTL))
 	}
-	p.scope, p.ttl, p.seen = adv.scope, adv.ttl, now
+	p.scope, p.ttl, p.seen = adv.Scope, int64(adv.TTL), now
 }
 
 func (k *dedupKnowledge) forgetOldestLocked() {
@@ -206,7 +205,7 @@ func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, st
 		if c.serverDedup == nil || !c.serverDedup.contains(method) {
 			return false
 		}
-		scope, window = "", int64(DefaultDedupTTL)
+		scope, window = "", int64(wire.DefaultTTL)
 	}
 	if cover.used && cover.scope != scope {
 		return false // two attempts may have run under different stores
@@ -306,11 +305,7 @@ func (c *resendCreds) GetRequestMetadata(ctx context.Context, uri ...string) (ma
 		}
 		maps.Copy(md, im) // the caller's map may be shared: not written
 	}
-	v := c.id + resendParams(c.scope, nanotime()-c.first)
-	if c.fence != "" {
-		v += ";resend-fence=" + c.fence
-	}
-	md[RequestIDHeader] = v
+	md[RequestIDHeader] = c.id + wire.ResendParams(c.scope, nanotime()-c.first, c.fence)
 	return md, nil
 }
 
@@ -318,43 +313,4 @@ func (c *resendCreds) GetRequestMetadata(ctx context.Context, uri ...string) (ma
 // caller's credentials require; the id itself needs no security.
 func (c *resendCreds) RequireTransportSecurity() bool {
 	return c.inner != nil && c.inner.RequireTransportSecurity()
-}
-
-// resendParams are the id parameters of a resend whose first attempt that
-// may have run began age ago under scope: the age in microseconds, rounded
-// up.
-func resendParams(scope string, age int64) string {
-	us := (max(age, 0) + 999) / 1000
-	return ";resend-scope=" + scope + ";resend-age-us=" + strconv.FormatInt(us, 10)
-}
-
-// dedupAdvert is a parsed DedupHeader.
-type dedupAdvert struct {
-	scope string
-	ttl   int64 // ns
-}
-
-func parseAdvert(md metadata.MD) (dedupAdvert, bool) {
-	vs := md[DedupHeader]
-	if len(vs) != 1 {
-		return dedupAdvert{}, false
-	}
-	var a dedupAdvert
-	for _, f := range strings.Split(vs[0], ";") {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case "scope":
-			a.scope = v
-		case "ttl-ms":
-			ms, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || ms <= 0 || ms > int64(maxDedupTTL/time.Millisecond) {
-				return dedupAdvert{}, false
-			}
-			a.ttl = ms * int64(time.Millisecond)
-		}
-	}
-	if a.scope == "" || a.ttl == 0 {
-		return dedupAdvert{}, false
-	}
-	return a, true
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -22,8 +23,8 @@ import (
 // the call and dies before replying, the resend fails over to B, which
 // ignores the id and runs it again. Metadata cannot prevent it, since B
 // ignores metadata. So before a resend that relies on learned deduplication
-// the client calls DedupLookupMethod, a method only servers that registered
-// the dedup service have; a server without it answers Unimplemented, and the
+// the client calls the dedup service's lookup (wire.LookupMethod), a method
+// only servers that registered the dedup service (package dedup) have; a server without it answers Unimplemented, and the
 // client does not resend. A server with it, under the call's id and
 // fingerprint, in its store:
 //
@@ -45,12 +46,6 @@ import (
 // declaration is the operator's promise that every replica deduplicates
 // with one store.
 
-// DedupLookupMethod is the full name of the dedup service's one method
-// (see ServerDedup.RegisterService). Its request and response are
-// google.protobuf.BytesValue in grpcguard's own encoding; only grpcguard
-// clients call it.
-const DedupLookupMethod = "/grpcguard.dedup.v1.Dedup/Lookup"
-
 // lookupTries bounds the lookups of one resend that fail with Unavailable
 // (the connection broke).
 const lookupTries = 5
@@ -58,106 +53,6 @@ const lookupTries = 5
 // lookupPause is the pause before a lookup is asked again after an
 // Unavailable whose connection did not die, times the tries so far.
 const lookupPause = 5 * time.Millisecond
-
-// Lookup answers.
-const (
-	lookupOutcome = 'O' // followed by the outcome record
-	lookupFenced  = 'F' // followed by the fence's token
-)
-
-// ServerDedup is UnaryServerDedup's interceptor together with the dedup
-// service, sharing one store and one configuration. Safe for concurrent use.
-type ServerDedup struct {
-	d *deduper
-}
-
-// NewServerDedup returns the interceptor and service of a server that
-// deduplicates with store (nil: a new MemoryStore) as configured by opts; see
-// UnaryServerDedup.
-func NewServerDedup(store Store, opts ...DedupOption) *ServerDedup {
-	return &ServerDedup{newDeduper(store, opts)}
-}
-
-// UnaryServerInterceptor returns the interceptor; see UnaryServerDedup.
-func (s *ServerDedup) UnaryServerInterceptor() grpc.UnaryServerInterceptor { return s.d.unary }
-
-// RegisterService registers the dedup service (DedupLookupMethod) on r.
-// Clients that learned deduplication from a server's DedupHeader resend a
-// call that may have run only after this service, on the replica their
-// lookup reaches, has answered for the call's id: register it on every
-// server that installs the interceptor.
-func (s *ServerDedup) RegisterService(r grpc.ServiceRegistrar) {
-	r.RegisterService(&grpc.ServiceDesc{
-		ServiceName: "grpcguard.dedup.v1.Dedup",
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{
-			MethodName: "Lookup",
-			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-				in := new(wrapperspb.BytesValue)
-				if err := dec(in); err != nil {
-					return nil, err
-				}
-				return s.d.lookup(ctx, in)
-			},
-		}},
-	}, s)
-}
-
-// lookup serves DedupLookupMethod: the request's RequestIDHeader is the
-// call's id with its resend parameters, its body the call's fingerprint.
-func (d *deduper) lookup(ctx context.Context, in *wrapperspb.BytesValue) (*wrapperspb.BytesValue, error) {
-	if d.err != nil {
-		return nil, d.err
-	}
-	ids := metadata.ValueFromIncomingContext(ctx, RequestIDHeader)
-	if len(ids) != 1 {
-		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: dedup lookup: %s must be one value", RequestIDHeader)
-	}
-	key, p, err := parseRequestID(ids[0])
-	if err != nil {
-		return nil, err
-	}
-	if !p.resend || !p.fenced || len(in.GetValue()) != fpLen {
-		return nil, status.Errorf(codes.InvalidArgument, "grpcguard: dedup lookup: want a resend's id with its fence, and a %d-byte fingerprint", fpLen)
-	}
-	if d.cfg.key != nil {
-		if key, err = d.cfg.key(ctx, key); err != nil {
-			return nil, status.Convert(err).Err()
-		}
-	}
-	var fp fingerprint
-	copy(fp[:], in.GetValue())
-	fence := make([]byte, claimLen) // the store may keep it: not reused
-	fenceClaim(fence, fp, p.fence)
-	for range maxClaimRounds {
-		existing, scope, err := d.store.Claim(ctx, key, fence, d.cfg.ttl)
-		if err != nil {
-			d.cfg.metrics.storeErr(opClaim)
-			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
-		}
-		if string(existing) == string(fence) { // an earlier lookup's, whose answer was lost
-			return &wrapperspb.BytesValue{Value: append([]byte{lookupFenced}, fence[1+fpLen:]...)}, nil
-		}
-		if existing == nil {
-			if code, why := d.refusal(ctx, p, scope); why != "" {
-				d.release(ctx, key, fence, false)
-				d.cfg.metrics.refuse()
-				return nil, status.Errorf(code, "grpcguard: resend of request id refused: %s", why)
-			}
-			return &wrapperspb.BytesValue{Value: append([]byte{lookupFenced}, fence[1+fpLen:]...)}, nil
-		}
-		rec, raw, _, err := d.awaitOutcome(ctx, key, existing, fp)
-		if err != nil {
-			return nil, err
-		}
-		if rec.done {
-			d.cfg.metrics.answer()
-			return &wrapperspb.BytesValue{Value: append([]byte{lookupOutcome}, raw...)}, nil
-		}
-		// released or expired: claim it again
-	}
-	return nil, status.Errorf(codes.Aborted, "grpcguard: request id claimed and released %d times", maxClaimRounds)
-}
 
 // lookupResult is what the client does after a lookup.
 type lookupResult struct {
@@ -177,7 +72,7 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 	if !ok1 || !ok2 {
 		return lookupResult{answered: true, err: failure}
 	}
-	fp, err := fingerprintOf(prefixOf(method), rm)
+	fp, err := wire.FingerprintOf(wire.PrefixOf(method), rm)
 	if err != nil {
 		return lookupResult{answered: true, err: failure}
 	}
@@ -199,7 +94,7 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 	var a attempt
 	for try := 1; ; try++ {
 		lctx, creds := cover.resendAttempt(ctx, opts)
-		err = invoker(lctx, DedupLookupMethod, wrapperspb.Bytes(fp[:]), resp, cc, a.begin(append(lopts, creds))...)
+		err = invoker(lctx, wire.LookupMethod, wrapperspb.Bytes(fp[:]), resp, cc, a.begin(append(lopts, creds))...)
 		if err == nil {
 			break
 		}
@@ -225,12 +120,12 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 		}
 		return lookupResult{answered: true, err: err} // refused: the clear answer
 	}
-	b := resp.GetValue()
+	r, ok := wire.ParseLookupReply(resp.GetValue())
 	switch {
-	case len(b) == 1+8 && b[0] == lookupFenced && hex.EncodeToString(b[1:]) == cover.fence:
+	case ok && r.Fence != "" && r.Fence == cover.fence:
 		return lookupResult{fence: cover.fence}
-	case len(b) > 1 && b[0] == lookupOutcome:
-		return lookupResult{answered: true, err: replayOutcome(b[1:], fp, out, opts, failure)}
+	case ok && r.Outcome != nil:
+		return lookupResult{answered: true, err: replayOutcome(r.Outcome, fp, out, opts, failure)}
 	}
 	return lookupResult{answered: true, err: failure}
 }
@@ -238,46 +133,28 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 // replayOutcome returns, to the caller, the stored outcome b of the call
 // with fingerprint fp: its reply into out, its metadata into the caller's
 // Header and Trailer options, and its status.
-func replayOutcome(b []byte, fp fingerprint, out proto.Message, opts []grpc.CallOption, failure error) error {
-	rec, err := decodeRecord(b)
-	if err != nil || !rec.done || rec.fp != fp {
+func replayOutcome(b []byte, fp wire.Fingerprint, out proto.Message, opts []grpc.CallOption, failure error) error {
+	rec, err := wire.DecodeRecord(b)
+	if err != nil || !rec.Done || rec.FP != fp {
 		return failure
 	}
-	o, err := rec.outcome()
+	o, err := rec.Outcome()
 	if err != nil {
 		return failure
 	}
 	for _, opt := range opts {
 		switch opt := opt.(type) {
 		case grpc.HeaderCallOption:
-			*opt.HeaderAddr = metadata.Join(o.header, replayedMD)
+			*opt.HeaderAddr = metadata.Join(o.Header, wire.ReplayedMD)
 		case grpc.TrailerCallOption:
-			*opt.TrailerAddr = o.trailer
+			*opt.TrailerAddr = o.Trailer
 		}
 	}
-	if o.status.GetCode() != int32(codes.OK) {
-		return status.ErrorProto(o.status)
+	if o.Status.GetCode() != int32(codes.OK) {
+		return status.ErrorProto(o.Status)
 	}
-	if err := proto.Unmarshal(o.replyBytes, out); err != nil {
+	if err := proto.Unmarshal(o.ReplyBytes, out); err != nil {
 		return fmt.Errorf("%w (its stored reply could not be decoded: %v)", failure, err)
 	}
 	return nil
-}
-
-// fenceToken parses a resend-fence parameter: 16 hex digits.
-func fenceToken(v string) ([8]byte, bool) {
-	var t [8]byte
-	if len(v) != 16 {
-		return t, false
-	}
-	_, err := hex.Decode(t[:], []byte(v))
-	return t, err == nil
-}
-
-// fenceClaim writes into claim the fence claim of fp with token: a resend
-// that carries it finds the fence in its store and runs under it.
-func fenceClaim(claim []byte, fp fingerprint, token [8]byte) {
-	claim[0] = recClaim
-	copy(claim[1:], fp[:])
-	binary.LittleEndian.PutUint64(claim[1+fpLen:], binary.LittleEndian.Uint64(token[:]))
 }

@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard/dedup"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -78,7 +80,7 @@ func TestDedupResendNeverRunsOnReplicaWithoutDedup(t *testing.T) {
 // failed over to B, finds A's outcome and returns it: no resend at all. A
 // resend of an id the store never saw runs under the lookup's fence.
 func TestDedupLookupAnswersLostReply(t *testing.T) {
-	store, _ := NewMemoryStore(MemoryStoreConfig{})
+	store, _ := dedup.NewMemoryStore(dedup.MemoryStoreConfig{})
 	ran := make(chan struct{}, 1)
 	a := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		if req == "pay" {
@@ -128,7 +130,7 @@ func learnDedup(t *testing.T, ctx context.Context, cc *grpc.ClientConn) {
 	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "learn", grpc.Header(&hdr)); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := parseAdvert(hdr); !ok {
+	if _, ok := wire.ParseAdvert(hdr); !ok {
 		t.Fatalf("the client did not learn A's dedup: %v", hdr)
 	}
 }

@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard/dedup"
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/wire"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -131,7 +134,7 @@ func (p *holdProxy) close() {
 // ran once.
 func TestDedupResendAgeCountsTheWaitForAConnection(t *testing.T) {
 	srv := &testsvc.Server{}
-	addr := dedupServer(t, srv, nil, nil, WithDedupTTL(time.Second))
+	addr := dedupServer(t, srv, nil, nil, dedup.WithTTL(time.Second))
 	// Connection 0 teaches the client; connection 1 loses the reply of its
 	// first call; connection 2, the resend's, is held 1.5s.
 	fp := startProxy(t, addr, faultproxy.Config{Choose: func(n int) faultproxy.Mode {
@@ -154,7 +157,7 @@ func TestDedupResendAgeCountsTheWaitForAConnection(t *testing.T) {
 	if _, err := testsvc.Call(ctx, cc, testsvc.Echo, "learn", grpc.Header(&hdr)); err != nil {
 		t.Fatal(err)
 	}
-	if a, ok := parseAdvert(hdr); !ok || a.ttl != int64(time.Second) {
+	if a, ok := wire.ParseAdvert(hdr); !ok || a.TTL != time.Second {
 		t.Fatalf("the first call did not teach the client a 1s retention: %v", hdr)
 	}
 	fp.CloseAll(false) // the next call opens connection 1
@@ -178,7 +181,7 @@ func TestDedupResendAgeCountsTheWaitForAConnection(t *testing.T) {
 // fixedRetention is a MemoryStore that says it keeps ids only keep, as one
 // dropping outcomes under pressure does.
 type fixedRetention struct {
-	*MemoryStore
+	*dedup.MemoryStore
 	keep time.Duration
 }
 
@@ -190,7 +193,7 @@ func (s fixedRetention) Retention(time.Duration) time.Duration { return s.keep }
 // truncated to whole milliseconds, under which every resend younger than 1ms
 // passed.
 func TestDedupResendAgeSubMillisecond(t *testing.T) {
-	ms, _ := NewMemoryStore(MemoryStoreConfig{})
+	ms, _ := dedup.NewMemoryStore(dedup.MemoryStoreConfig{})
 	store := fixedRetention{ms, 500 * time.Microsecond}
 	srv := &testsvc.Server{}
 	cc := newClient(t, dedupServer(t, srv, store, nil))
@@ -204,7 +207,7 @@ func TestDedupResendAgeSubMillisecond(t *testing.T) {
 		{"edge", 499*time.Microsecond + 1, codes.FailedPrecondition}, // 500µs rounded up
 		{"young", 400 * time.Microsecond, codes.OK},
 	} {
-		v := c.id + resendParams(ms.Scope(), int64(c.age))
+		v := c.id + wire.ResendParams(ms.Scope(), int64(c.age), "")
 		_, err := testsvc.Call(withRequestID(ctx, v), cc, testsvc.Echo, c.id)
 		if status.Code(err) != c.want {
 			t.Errorf("%s: %v, want %v", v, err, c.want)
@@ -222,7 +225,7 @@ func TestDedupResendAgeSubMillisecond(t *testing.T) {
 // wait, said it was 0ms old and ran again; stamped when it leaves, it is
 // older than the store's retention and refused, and the call ran once.
 func TestDedupResendAgeWhileStoreEvicts(t *testing.T) {
-	store, err := NewMemoryStore(MemoryStoreConfig{MaxBytes: 256 << 10})
+	store, err := dedup.NewMemoryStore(dedup.MemoryStoreConfig{MaxBytes: 256 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,14 +246,15 @@ func TestDedupResendAgeWhileStoreEvicts(t *testing.T) {
 		// fill the store.
 		go func() {
 			defer close(flooded)
-			claim := newClaim(fingerprint{1})
+			claim := make([]byte, wire.ClaimLen)
+			wire.FillClaim(claim, wire.Fingerprint{1})
 			for i, end := 0, time.Now().Add(30*time.Millisecond); time.Now().Before(end); i++ {
 				key := fmt.Sprint("burst-", i)
-				if _, _, err := store.Claim(context.Background(), key, claim, DefaultDedupTTL); err != nil {
+				if _, _, err := store.Claim(context.Background(), key, claim, dedup.DefaultTTL); err != nil {
 					t.Error(err)
 					return
 				}
-				if err := store.Finish(context.Background(), key, claim, make([]byte, 1000), DefaultDedupTTL); err != nil {
+				if err := store.Finish(context.Background(), key, claim, make([]byte, 1000), dedup.DefaultTTL); err != nil {
 					t.Error(err)
 					return
 				}
@@ -272,11 +276,37 @@ func TestDedupResendAgeWhileStoreEvicts(t *testing.T) {
 	if fp.Stats().LostReplies != 1 {
 		t.Fatalf("the case did not arise: %+v (%v)", fp.Stats(), err)
 	}
-	t.Logf("retention after the burst %v; the call: %v", store.Retention(DefaultDedupTTL), err)
+	t.Logf("retention after the burst %v; the call: %v", store.Retention(dedup.DefaultTTL), err)
 	if n := srv.Runs(testsvc.Echo, "pay"); n != 1 {
 		t.Fatalf("the call ran %d times, want 1 (err %v)", n, err)
 	}
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("the resend that outlived the retention: %v, want FailedPrecondition", err)
+	}
+}
+
+// Without dedup.UnaryServerInterceptor the client never resends a non-idempotent call
+// that may have reached the server: a lost reply fails the call, which ran
+// once.
+func TestDedupNotAssumed(t *testing.T) {
+	srv := &testsvc.Server{}
+	p := startProxy(t, startServer(t, srv), faultproxy.Config{Mode: faultproxy.LostReply})
+	m := NewMetrics()
+	cc := bundleClient(t, p.Addr(), WithMetrics(m))
+	ctx := ctxTimeout(t, 10*time.Second)
+	for i := range 10 {
+		req := fmt.Sprintf("lost-%d", i)
+		if _, err := testsvc.Call(ctx, cc, testsvc.Echo, req); status.Code(err) != codes.Unavailable {
+			t.Fatalf("%s: %v, want Unavailable: its reply was lost", req, err)
+		}
+		if n := srv.Runs(testsvc.Echo, req); n != 1 {
+			t.Fatalf("%s ran %d times, want 1", req, n)
+		}
+	}
+	if p.Stats().LostReplies == 0 {
+		t.Fatal("no reply was lost: the case did not arise")
+	}
+	if n := testutil.CollectAndCount(m, "grpcguard_retries_deduplicated_total"); n != 0 {
+		t.Errorf("%d series of resends relying on deduplication, want none", n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
@@ -64,13 +65,13 @@ func newRequestIDs(opts []Option) *requestIDs {
 func withID(ctx context.Context, advertise bool) context.Context {
 	if len(metadata.ValueFromOutgoingContext(ctx, RequestIDHeader)) > 0 {
 		if advertise {
-			return withIDParams(ctx, "advertise", ";advertise")
+			return withIDParams(ctx, "advertise", wire.Advertise)
 		}
 		return ctx
 	}
 	id := newRequestID()
 	if advertise {
-		id += ";advertise" // one call per method per dedupObserveEvery
+		id += wire.Advertise // one call per method per dedupObserveEvery
 	}
 	return metadata.AppendToOutgoingContext(ctx, RequestIDHeader, id)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -315,7 +316,7 @@ func TestDedupCovers(t *testing.T) {
 	if us, err := strconv.ParseInt(age, 10, 64); id != "abc;advertise" || err != nil || us < 1500001 || us > 1500000+5e6 {
 		t.Fatalf("resend id %q: want abc;advertise, scope s1 and an age of 1.500001s or a little more", md[RequestIDHeader])
 	}
-	if p := resendParams("s", 1); p != ";resend-scope=s;resend-age-us=1" {
+	if p := wire.ResendParams("s", 1, ""); p != ";resend-scope=s;resend-age-us=1" {
 		t.Fatalf("1ns is %q, want 1µs: rounded up", p)
 	}
 	if _, err := newConfig([]Option{WithServerDedup("nope")}); err == nil ||

@@ -1,9 +1,10 @@
-package grpcguard
+package dedup
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"testing"
 	"time"
 
@@ -36,11 +37,11 @@ func holds(s *MemoryStore, key string) bool {
 func put(t testing.TB, s *MemoryStore, key string, size int) {
 	t.Helper()
 	ctx := context.Background()
-	claim := newClaim(fingerprint{1})
-	if existing, _, err := s.Claim(ctx, key, claim, DefaultDedupTTL); err != nil || existing != nil {
+	claim := newClaim(wire.Fingerprint{1})
+	if existing, _, err := s.Claim(ctx, key, claim, DefaultTTL); err != nil || existing != nil {
 		t.Fatalf("claim %s: %q, %v", key, existing, err)
 	}
-	if err := s.Finish(ctx, key, claim, bytes.Repeat([]byte{'O'}, size), DefaultDedupTTL); err != nil {
+	if err := s.Finish(ctx, key, claim, bytes.Repeat([]byte{'O'}, size), DefaultTTL); err != nil {
 		t.Fatalf("finish %s: %v", key, err)
 	}
 }
@@ -52,7 +53,7 @@ func put(t testing.TB, s *MemoryStore, key string, size int) {
 // is refused, and the call ran once. With one store-wide "last eviction"
 // the retention jumped to Y's age and the resend ran again.
 func TestDedupMemStoreEvictionInOneShardRefusesResend(t *testing.T) {
-	m := NewDedupMetrics()
+	m := NewMetrics()
 	store, err := NewMemoryStore(MemoryStoreConfig{MaxBytes: 256 << 10, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +62,7 @@ func TestDedupMemStoreEvictionInOneShardRefusesResend(t *testing.T) {
 		t.Fatalf("%d shards: the case needs two", len(store.shards))
 	}
 	srv := &testsvc.Server{}
-	cc := newClient(t, dedupServer(t, srv, store, nil, WithDedupMetrics(m)))
+	cc := newClient(t, dedupServer(t, srv, store, nil, WithMetrics(m)))
 	ctx := ctxTimeout(t, 20*time.Second)
 
 	// Shard Y holds outcomes 300ms old.
@@ -93,16 +94,16 @@ func TestDedupMemStoreEvictionInOneShardRefusesResend(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 	age := time.Since(start)
-	t.Logf("retention after the evictions %v; the victim's resend is %v old", store.Retention(DefaultDedupTTL), age)
+	t.Logf("retention after the evictions %v; the victim's resend is %v old", store.Retention(DefaultTTL), age)
 
-	_, err = testsvc.Call(withRequestID(ctx, victim+resendParams(store.Scope(), int64(age))), cc, testsvc.Echo, "pay")
+	_, err = testsvc.Call(withRequestID(ctx, victim+wire.ResendParams(store.Scope(), int64(age), "")), cc, testsvc.Echo, "pay")
 	if n := srv.Runs(testsvc.Echo, "pay"); n != 1 {
 		t.Fatalf("the call ran %d times, want 1 (resend: %v)", n, err)
 	}
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("resend of an id dropped %v ago: %v, want FailedPrecondition", age, err)
 	}
-	if r := store.Retention(DefaultDedupTTL); r > time.Since(start) {
+	if r := store.Retention(DefaultTTL); r > time.Since(start) {
 		t.Fatalf("retention %v: longer than the age of an id dropped early", r)
 	}
 }

@@ -1,16 +1,16 @@
-package grpcguard
+package dedup
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"maps"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -23,28 +23,30 @@ import (
 
 // Metadata keys of request ids and deduplication. They are grpcguard's own,
 // so that they never clash with tracing or application headers such as
-// x-request-id.
+// x-request-id. grpcguard clients write and read them; the root package
+// names them too.
 const (
 	// RequestIDHeader carries a call's request id: 32 hex digits (128
-	// random bits) from grpcguard clients; any id of 1 to 128 bytes without
-	// ';' is accepted. The id may be followed by parameters, each after a
-	// ';', that concern one attempt and never the id:
+	// random bits) from grpcguard clients; any id of 1 to 128 bytes
+	// without ';' is accepted. The id may be followed by parameters,
+	// each after a ';', that concern one attempt and never the id:
 	//
-	//   - "advertise": the response carries DedupHeader. A client asks on
+	//   - "advertise": the response carries AdvertHeader. A client asks on
 	//     the few calls from which it learns, so that the other calls do not
 	//     pay for a header they would not read.
 	//   - "resend-scope=<scope>" and "resend-age-us=<n>": the attempt is a
 	//     resend of a call whose earlier attempt may have run, under the
 	//     store scope the client learned from that attempt's replica (empty
-	//     when declared with WithServerDedup), n microseconds before the
-	//     resend left (stamped as grpc writes its headers, rounded up). A
-	//     server that does not know the id refuses the resend when its store
-	//     has another scope or keeps ids for no more than n µs: the first
-	//     attempt may have run where this server cannot see it.
+	//     when the client declared deduplication with
+	//     grpcguard.WithServerDedup), n microseconds before the resend left
+	//     (stamped as grpc writes its headers, rounded up). A server that
+	//     does not know the id refuses the resend when its store has another
+	//     scope or keeps ids for no more than n µs: the first attempt may
+	//     have run where this server cannot see it.
 	//   - "resend-fence=<16 hex digits>", with the above: the token of the
 	//     fence the dedup service's lookup claimed for this resend (see
-	//     DedupLookupMethod); a server whose store holds it runs the resend
-	//     under it.
+	//     LookupMethod); a server whose store holds it runs the resend under
+	//     it.
 	//   - "resend-age-ms=<n>", sent by earlier clients instead of
 	//     resend-age-us: an age stamped before the resend waited for its
 	//     connection, and truncated. A server answers such a resend from its
@@ -53,136 +55,35 @@ const (
 	//
 	// Other parameters are refused (InvalidArgument), so that an id
 	// containing ';' is never cut short.
-	RequestIDHeader = "grpcguard-request-id"
-	// DedupHeader is the response header by which UnaryServerDedup says,
-	// when the call's id asked for it ("advertise"), that it deduplicated the
-	// call, under which store scope and for how long it keeps ids:
-	// "scope=<scope>;ttl-ms=<milliseconds>".
-	DedupHeader = "grpcguard-dedup"
-	// DedupReplayedHeader is the response header, value "1", that marks a
-	// reply (or error) answered from a stored outcome: the handler did not
-	// run for this call, it ran once for an earlier one with the same id.
-	// The stored outcome's own headers come with it. A client returning an
-	// outcome its lookup found (DedupLookupMethod) sets it in the caller's
+	RequestIDHeader = wire.RequestIDHeader
+	// AdvertHeader is the response header by which UnaryServerInterceptor
+	// says, when the call's id asked for it ("advertise"), that it
+	// deduplicated the call, under which store scope and for how long it
+	// keeps ids: "scope=<scope>;ttl-ms=<milliseconds>".
+	AdvertHeader = wire.AdvertHeader
+	// ReplayedHeader is the response header, value "1", that marks a reply
+	// (or error) answered from a stored outcome: the handler did not run for
+	// this call, it ran once for an earlier one with the same id. The stored
+	// outcome's own headers come with it. A grpcguard client returning an
+	// outcome its lookup found (LookupMethod) sets it in the caller's
 	// grpc.Header too.
-	DedupReplayedHeader = "grpcguard-dedup-replayed"
+	ReplayedHeader = wire.ReplayedHeader
 )
 
-// replayedMD is DedupReplayedHeader's metadata, never written.
-var replayedMD = metadata.MD{DedupReplayedHeader: {"1"}}
-
-// DefaultDedupTTL is how long UnaryServerDedup keeps a request id and its
+// DefaultTTL is how long UnaryServerInterceptor keeps a request id and its
 // outcome by default: far longer than any retry of a call (those come within
 // the call's deadline, seconds), short enough that a busy server's store
-// stays small. See WithDedupTTL.
-const DefaultDedupTTL = 5 * time.Minute
+// stays small. See WithTTL.
+const DefaultTTL = wire.DefaultTTL
 
-const (
-	minDedupTTL    = time.Second
-	maxDedupTTL    = 24 * time.Hour
-	maxRequestID   = 128
-	maxClaimRounds = 64
-)
-
-// DedupOption configures UnaryServerDedup.
-type DedupOption struct {
-	apply func(*dedupConfig) error
-}
-
-type dedupConfig struct {
-	ttl      time.Duration
-	idFields []string
-	key      func(ctx context.Context, id string) (string, error)
-	failOpen bool
-	metrics  *DedupMetrics
-}
-
-// WithDedupTTL sets how long ids and outcomes are kept. Default 5 minutes
-// (DefaultDedupTTL); valid from 1s to 24h. A claim whose handler is still
-// running when the TTL passes expires too: keep handlers well inside it.
-//
-// The default suits grpcguard's own resends, which come within the call's
-// deadline. Ids that callers set themselves and retry across processes (a
-// job retried after a crash, a message a queue delivers again, a user
-// pressing "pay" again) need the id kept as long as anyone may retry it:
-// hours, up to 24h. Size the store for it: every outcome is kept the whole
-// TTL, so a MemoryStore needs MaxBytes of about calls per second x TTL in
-// seconds x (outcome size + 60 bytes): 100 calls/s for 1h with 300-byte
-// outcomes is about 130 MB; a Redis store the same in maxmemory, with
-// noeviction (redisstore's documentation says why).
-func WithDedupTTL(d time.Duration) DedupOption {
-	return DedupOption{func(c *dedupConfig) error {
-		if d < minDedupTTL || d > maxDedupTTL {
-			return invalid("WithDedupTTL", d, "must be between 1s and 24h")
-		}
-		c.ttl = d
-		return nil
-	}}
-}
-
-// WithDedupIDField takes a call's request id, when it carries no
-// RequestIDHeader, from the first of the named fields its request message
-// has: a top-level singular string field, such as AIP-155's "request_id" or
-// AEP-155's "idempotency_key". An empty field, or a request without such a
-// field, runs the call without deduplication, as a call without id does.
-// The value is the id whole (up to 128 bytes; ';' is not a separator
-// there), and WithDedupKey applies to it as to a header's id. Such an id is
-// the caller's own (see the README on caller-set ids): it is never a resend
-// by grpcguard's rules, so a server that does not hold it runs it. Names
-// are protobuf field names; none by default.
-func WithDedupIDField(names ...string) DedupOption {
-	return DedupOption{func(c *dedupConfig) error {
-		for _, n := range names {
-			if !protoreflect.Name(n).IsValid() {
-				return invalid("WithDedupIDField", fmt.Sprintf("%q", n), "must be a protobuf field name")
-			}
-		}
-		c.idFields = append(c.idFields, names...)
-		return nil
-	}}
-}
-
-// WithDedupKey scopes request ids: f returns the store key of a call's id,
-// typically the caller's identity (from peer.FromContext, its AuthInfo, or a
-// verified token) and the id, so that one caller can never reach another's
-// ids, even by sending the same id and the same request. An error from f
-// fails the call with f's status (Unauthenticated, say). Without it the key
-// is the id itself. nil is invalid.
-func WithDedupKey(f func(ctx context.Context, id string) (string, error)) DedupOption {
-	return DedupOption{func(c *dedupConfig) error {
-		if f == nil {
-			return invalid("WithDedupKey", "nil", "must not be nil")
-		}
-		c.key = f
-		return nil
-	}}
-}
-
-// WithDedupFailOpen runs calls without deduplication when the store cannot
-// claim their id (Redis down or slow), instead of failing them with
-// Unavailable (the default, fail closed). Such calls carry no DedupHeader, so
-// clients do not resend them on its strength; but a resend that was already
-// on its way may then run a second time. Choose it when availability matters
-// more than at-most-once.
-func WithDedupFailOpen() DedupOption {
-	return DedupOption{func(c *dedupConfig) error {
-		c.failOpen = true
-		return nil
-	}}
-}
-
-// WithDedupMetrics counts into m.
-func WithDedupMetrics(m *DedupMetrics) DedupOption {
-	return DedupOption{func(c *dedupConfig) error {
-		c.metrics = m
-		return nil
-	}}
-}
+// maxClaimRounds bounds how often one call claims its id again after the
+// claim it found was released or expired.
+const maxClaimRounds = 64
 
 // NotExecuted marks err, returned by a handler running under
-// UnaryServerDedup, as a failure after which nothing was done: the claim on
-// the call's id is released instead of storing err, so that a resend runs the
-// handler again. Use it for failures known to have changed nothing (the
+// UnaryServerInterceptor, as a failure after which nothing was done: the
+// claim on the call's id is released instead of storing err, so that a
+// resend runs the handler again. Use it for failures known to have changed nothing (the
 // database was unreachable before the transaction began). The caller receives
 // err as if it were not wrapped. NotExecuted(nil) is nil.
 func NotExecuted(err error) error {
@@ -197,8 +98,8 @@ type notExecutedError struct{ err error }
 func (e *notExecutedError) Error() string { return e.err.Error() }
 func (e *notExecutedError) Unwrap() error { return e.err }
 
-// UnaryServerDedup returns a server interceptor that runs each request id at
-// most once within its TTL and answers repeats with the first outcome, so
+// UnaryServerInterceptor returns a server interceptor that runs each request
+// id at most once within its TTL and answers repeats with the first outcome, so
 // that a client may resend a call whose reply was lost. Install it with
 // grpc.ChainUnaryInterceptor; store nil means a new MemoryStore with default
 // bounds.
@@ -213,9 +114,9 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 //   - an id with an outcome: the outcome is returned, the handler does not
 //     run;
 //   - an id used with a different request (SHA-256 of the method's digest
-//     and the request's deterministic protobuf encoding): AlreadyExists, and never
-//     the stored outcome: one caller cannot read another's reply by reusing
-//     an id. See WithDedupKey to keep callers' ids apart altogether.
+//     and the request's deterministic protobuf encoding): AlreadyExists, and
+//     never the stored outcome: one caller cannot read another's reply by reusing
+//     an id. See WithKey to keep callers' ids apart altogether.
 //
 // Which outcomes are stored: every outcome of the handler, OK and errors
 // alike, with the reply, status details and the header and trailer metadata
@@ -227,11 +128,11 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 // the caller's context ending while it waits, store failures) are not stored.
 //
 // The response to a deduplicated call whose id asks for it ("advertise", see
-// RequestIDHeader) carries DedupHeader: the store's scope and its retention.
-// Clients of this package ask on one call per method now and then, and learn
+// RequestIDHeader) carries AdvertHeader: the store's scope and its retention.
+// grpcguard clients ask on one call per method now and then, and learn
 // from it, per replica, that they may resend the method's calls. The header
 // is not set on other responses: it would cost every call a copy of the
-// response metadata (grpc-go's SetHeader, about 0.5µs) for nobody to read.
+// response metadata (grpc-go's SetHeader) for nobody to read.
 //
 // A resend (the id's resend parameters) of an id this server does not know
 // is refused with FailedPrecondition when the store's scope differs from the
@@ -243,20 +144,20 @@ func (e *notExecutedError) Unwrap() error { return e.err }
 // are streams: a stream's outcome is a sequence of messages, each possibly
 // acted on by the client before a failure; use request ids at the
 // application level there. If the store fails, calls fail with Unavailable
-// (see WithDedupFailOpen); an outcome that cannot be stored is still returned
+// (see WithFailOpen); an outcome that cannot be stored is still returned
 // to its caller. Invalid options fail every call with Internal, naming the
 // option.
 //
-// Clients that learned deduplication from DedupHeader resend a call that may
+// Clients that learned deduplication from AdvertHeader resend a call that may
 // have run only after the dedup service answered for its id (see
-// NewServerDedup and ServerDedup.RegisterService): with this interceptor
+// NewServer and Server.RegisterService): with this interceptor
 // alone, such clients resend nothing on its strength.
-func UnaryServerDedup(store Store, opts ...DedupOption) grpc.UnaryServerInterceptor {
+func UnaryServerInterceptor(store Store, opts ...Option) grpc.UnaryServerInterceptor {
 	return newDeduper(store, opts).unary
 }
 
-func newDeduper(store Store, opts []DedupOption) *deduper {
-	d := &deduper{cfg: dedupConfig{ttl: DefaultDedupTTL}}
+func newDeduper(store Store, opts []Option) *deduper {
+	d := &deduper{cfg: config{ttl: DefaultTTL}}
 	var errs []error
 	for _, o := range opts {
 		if o.apply == nil {
@@ -277,9 +178,9 @@ func newDeduper(store Store, opts []DedupOption) *deduper {
 	return d
 }
 
-// deduper is the state of one UnaryServerDedup interceptor.
+// deduper is the state of one UnaryServerInterceptor interceptor.
 type deduper struct {
-	cfg    dedupConfig
+	cfg    config
 	err    error
 	store  Store
 	advert atomic.Pointer[advert]
@@ -291,9 +192,9 @@ type deduper struct {
 
 // methodState is what a deduper keeps of one method.
 type methodState struct {
-	prefix methodPrefix
+	prefix wire.MethodPrefix
 	reply  atomic.Pointer[replyType] // once known
-	// idField is the request's id field (WithDedupIDField), looked up on
+	// idField is the request's id field (WithIDField), looked up on
 	// the method's first request.
 	idField atomic.Pointer[idField]
 }
@@ -301,7 +202,7 @@ type methodState struct {
 // idField is a method's request id field; fd nil: the request has none.
 type idField struct{ fd protoreflect.FieldDescriptor }
 
-// fieldID returns the value of req's id field (WithDedupIDField), "" when
+// fieldID returns the value of req's id field (WithIDField), "" when
 // it has none or it is empty.
 func (d *deduper) fieldID(method string, req any) (string, error) {
 	msg, ok := req.(proto.Message)
@@ -325,8 +226,8 @@ func (d *deduper) fieldID(method string, req any) (string, error) {
 		return "", nil
 	}
 	id := msg.ProtoReflect().Get(f.fd).String()
-	if len(id) > maxRequestID {
-		return "", status.Errorf(codes.InvalidArgument, "grpcguard: request field %s: the id must be at most %d bytes", f.fd.Name(), maxRequestID)
+	if len(id) > wire.MaxRequestID {
+		return "", status.Errorf(codes.InvalidArgument, "grpcguard: request field %s: the id must be at most %d bytes", f.fd.Name(), wire.MaxRequestID)
 	}
 	return id, nil
 }
@@ -352,13 +253,13 @@ func (d *deduper) method(name string) *methodState {
 	if old != nil {
 		maps.Copy(next, *old)
 	}
-	ms := &methodState{prefix: prefixOf(name)}
+	ms := &methodState{prefix: wire.PrefixOf(name)}
 	next[name] = ms
 	d.methods.Store(&next)
 	return ms
 }
 
-// advert is the DedupHeader value for one scope and retention, built once
+// advert is the AdvertHeader value for one scope and retention, built once
 // and kept until a shorter retention or another scope replaces it, or it is
 // advertTTL old.
 type advert struct {
@@ -379,7 +280,7 @@ const advertTTL = time.Second
 // dedupCall is what one call under a claim keeps: the claim's bytes, which
 // the store may hold until Finish or Release, and the handler's metadata.
 type dedupCall struct {
-	claim [claimLen]byte
+	claim [wire.ClaimLen]byte
 	rec   recorder
 }
 
@@ -390,15 +291,15 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	ids := metadata.ValueFromIncomingContext(ctx, RequestIDHeader)
 	var (
 		key string
-		p   idParams
+		p   wire.Params
 		err error
 	)
 	switch {
 	case len(ids) == 1:
-		if info.FullMethod == DedupLookupMethod {
+		if info.FullMethod == LookupMethod {
 			return handler(ctx, req) // it reads the id itself
 		}
-		if key, p, err = parseRequestID(ids[0]); err != nil {
+		if key, p, err = wire.ParseRequestID(ids[0]); err != nil {
 			return nil, err
 		}
 	case len(ids) > 1:
@@ -423,7 +324,7 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 		}
 	}
 	ms := d.method(info.FullMethod)
-	fp, err := fingerprintOf(ms.prefix, msg)
+	fp, err := wire.FingerprintOf(ms.prefix, msg)
 	if err != nil {
 		return handler(ctx, req) // cannot tell requests apart: no dedup
 	}
@@ -432,10 +333,10 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	// stored, and a stored one ends the loop) and the handler's metadata.
 	c := &dedupCall{}
 	claim := c.claim[:]
-	if p.fenced {
-		fenceClaim(claim, fp, p.fence) // the lookup's claim: run under it
+	if p.Fenced {
+		wire.FenceClaim(claim, fp, p.Fence) // the lookup's claim: run under it
 	} else {
-		fillClaim(claim, fp)
+		wire.FillClaim(claim, fp)
 	}
 	waited := false
 	for range maxClaimRounds {
@@ -447,36 +348,36 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			}
 			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
 		}
-		if p.fenced && string(existing) == string(claim) {
+		if p.Fenced && string(existing) == string(claim) {
 			// The fence the lookup made in this store for this resend:
 			// the first attempt never claimed the id here (the lookup
 			// checked scope and age then) and waits on the fence if it
 			// comes late. Run under it.
-			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
+			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.Advertise)
 		}
 		if existing == nil {
-			if p.resend {
+			if p.Resend {
 				if code, why := d.refusal(ctx, p, scope); why != "" {
 					d.release(ctx, key, claim, false)
 					d.cfg.metrics.refuse()
 					return nil, status.Errorf(code, "grpcguard: resend of request id refused: %s", why)
 				}
 			}
-			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.advertise)
+			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.Advertise)
 		}
 		rec, _, w, err := d.awaitOutcome(ctx, key, existing, fp)
 		waited = waited || w
 		switch {
 		case err != nil:
 			return nil, err
-		case !rec.done:
+		case !rec.Done:
 			continue // released or expired: claim it again
 		case waited:
 			d.cfg.metrics.wait()
 		default:
 			d.cfg.metrics.answer()
 		}
-		return d.replay(ctx, info.FullMethod, ms, rec, scope, p.advertise)
+		return d.replay(ctx, info.FullMethod, ms, rec, scope, p.Advertise)
 	}
 	return nil, status.Errorf(codes.Aborted, "grpcguard: request id claimed and released %d times", maxClaimRounds)
 }
@@ -487,43 +388,43 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 // expired (claim again). waited reports whether it had to wait. A record of
 // another request under the same id is refused with AlreadyExists. The
 // interceptor and the lookup service both answer from it.
-func (d *deduper) awaitOutcome(ctx context.Context, key string, existing []byte, fp fingerprint) (rec record, raw []byte, waited bool, err error) {
+func (d *deduper) awaitOutcome(ctx context.Context, key string, existing []byte, fp wire.Fingerprint) (rec wire.Record, raw []byte, waited bool, err error) {
 	for existing != nil {
-		rec, err := decodeRecord(existing)
+		rec, err := wire.DecodeRecord(existing)
 		if err != nil {
-			return record{}, nil, waited, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed record for this request id")
+			return wire.Record{}, nil, waited, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed record for this request id")
 		}
-		if rec.fp != fp {
+		if rec.FP != fp {
 			d.cfg.metrics.conflict()
-			return record{}, nil, waited, status.Errorf(codes.AlreadyExists, "grpcguard: request id already used with a different request (method or message)")
+			return wire.Record{}, nil, waited, status.Errorf(codes.AlreadyExists, "grpcguard: request id already used with a different request (method or message)")
 		}
-		if rec.done {
+		if rec.Done {
 			return rec, existing, waited, nil
 		}
 		waited = true
 		existing, err = d.store.Wait(ctx, key, existing)
 		if ctx.Err() != nil {
-			return record{}, nil, waited, status.FromContextError(ctx.Err()).Err()
+			return wire.Record{}, nil, waited, status.FromContextError(ctx.Err()).Err()
 		}
 		if err != nil {
 			d.cfg.metrics.storeErr(opWait)
-			return record{}, nil, waited, status.Errorf(codes.Unavailable, "grpcguard: dedup store: waiting for the running request id: %v", err)
+			return wire.Record{}, nil, waited, status.Errorf(codes.Unavailable, "grpcguard: dedup store: waiting for the running request id: %v", err)
 		}
 	}
-	return record{}, nil, waited, nil
+	return wire.Record{}, nil, waited, nil
 }
 
 // refusal says why a resend of an id this store did not know must not run,
 // and with which code, or "" when it may.
-func (d *deduper) refusal(ctx context.Context, r idParams, scope string) (codes.Code, string) {
-	if r.scope != "" && r.scope != scope {
-		return codes.FailedPrecondition, fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.scope, scope)
+func (d *deduper) refusal(ctx context.Context, r wire.Params, scope string) (codes.Code, string) {
+	if r.Scope != "" && r.Scope != scope {
+		return codes.FailedPrecondition, fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.Scope, scope)
 	}
-	if r.untrustedAge {
-		return codes.FailedPrecondition, fmt.Sprintf("its age (resend-age-ms=%d) was stamped before it waited for a connection: it cannot be trusted", r.age.Milliseconds())
+	if r.UntrustedAge {
+		return codes.FailedPrecondition, fmt.Sprintf("its age (resend-age-ms=%d) was stamped before it waited for a connection: it cannot be trusted", r.Age.Milliseconds())
 	}
-	if keep := d.store.Retention(d.cfg.ttl); r.age >= keep {
-		return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.age, keep)
+	if keep := d.store.Retention(d.cfg.ttl); r.Age >= keep {
+		return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, this server keeps ids %v", r.Age, keep)
 	}
 	if rc, ok := d.store.(RetentionChecker); ok {
 		keep, err := rc.CheckRetention(ctx, d.cfg.ttl)
@@ -531,8 +432,8 @@ func (d *deduper) refusal(ctx context.Context, r idParams, scope string) (codes.
 			d.cfg.metrics.storeErr(opClaim)
 			return codes.Unavailable, fmt.Sprintf("cannot check whether the dedup store lost ids: %v", err)
 		}
-		if r.age >= keep {
-			return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, and the dedup store may have lost ids %v ago", r.age, keep)
+		if r.Age >= keep {
+			return codes.FailedPrecondition, fmt.Sprintf("its first attempt began %v ago, and the dedup store may have lost ids %v ago", r.Age, keep)
 		}
 	}
 	return codes.OK, ""
@@ -540,7 +441,7 @@ func (d *deduper) refusal(ctx context.Context, r idParams, scope string) (codes.
 
 // run runs the handler under the claim and stores its outcome.
 func (d *deduper) run(ctx context.Context, req any, ms *methodState, handler grpc.UnaryHandler,
-	key string, c *dedupCall, fp fingerprint, scope string, advertise bool) (resp any, err error) {
+	key string, c *dedupCall, fp wire.Fingerprint, scope string, advertise bool) (resp any, err error) {
 	d.cfg.metrics.executed()
 	if advertise {
 		d.advertise(ctx, scope)
@@ -562,22 +463,22 @@ func (d *deduper) run(ctx context.Context, req any, ms *methodState, handler grp
 		d.release(ctx, key, claim, true)
 		return resp, ne.err
 	}
-	o := storedOutcome{header: rec.header, trailer: rec.trailer}
+	o := wire.Outcome{Header: rec.header, Trailer: rec.trailer}
 	if err != nil {
-		o.status = statusOf(err).Proto()
+		o.Status = statusOf(err).Proto()
 	} else if m, ok := resp.(proto.Message); ok {
-		o.reply = m
+		o.Reply = m
 		if ms.reply.Load() == nil {
 			ms.reply.Store(&replyType{m.ProtoReflect().Type()})
 		}
 	} else {
-		o.status = status.New(codes.Internal, "grpcguard: this request id ran; its reply, not a protobuf message, could not be kept for a resend").Proto()
+		o.Status = status.New(codes.Internal, "grpcguard: this request id ran; its reply, not a protobuf message, could not be kept for a resend").Proto()
 	}
 	encErr := d.finish(ctx, key, claim, fp, o)
 	if errors.Is(encErr, ErrStoreFull) {
 		// Too large to keep: keep that the id ran, so that a resend does not
 		// run it again.
-		o = storedOutcome{status: status.New(codes.ResourceExhausted, "grpcguard: this request id ran; its reply was too large to keep for a resend").Proto()}
+		o = wire.Outcome{Status: status.New(codes.ResourceExhausted, "grpcguard: this request id ran; its reply was too large to keep for a resend").Proto()}
 		encErr = d.finish(ctx, key, claim, fp, o)
 	}
 	if encErr != nil {
@@ -590,33 +491,26 @@ func (d *deduper) run(ctx context.Context, req any, ms *methodState, handler grp
 
 // finish stores the outcome o under the claim, encoded in a pooled buffer
 // (Store.Finish copies it).
-func (d *deduper) finish(ctx context.Context, key string, claim []byte, fp fingerprint, o storedOutcome) error {
-	bp := marshalBufs.Get().(*[]byte)
-	b, err := appendOutcome((*bp)[:0], fp, o)
-	if err == nil {
-		err = d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
-		if cap(b) <= maxPooledBuf {
-			*bp = b[:0]
-		}
-	}
-	marshalBufs.Put(bp)
-	return err
+func (d *deduper) finish(ctx context.Context, key string, claim []byte, fp wire.Fingerprint, o wire.Outcome) error {
+	return wire.EncodeOutcome(fp, o, func(b []byte) error {
+		return d.store.Finish(ctx, key, claim, b, d.cfg.ttl)
+	})
 }
 
 // replay answers a duplicate with a stored outcome.
-func (d *deduper) replay(ctx context.Context, method string, ms *methodState, rec record, scope string, advertise bool) (any, error) {
-	o, err := rec.outcome()
+func (d *deduper) replay(ctx context.Context, method string, ms *methodState, rec wire.Record, scope string, advertise bool) (any, error) {
+	o, err := rec.Outcome()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "grpcguard: dedup store holds a malformed outcome for this request id")
 	}
 	if advertise {
 		d.advertise(ctx, scope)
 	}
-	_ = grpc.SetHeader(ctx, replayedMD)
-	_ = grpc.SetHeader(ctx, o.header)
-	_ = grpc.SetTrailer(ctx, o.trailer)
-	if o.status.GetCode() != int32(codes.OK) {
-		return nil, status.ErrorProto(o.status)
+	_ = grpc.SetHeader(ctx, wire.ReplayedMD)
+	_ = grpc.SetHeader(ctx, o.Header)
+	_ = grpc.SetTrailer(ctx, o.Trailer)
+	if o.Status.GetCode() != int32(codes.OK) {
+		return nil, status.ErrorProto(o.Status)
 	}
 	mt, err := replyTypeOf(method, ms)
 	if err != nil {
@@ -625,11 +519,11 @@ func (d *deduper) replay(ctx context.Context, method string, ms *methodState, re
 		// are, as the unknown fields of an empty message (proto.Marshal
 		// writes them verbatim). The client decodes them as its own type.
 		m := new(emptypb.Empty)
-		m.ProtoReflect().SetUnknown(o.replyBytes)
+		m.ProtoReflect().SetUnknown(o.ReplyBytes)
 		return m, nil
 	}
 	m := mt.New().Interface()
-	if err := proto.Unmarshal(o.replyBytes, m); err != nil {
+	if err := proto.Unmarshal(o.ReplyBytes, m); err != nil {
 		return nil, status.Errorf(codes.Internal, "grpcguard: cannot decode the stored reply: %v", err)
 	}
 	return m, nil
@@ -672,7 +566,7 @@ func (d *deduper) release(ctx context.Context, key string, claim []byte, count b
 	}
 }
 
-// advertise sets DedupHeader on the response. The retention is rounded
+// advertise sets AdvertHeader on the response. The retention is rounded
 // down to two significant digits or so, so that the header, built once per
 // value, is not rebuilt for every call while a store under pressure drops ids
 // at slightly different ages.
@@ -680,8 +574,8 @@ func (d *deduper) advertise(ctx context.Context, scope string) {
 	ms := roundDown(d.store.Retention(d.cfg.ttl).Milliseconds())
 	a := d.advert.Load()
 	if now := nanotime(); a == nil || a.scope != scope || ms < a.ms || now >= a.until {
-		v := "scope=" + scope + ";ttl-ms=" + strconv.FormatInt(ms, 10)
-		a = &advert{scope: scope, ms: ms, until: now + int64(advertTTL), md: metadata.MD{DedupHeader: {v}}}
+		v := wire.FormatAdvert(scope, ms)
+		a = &advert{scope: scope, ms: ms, until: now + int64(advertTTL), md: metadata.MD{AdvertHeader: {v}}}
 		d.advert.Store(a)
 	}
 	_ = grpc.SetHeader(ctx, a.md)
@@ -736,62 +630,19 @@ func (r *recorder) SetTrailer(md metadata.MD) error {
 	return err
 }
 
-// idParams are the parameters that follow a request id in RequestIDHeader.
-type idParams struct {
-	advertise bool
-	resend    bool
-	scope     string        // resend-scope
-	age       time.Duration // resend-age-us, or resend-age-ms
-	// untrustedAge: the age came as resend-age-ms, from a client that
-	// stamped it before the resend waited for a connection.
-	untrustedAge bool
-	fenced       bool    // resend-fence
-	fence        [8]byte // its token
-}
+// epoch anchors the monotonic clock of the interceptor and MemoryStore: an
+// int64 of nanoseconds since it fits in an atomic, unlike a time.Time.
+var epoch = time.Now()
 
-// parseRequestID splits a RequestIDHeader value into the id and its
-// parameters. A value without parameters, the common case, costs one search
-// for ';'.
-func parseRequestID(v string) (string, idParams, error) {
-	id, rest, found := strings.Cut(v, ";")
-	var p idParams
-	if len(id) == 0 || len(id) > maxRequestID {
-		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: the id must be 1 to %d bytes", RequestIDHeader, maxRequestID)
-	}
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+// parseMethod splits a full method name, "/pkg.Service/Method", into its
+// service and method; ok is false for anything else.
+func parseMethod(fullMethod string) (service, method string, ok bool) {
+	name, found := strings.CutPrefix(fullMethod, "/")
 	if !found {
-		return id, p, nil
+		return "", "", false
 	}
-	seenScope := false
-	for f := range strings.SplitSeq(rest, ";") {
-		k, val, _ := strings.Cut(f, "=")
-		switch k {
-		case "advertise":
-			p.advertise = true
-		case "resend-scope":
-			p.scope, seenScope = val, true
-		case "resend-fence":
-			if p.fence, p.fenced = fenceToken(val); !p.fenced {
-				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-fence must be 16 hex digits", RequestIDHeader)
-			}
-		case "resend-age-us", "resend-age-ms":
-			n, err := strconv.ParseInt(val, 10, 64)
-			if err != nil || n < 0 || n > int64(maxDedupTTL/time.Microsecond) {
-				return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: %s must be a duration up to 24h", RequestIDHeader, k)
-			}
-			unit := time.Microsecond
-			if k == "resend-age-ms" {
-				unit, p.untrustedAge = time.Millisecond, true
-			}
-			p.resend, p.age = true, time.Duration(n)*unit
-		default:
-			// Refused rather than ignored: an application's own id that
-			// contains ';' would otherwise be cut short and share its key
-			// with others.
-			return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: unknown parameter %q (an id must not contain ';')", RequestIDHeader, f)
-		}
-	}
-	if (seenScope || p.fenced) && !p.resend {
-		return "", p, status.Errorf(codes.InvalidArgument, "grpcguard: %s: resend-scope without resend-age-us", RequestIDHeader)
-	}
-	return id, p, nil
+	service, method, found = strings.Cut(name, "/")
+	return service, method, found && service != "" && method != "" && !strings.Contains(method, "/")
 }

@@ -1,11 +1,12 @@
-package grpcguard
+package dedup
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// DedupMetrics counts what UnaryServerDedup and MemoryStore do, on the server.
-// It is a prometheus.Collector: register it on your own registry. A nil
-// *DedupMetrics counts nothing. It is separate from Metrics, which counts
-// what a client sees, because the two usually live in different processes.
+// Metrics counts what UnaryServerInterceptor and MemoryStore do, on the
+// server. It is a prometheus.Collector: register it on your own registry. A
+// nil *Metrics counts nothing. It is separate from grpcguard.Metrics, which
+// counts what a client sees, because the two usually live in different
+// processes.
 //
 // Series:
 //
@@ -17,7 +18,7 @@ import "github.com/prometheus/client_golang/prometheus"
 //	grpcguard_dedup_released_total       claims released by NotExecuted, or by a panic
 //	grpcguard_dedup_evictions_total      outcomes dropped by MemoryStore before their TTL
 //	grpcguard_dedup_store_errors_total{op}   op: claim, wait, finish, release
-type DedupMetrics struct {
+type Metrics struct {
 	executions, answered, waited, conflicts, refused, released, evictions prometheus.Counter
 	storeErrors                                                           *prometheus.CounterVec
 	storeErrBy                                                            [numStoreOps]prometheus.Counter
@@ -37,9 +38,25 @@ func (o storeOp) String() string {
 	return [...]string{"claim", "wait", "finish", "release"}[o]
 }
 
-// NewDedupMetrics returns a collector of the dedup series. WithConstLabels
-// applies as for NewMetrics.
-func NewDedupMetrics(opts ...MetricsOption) *DedupMetrics {
+// MetricsOption configures NewMetrics.
+type MetricsOption struct {
+	apply func(*metricsConfig)
+}
+
+type metricsConfig struct {
+	constLabels prometheus.Labels
+}
+
+// WithConstLabels adds labels to every series, for example to tell apart the
+// servers of one process that share a registry. Default none.
+func WithConstLabels(labels prometheus.Labels) MetricsOption {
+	return MetricsOption{apply: func(c *metricsConfig) { c.constLabels = labels }}
+}
+
+// NewMetrics returns a collector of the dedup series. Register it with
+// prometheus.Registerer.Register or MustRegister, and pass it with
+// WithMetrics (and MemoryStoreConfig.Metrics).
+func NewMetrics(opts ...MetricsOption) *Metrics {
 	var mc metricsConfig
 	for _, o := range opts {
 		if o.apply != nil {
@@ -51,7 +68,7 @@ func NewDedupMetrics(opts ...MetricsOption) *DedupMetrics {
 			Namespace: "grpcguard", Subsystem: "dedup", Name: name, Help: help, ConstLabels: mc.constLabels,
 		})
 	}
-	m := &DedupMetrics{
+	m := &Metrics{
 		executions: counter("executions_total", "Calls with a request id run under a new claim."),
 		answered:   counter("answered_total", "Duplicate calls answered from a stored outcome without running."),
 		waited:     counter("waited_total", "Duplicate calls that arrived while their id was running and waited for its outcome."),
@@ -70,48 +87,48 @@ func NewDedupMetrics(opts ...MetricsOption) *DedupMetrics {
 	return m
 }
 
-func (m *DedupMetrics) collectors() []prometheus.Collector {
+func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.executions, m.answered, m.waited, m.conflicts, m.refused, m.released, m.evictions, m.storeErrors}
 }
 
 // Describe implements prometheus.Collector.
-func (m *DedupMetrics) Describe(ch chan<- *prometheus.Desc) {
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, c := range m.collectors() {
 		c.Describe(ch)
 	}
 }
 
 // Collect implements prometheus.Collector.
-func (m *DedupMetrics) Collect(ch chan<- prometheus.Metric) {
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range m.collectors() {
 		c.Collect(ch)
 	}
 }
 
-func (m *DedupMetrics) inc(c func(*DedupMetrics) prometheus.Counter) {
+func (m *Metrics) inc(c func(*Metrics) prometheus.Counter) {
 	if m != nil {
 		c(m).Inc()
 	}
 }
 
-func (m *DedupMetrics) executed() {
-	m.inc(func(m *DedupMetrics) prometheus.Counter { return m.executions })
+func (m *Metrics) executed() {
+	m.inc(func(m *Metrics) prometheus.Counter { return m.executions })
 }
-func (m *DedupMetrics) answer() {
-	m.inc(func(m *DedupMetrics) prometheus.Counter { return m.answered })
+func (m *Metrics) answer() {
+	m.inc(func(m *Metrics) prometheus.Counter { return m.answered })
 }
-func (m *DedupMetrics) wait() { m.inc(func(m *DedupMetrics) prometheus.Counter { return m.waited }) }
-func (m *DedupMetrics) conflict() {
-	m.inc(func(m *DedupMetrics) prometheus.Counter { return m.conflicts })
+func (m *Metrics) wait() { m.inc(func(m *Metrics) prometheus.Counter { return m.waited }) }
+func (m *Metrics) conflict() {
+	m.inc(func(m *Metrics) prometheus.Counter { return m.conflicts })
 }
-func (m *DedupMetrics) refuse() { m.inc(func(m *DedupMetrics) prometheus.Counter { return m.refused }) }
-func (m *DedupMetrics) release() {
-	m.inc(func(m *DedupMetrics) prometheus.Counter { return m.released })
+func (m *Metrics) refuse() { m.inc(func(m *Metrics) prometheus.Counter { return m.refused }) }
+func (m *Metrics) release() {
+	m.inc(func(m *Metrics) prometheus.Counter { return m.released })
 }
-func (m *DedupMetrics) evicted() {
-	m.inc(func(m *DedupMetrics) prometheus.Counter { return m.evictions })
+func (m *Metrics) evicted() {
+	m.inc(func(m *Metrics) prometheus.Counter { return m.evictions })
 }
-func (m *DedupMetrics) storeErr(o storeOp) {
+func (m *Metrics) storeErr(o storeOp) {
 	if m != nil {
 		m.storeErrBy[o].Inc()
 	}

@@ -1,4 +1,4 @@
-package grpcguard
+package dedup
 
 import (
 	"bytes"
@@ -42,10 +42,10 @@ type MemoryStoreConfig struct {
 	// MaxEntries bounds the number of ids held. Default 262,144.
 	MaxEntries int
 	// Metrics, if set, counts evictions.
-	Metrics *DedupMetrics
+	Metrics *Metrics
 }
 
-// MemoryStore is the in-process Store, the default of UnaryServerDedup. It
+// MemoryStore is the in-process Store, the default of UnaryServerInterceptor. It
 // dedups the calls that reach this process only: behind a balancer with
 // several replicas a resend may reach another one, which refuses it (its
 // scope differs); use a shared store there (redisstore). A restart loses
@@ -63,7 +63,7 @@ type MemoryStore struct {
 	seed   maphash.Seed
 	shards []memShard
 	mask   uint64
-	m      *DedupMetrics
+	m      *Metrics
 
 	// evictedHorizon is the latest time (nanotime, at least 1) at which an
 	// outcome dropped before its TTL had finished, in any shard; 0: none

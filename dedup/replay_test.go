@@ -1,4 +1,4 @@
-package grpcguard
+package dedup
 
 import (
 	"context"
@@ -21,7 +21,7 @@ const unregisteredService = "grpcguard.testing.Unregistered"
 // handler counts its runs into runs, under dedup with store.
 func serveUnregistered(t testing.TB, store Store, runs *int) string {
 	t.Helper()
-	sd := NewServerDedup(store)
+	sd := NewServer(store)
 	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(sd.UnaryServerInterceptor()))
 	gs.RegisterService(&grpc.ServiceDesc{
 		ServiceName: unregisteredService,
@@ -64,17 +64,17 @@ func TestDedupReplayWithoutRegistry(t *testing.T) {
 	if again.GetValue() != "paid x" || runsA != 1 || runsB != 0 {
 		t.Fatalf("replay %q, runs A %d B %d; want A's reply, 1 and 0", again.GetValue(), runsA, runsB)
 	}
-	if v := hdr.Get(DedupReplayedHeader); len(v) != 1 {
-		t.Fatalf("header %v: want %s on a replayed reply", hdr, DedupReplayedHeader)
+	if v := hdr.Get(ReplayedHeader); len(v) != 1 {
+		t.Fatalf("header %v: want %s on a replayed reply", hdr, ReplayedHeader)
 	}
 }
 
 // serveRequestInfo serves a method whose request and reply are
 // errdetails.RequestInfo, a message with a request_id field as AIP-155
 // asks, under dedup configured by opts; the handler counts its runs.
-func serveRequestInfo(t testing.TB, runs *atomic.Int32, opts ...DedupOption) string {
+func serveRequestInfo(t testing.TB, runs *atomic.Int32, opts ...Option) string {
 	t.Helper()
-	sd := NewServerDedup(nil, opts...)
+	sd := NewServer(nil, opts...)
 	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(sd.UnaryServerInterceptor()))
 	gs.RegisterService(&grpc.ServiceDesc{
 		ServiceName: "grpcguard.testing.Payments",
@@ -95,12 +95,12 @@ func serveRequestInfo(t testing.TB, runs *atomic.Int32, opts ...DedupOption) str
 }
 
 // TestDedupIDFromRequestField (issue 18, item 6): with
-// WithDedupIDField("idempotency_key", "request_id") a request carrying its
+// WithIDField("idempotency_key", "request_id") a request carrying its
 // AIP-155 request_id and no RequestIDHeader runs once and is answered from
 // the store after; an empty request_id runs every time.
 func TestDedupIDFromRequestField(t *testing.T) {
 	var runs atomic.Int32
-	cc := newClient(t, serveRequestInfo(t, &runs, WithDedupIDField("idempotency_key", "request_id")))
+	cc := newClient(t, serveRequestInfo(t, &runs, WithIDField("idempotency_key", "request_id")))
 	ctx := ctxTimeout(t, 5*time.Second)
 	pay := func(id string) (string, metadata.MD, error) {
 		out := new(errdetails.RequestInfo)
@@ -113,7 +113,7 @@ func TestDedupIDFromRequestField(t *testing.T) {
 		if err != nil || out != "run 1" {
 			t.Fatalf("call %d: %q, %v; want the first run's reply", i, out, err)
 		}
-		if replayed := len(hdr.Get(DedupReplayedHeader)) == 1; replayed != (i > 0) {
+		if replayed := len(hdr.Get(ReplayedHeader)) == 1; replayed != (i > 0) {
 			t.Fatalf("call %d: replayed marker %v", i, replayed)
 		}
 	}
@@ -125,7 +125,7 @@ func TestDedupIDFromRequestField(t *testing.T) {
 	if n := runs.Load(); n != 3 {
 		t.Fatalf("%d runs, want 3: one for order-7, two without an id", n)
 	}
-	if err := NewServerDedup(nil, WithDedupIDField("no-such name")).d.err; err == nil {
+	if err := NewServer(nil, WithIDField("no-such name")).d.err; err == nil {
 		t.Fatal("an invalid field name was accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package grpcguard
+package dedup
 
 import (
 	"context"
@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Store keeps, for UnaryServerDedup, a value under each request id: a claim
+// Store keeps, for UnaryServerInterceptor, a value under each request id: a claim
 // while the call runs, then its outcome, until the TTL passes. Values are
 // opaque bytes the interceptor writes; a store compares them byte for byte
 // and never interprets them. MemoryStore (the default) keeps them in the
@@ -14,7 +14,7 @@ import (
 // Redis, shared by every replica of a server.
 //
 // Implementations are safe for concurrent use and bound their own operations
-// in time (a store that cannot answer returns an error; UnaryServerDedup then
+// in time (a store that cannot answer returns an error; UnaryServerInterceptor then
 // fails the call closed, or runs it without deduplication, as configured).
 type Store interface {
 	// Claim stores value under key for ttl if key holds nothing, and returns
@@ -40,14 +40,14 @@ type Store interface {
 	Wait(ctx context.Context, key string, running []byte) (current []byte, err error)
 	// Retention returns how long the store keeps ids now: ttl, or less when
 	// it has had to drop ids before their TTL ran out (memory pressure).
-	// UnaryServerDedup advertises it, and refuses a resend older than it.
+	// UnaryServerInterceptor advertises it, and refuses a resend older than it.
 	Retention(ttl time.Duration) time.Duration
 }
 
 // RetentionChecker is implemented by a Store that can lose ids before their
 // TTL in ways it learns only by asking its backend: a Redis that evicts keys
 // under memory pressure, restarts, or fails over to a replica that missed
-// the last writes. Before UnaryServerDedup runs a resend of an id its store
+// the last writes. Before UnaryServerInterceptor runs a resend of an id its store
 // did not hold, under the claim it has just made, it asks, and refuses the
 // resend unless its first attempt is younger than the answer: the id may
 // have been lost. Only such resends ask (rare: the common lost reply finds

@@ -1,11 +1,11 @@
-package grpcguard_test
+package dedup_test
 
 import (
 	"context"
 	"errors"
 	"log"
 
-	"github.com/grpcguard/grpcguard"
+	"github.com/grpcguard/grpcguard/dedup"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -16,11 +16,11 @@ import (
 
 // A server that runs each request id at most once, with ids scoped by the
 // caller's TLS identity so that no caller can reach another's.
-func ExampleUnaryServerDedup() {
-	metrics := grpcguard.NewDedupMetrics()
+func ExampleUnaryServerInterceptor() {
+	metrics := dedup.NewMetrics()
 	prometheus.MustRegister(metrics)
 
-	byCaller := grpcguard.WithDedupKey(func(ctx context.Context, id string) (string, error) {
+	byCaller := dedup.WithKey(func(ctx context.Context, id string) (string, error) {
 		p, ok := peer.FromContext(ctx)
 		if !ok {
 			return "", status.Error(codes.Unauthenticated, "no peer")
@@ -31,20 +31,20 @@ func ExampleUnaryServerDedup() {
 		}
 		return tlsInfo.State.PeerCertificates[0].Subject.String() + "/" + id, nil
 	})
-	dedup := grpcguard.NewServerDedup(nil, byCaller, grpcguard.WithDedupMetrics(metrics))
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(dedup.UnaryServerInterceptor()))
-	dedup.RegisterService(srv) // the same key function scopes the lookups
-	_ = srv                    // register services, then srv.Serve(listener)
+	sd := dedup.NewServer(nil, byCaller, dedup.WithMetrics(metrics))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(sd.UnaryServerInterceptor()))
+	sd.RegisterService(srv) // the same key function scopes the lookups
+	_ = srv                 // register services, then srv.Serve(listener)
 }
 
 // A server whose clients may learn its deduplication from its responses
 // registers the dedup service next to the interceptor: a client resends a
 // call that may have run only after that service answered for the call's
 // id, so that a resend never runs on a replica without deduplication.
-func ExampleNewServerDedup() {
-	dedup := grpcguard.NewServerDedup(nil) // a MemoryStore; redisstore for replicas
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(dedup.UnaryServerInterceptor()))
-	dedup.RegisterService(srv)
+func ExampleNewServer() {
+	sd := dedup.NewServer(nil) // a MemoryStore; redisstore for replicas
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(sd.UnaryServerInterceptor()))
+	sd.RegisterService(srv)
 	_ = srv // register services, then srv.Serve(listener)
 }
 
@@ -54,7 +54,7 @@ func ExampleNotExecuted() {
 	errDBDown := errors.New("database unreachable")
 	charge := func(ctx context.Context) error {
 		if err := errDBDown; err != nil { // before the transaction began
-			return grpcguard.NotExecuted(status.Error(codes.Unavailable, err.Error()))
+			return dedup.NotExecuted(status.Error(codes.Unavailable, err.Error()))
 		}
 		return nil
 	}

@@ -1,4 +1,4 @@
-package grpcguard
+package dedup
 
 import (
 	"math/rand/v2"

@@ -1,4 +1,4 @@
-package grpcguard
+package wire
 
 import (
 	"crypto/sha256"
@@ -12,13 +12,13 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// What UnaryServerDedup keeps in a Store under a request id: a claim while
-// the call runs, then its outcome. Both start with the fingerprint of the
+// What a deduplicating server keeps in a store under a request id: a claim while
+// the call runs, then its outcome. Both start with the Fingerprint of the
 // request, so that a request reusing the id with other content is told apart
 // and never reads the outcome.
 //
-//	claim:   'C' fingerprint[32] token[8]
-//	outcome: 'O' fingerprint[32] status reply header trailer
+//	claim:   'C' Fingerprint[32] token[8]
+//	outcome: 'O' Fingerprint[32] status reply header trailer
 //
 // where status and reply are uvarint-length-prefixed bytes (the status as a
 // google.rpc.Status message, the reply as its protobuf encoding) and each
@@ -29,16 +29,19 @@ import (
 const (
 	recClaim   = 'C'
 	recOutcome = 'O'
-	fpLen      = sha256.Size
-	claimLen   = 1 + fpLen + 8
+	// FPLen is the length of a Fingerprint.
+	FPLen = sha256.Size
+	// ClaimLen is the length of a claim record.
+	ClaimLen = 1 + FPLen + 8
 )
 
-var errBadRecord = errors.New("grpcguard: malformed dedup record")
+// ErrBadRecord is returned for bytes that are no record.
+var ErrBadRecord = errors.New("grpcguard: malformed dedup record")
 
-// fingerprint is the SHA-256 of the method's prefix (methodPrefix) and the
+// Fingerprint is the SHA-256 of the method's prefix (MethodPrefix) and the
 // request's deterministic protobuf encoding. A cryptographic hash, because a
 // collision would hand one request the outcome of another.
-type fingerprint [fpLen]byte
+type Fingerprint [FPLen]byte
 
 // marshalBufs holds the buffers requests and outcomes are encoded in, so
 // that fingerprinting and storing allocate nothing once a buffer has grown.
@@ -48,20 +51,23 @@ var marshalBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return 
 
 const maxPooledBuf = 64 << 10
 
-// methodPrefix stands for a method in its requests' fingerprints: the first
+// MethodPrefix stands for a method in its requests' fingerprints: the first
 // 16 bytes of the SHA-256 of its full name, computed once per method, in
 // place of the name (often 30 to 60 bytes), so that a request of up to 39
 // bytes is fingerprinted in one SHA-256 block instead of two. Truncated to
 // 128 bits, the digests of a server's own methods, which no caller chooses,
 // do not collide.
-type methodPrefix [16]byte
+type MethodPrefix [16]byte
 
-func prefixOf(method string) methodPrefix {
+// PrefixOf returns method's MethodPrefix.
+func PrefixOf(method string) MethodPrefix {
 	d := sha256.Sum256([]byte(method))
-	return methodPrefix(d[:16])
+	return MethodPrefix(d[:16])
 }
 
-func fingerprintOf(method methodPrefix, req proto.Message) (fingerprint, error) {
+// FingerprintOf returns the fingerprint of req, a request of the method
+// whose prefix is method.
+func FingerprintOf(method MethodPrefix, req proto.Message) (Fingerprint, error) {
 	bp := marshalBufs.Get().(*[]byte)
 	defer marshalBufs.Put(bp)
 	b := append((*bp)[:0], method[:]...)
@@ -69,7 +75,7 @@ func fingerprintOf(method methodPrefix, req proto.Message) (fingerprint, error) 
 	// fields again would only cost time.
 	b, err := proto.MarshalOptions{Deterministic: true, AllowPartial: true}.MarshalAppend(b, req)
 	if err != nil {
-		return fingerprint{}, err
+		return Fingerprint{}, err
 	}
 	if cap(b) <= maxPooledBuf {
 		*bp = b[:0]
@@ -77,22 +83,32 @@ func fingerprintOf(method methodPrefix, req proto.Message) (fingerprint, error) 
 	return sha256.Sum256(b), nil
 }
 
-// fillClaim writes into b, claimLen bytes, a claim record for fp with a
+// FillClaim writes into b, ClaimLen bytes, a claim record for fp with a
 // fresh token.
-func fillClaim(b []byte, fp fingerprint) {
+func FillClaim(b []byte, fp Fingerprint) {
 	b[0] = recClaim
 	copy(b[1:], fp[:])
-	binary.LittleEndian.PutUint64(b[1+fpLen:], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[1+FPLen:], rand.Uint64())
 }
 
-// storedOutcome is a stored result of a call.
-type storedOutcome struct {
-	status  *spb.Status   // nil for OK
-	reply   proto.Message // encoding: nil when the call failed
-	header  metadata.MD
-	trailer metadata.MD
+// FenceClaim writes into claim the fence claim of fp with token: a resend
+// that carries the token (the resend-fence parameter) finds the fence in its
+// store and runs under it.
+func FenceClaim(claim []byte, fp Fingerprint, token [8]byte) {
+	claim[0] = recClaim
+	copy(claim[1:], fp[:])
+	binary.LittleEndian.PutUint64(claim[1+FPLen:], binary.LittleEndian.Uint64(token[:]))
+}
 
-	replyBytes []byte // decoding
+// Outcome is a stored result of a call: Reply when encoding it, ReplyBytes
+// when decoding it.
+type Outcome struct {
+	Status  *spb.Status   // nil for OK
+	Reply   proto.Message // encoding: nil when the call failed
+	Header  metadata.MD
+	Trailer metadata.MD
+
+	ReplyBytes []byte // decoding
 }
 
 func appendBytes(b, v []byte) []byte {
@@ -122,12 +138,12 @@ func appendMD(b []byte, md metadata.MD) []byte {
 	return b
 }
 
-// appendOutcome appends the outcome record of o for fp to b.
-func appendOutcome(b []byte, fp fingerprint, o storedOutcome) ([]byte, error) {
+// AppendOutcome appends the outcome record of o for fp to b.
+func AppendOutcome(b []byte, fp Fingerprint, o Outcome) ([]byte, error) {
 	b = append(b, recOutcome)
 	b = append(b, fp[:]...)
-	if o.status != nil && o.status.GetCode() != 0 {
-		st, err := proto.Marshal(o.status)
+	if o.Status != nil && o.Status.GetCode() != 0 {
+		st, err := proto.Marshal(o.Status)
 		if err != nil {
 			return nil, err
 		}
@@ -135,34 +151,51 @@ func appendOutcome(b []byte, fp fingerprint, o storedOutcome) ([]byte, error) {
 	} else {
 		b = binary.AppendUvarint(b, 0)
 	}
-	if o.reply != nil {
-		b = binary.AppendUvarint(b, uint64(proto.Size(o.reply)))
+	if o.Reply != nil {
+		b = binary.AppendUvarint(b, uint64(proto.Size(o.Reply)))
 		var err error
 		// AllowPartial: a reply missing required fields fails grpc's own
 		// encoding, before and after a replay alike.
-		if b, err = (proto.MarshalOptions{UseCachedSize: true, AllowPartial: true}).MarshalAppend(b, o.reply); err != nil {
+		if b, err = (proto.MarshalOptions{UseCachedSize: true, AllowPartial: true}).MarshalAppend(b, o.Reply); err != nil {
 			return nil, err
 		}
 	} else {
 		b = binary.AppendUvarint(b, 0)
 	}
-	b = appendMD(b, o.header)
-	return appendMD(b, o.trailer), nil
+	b = appendMD(b, o.Header)
+	return appendMD(b, o.Trailer), nil
 }
 
-// record is a decoded store value.
-type record struct {
-	done bool // an outcome; otherwise a claim
-	fp   fingerprint
+// EncodeOutcome encodes the outcome record of o for fp in a pooled buffer
+// and passes it to use, which must not keep it.
+func EncodeOutcome(fp Fingerprint, o Outcome, use func([]byte) error) error {
+	bp := marshalBufs.Get().(*[]byte)
+	defer marshalBufs.Put(bp)
+	b, err := AppendOutcome((*bp)[:0], fp, o)
+	if err != nil {
+		return err
+	}
+	err = use(b)
+	if cap(b) <= maxPooledBuf {
+		*bp = b[:0]
+	}
+	return err
+}
+
+// Record is a decoded store value: a claim, or an outcome when Done.
+type Record struct {
+	Done bool // an outcome; otherwise a claim
+	FP   Fingerprint
 	rest []byte // the outcome's fields, undecoded
 }
 
-func decodeRecord(b []byte) (record, error) {
-	if len(b) < 1+fpLen || (b[0] != recClaim && b[0] != recOutcome) || (b[0] == recClaim && len(b) != claimLen) {
-		return record{}, errBadRecord
+// DecodeRecord decodes a store value; the record keeps b.
+func DecodeRecord(b []byte) (Record, error) {
+	if len(b) < 1+FPLen || (b[0] != recClaim && b[0] != recOutcome) || (b[0] == recClaim && len(b) != ClaimLen) {
+		return Record{}, ErrBadRecord
 	}
-	r := record{done: b[0] == recOutcome, rest: b[1+fpLen:]}
-	copy(r.fp[:], b[1:])
+	r := Record{Done: b[0] == recOutcome, rest: b[1+FPLen:]}
+	copy(r.FP[:], b[1:])
 	return r, nil
 }
 
@@ -174,7 +207,7 @@ type reader struct {
 func (r *reader) bytes() []byte {
 	n, k := binary.Uvarint(r.b)
 	if k <= 0 || n > uint64(len(r.b)-k) {
-		r.err = errBadRecord
+		r.err = ErrBadRecord
 		r.b = nil
 		return nil
 	}
@@ -186,7 +219,7 @@ func (r *reader) bytes() []byte {
 func (r *reader) md() metadata.MD {
 	n, k := binary.Uvarint(r.b)
 	if k <= 0 || n > uint64(len(r.b)) {
-		r.err = errBadRecord
+		r.err = ErrBadRecord
 		return nil
 	}
 	r.b = r.b[k:]
@@ -201,23 +234,23 @@ func (r *reader) md() metadata.MD {
 	return md
 }
 
-// outcome decodes the outcome fields of a done record.
-func (rec record) outcome() (storedOutcome, error) {
+// Outcome decodes the outcome fields of a done record.
+func (rec Record) Outcome() (Outcome, error) {
 	r := reader{b: rec.rest}
 	st := r.bytes()
 	reply := r.bytes()
-	o := storedOutcome{header: r.md(), trailer: r.md()}
+	o := Outcome{Header: r.md(), Trailer: r.md()}
 	if r.err != nil || len(r.b) != 0 {
-		return storedOutcome{}, errBadRecord
+		return Outcome{}, ErrBadRecord
 	}
 	if len(st) != 0 { // OK is stored as no status
-		o.status = new(spb.Status)
-		if err := proto.Unmarshal(st, o.status); err != nil {
-			return storedOutcome{}, errBadRecord
+		o.Status = new(spb.Status)
+		if err := proto.Unmarshal(st, o.Status); err != nil {
+			return Outcome{}, ErrBadRecord
 		}
 	}
-	if o.status.GetCode() == 0 {
-		o.replyBytes = reply
+	if o.Status.GetCode() == 0 {
+		o.ReplyBytes = reply
 	}
 	return o, nil
 }

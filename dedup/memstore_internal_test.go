@@ -1,17 +1,17 @@
-package grpcguard
+package dedup
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // TestMemoryStoreFloodStaysWithinBounds: a flood of unique ids through the
@@ -19,14 +19,14 @@ import (
 // oldest outcomes (counted), advertises the shorter retention, and the heap
 // does not grow with the flood.
 func TestMemoryStoreFloodStaysWithinBounds(t *testing.T) {
-	m := NewDedupMetrics()
+	m := NewMetrics()
 	const maxBytes = 128 << 10
 	store, err := NewMemoryStore(MemoryStoreConfig{MaxBytes: maxBytes, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &testsvc.Server{}
-	cc := newClient(t, dedupServer(t, srv, store, nil, WithDedupMetrics(m)))
+	cc := newClient(t, dedupServer(t, srv, store, nil, WithMetrics(m)))
 	ctx := ctxTimeout(t, 30*time.Second)
 	const calls = 2000
 	var before runtime.MemStats
@@ -49,11 +49,11 @@ func TestMemoryStoreFloodStaysWithinBounds(t *testing.T) {
 	st := store.Stats()
 	ev := testutil.ToFloat64(m.evictions)
 	t.Logf("%d unique ids: store %d entries, %d bytes (cap %d), %v evictions, retention %v, heap %d -> %d KiB",
-		calls, st.Entries, st.Bytes, maxBytes, ev, store.Retention(DefaultDedupTTL), before.HeapAlloc>>10, after.HeapAlloc>>10)
+		calls, st.Entries, st.Bytes, maxBytes, ev, store.Retention(DefaultTTL), before.HeapAlloc>>10, after.HeapAlloc>>10)
 	if ev == 0 || int(ev)+st.Entries != calls {
 		t.Fatalf("evictions %v + entries %d != %d ids", ev, st.Entries, calls)
 	}
-	if r := store.Retention(DefaultDedupTTL); r >= DefaultDedupTTL {
+	if r := store.Retention(DefaultTTL); r >= DefaultTTL {
 		t.Fatalf("retention %v after evictions, want less than the TTL", r)
 	}
 	if grow := int64(after.HeapAlloc) - int64(before.HeapAlloc); grow > 4*maxBytes {
@@ -73,7 +73,7 @@ func TestMemoryStoreNeverDropsRunningClaims(t *testing.T) {
 	}
 	ctx := context.Background()
 	claim := func(key string) error {
-		_, _, err := store.Claim(ctx, key, newClaim(fingerprint{}), time.Minute)
+		_, _, err := store.Claim(ctx, key, newClaim(wire.Fingerprint{}), time.Minute)
 		return err
 	}
 	if err := claim("a"); err != nil {
@@ -103,12 +103,12 @@ func TestMemoryStoreExpiryAndClaimFencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	c1 := newClaim(fingerprint{1})
+	c1 := newClaim(wire.Fingerprint{1})
 	if _, _, err := store.Claim(ctx, "k", c1, 20*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, time.Second, "the claim to expire", func() bool {
-		existing, _, _ := store.Claim(ctx, "k", newClaim(fingerprint{2}), time.Minute)
+		existing, _, _ := store.Claim(ctx, "k", newClaim(wire.Fingerprint{2}), time.Minute)
 		return existing == nil
 	})
 	// The first owner's claim expired and another took its place: its
@@ -135,34 +135,10 @@ func TestMemoryStoreInvalidConfig(t *testing.T) {
 	}
 }
 
-func TestDedupRecordRoundTrip(t *testing.T) {
-	fp := fingerprint{7}
-	b, err := appendOutcome(nil, fp, storedOutcome{reply: wrapperspb.String("abc"),
-		header: map[string][]string{"a": {"1", "2"}}, trailer: map[string][]string{"b": {"3"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := decodeRecord(b)
-	if err != nil || !rec.done || rec.fp != fp {
-		t.Fatalf("decode: %+v, %v", rec, err)
-	}
-	o, err := rec.outcome()
-	if err != nil || string(o.replyBytes) != "\x0a\x03abc" || len(o.header["a"]) != 2 || o.trailer["b"][0] != "3" {
-		t.Fatalf("outcome: %+v, %v", o, err)
-	}
-	for i := range b {
-		if r, err := decodeRecord(b[:i]); err == nil {
-			if _, err := r.outcome(); err == nil {
-				t.Fatalf("truncated record of %d bytes decoded", i)
-			}
-		}
-	}
-}
-
 // newClaim returns a claim record for fp with a fresh token.
-func newClaim(fp fingerprint) []byte {
-	b := make([]byte, claimLen)
-	fillClaim(b, fp)
+func newClaim(fp wire.Fingerprint) []byte {
+	b := make([]byte, wire.ClaimLen)
+	wire.FillClaim(b, fp)
 	return b
 }
 
@@ -172,7 +148,7 @@ func newClaim(fp fingerprint) []byte {
 // segments are dropped oldest first, each early drop counted, and the
 // retention is the time since the youngest one dropped had finished.
 func TestMemoryStoreSegments(t *testing.T) {
-	m := NewDedupMetrics()
+	m := NewMetrics()
 	store, err := NewMemoryStore(MemoryStoreConfig{MaxBytes: 64 << 10, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
@@ -182,14 +158,14 @@ func TestMemoryStoreSegments(t *testing.T) {
 	}
 	ctx := context.Background()
 	put := func(key string, outcome []byte) error {
-		c := newClaim(fingerprint{})
+		c := newClaim(wire.Fingerprint{})
 		if existing, _, err := store.Claim(ctx, key, c, time.Minute); err != nil || existing != nil {
 			t.Fatalf("claim %s: %q, %v", key, existing, err)
 		}
 		return store.Finish(ctx, key, c, outcome, time.Minute)
 	}
 	get := func(key string) []byte {
-		c := newClaim(fingerprint{})
+		c := newClaim(wire.Fingerprint{})
 		existing, _, err := store.Claim(ctx, key, c, time.Minute)
 		if err != nil {
 			t.Fatal(err)
@@ -220,7 +196,7 @@ func TestMemoryStoreSegments(t *testing.T) {
 	if ev := testutil.ToFloat64(m.evictions); ev != 0 {
 		t.Fatalf("%v evictions before the store was full", ev)
 	}
-	c := newClaim(fingerprint{})
+	c := newClaim(wire.Fingerprint{})
 	store.Claim(ctx, "huge", c, time.Minute)
 	if err := store.Finish(ctx, "huge", c, make([]byte, 65<<10), time.Minute); !errors.Is(err, ErrStoreFull) {
 		t.Fatalf("outcome larger than the store: %v, want ErrStoreFull", err)
@@ -253,11 +229,11 @@ func TestMemoryStoreSegments(t *testing.T) {
 // TestMemoryStoreExpiredNotCounted: outcomes dropped after their TTL are
 // not evictions and do not shorten the retention.
 func TestMemoryStoreExpiredNotCounted(t *testing.T) {
-	m := NewDedupMetrics()
+	m := NewMetrics()
 	store, _ := NewMemoryStore(MemoryStoreConfig{MaxBytes: 16 << 10, Metrics: m})
 	ctx := context.Background()
 	for i := range 400 {
-		c := newClaim(fingerprint{})
+		c := newClaim(wire.Fingerprint{})
 		key := fmt.Sprint("e", i)
 		store.Claim(ctx, key, c, time.Millisecond)
 		if err := store.Finish(ctx, key, c, make([]byte, 40), time.Millisecond); err != nil {
@@ -281,7 +257,7 @@ func TestMemoryStoreExpiredNotCounted(t *testing.T) {
 // first key's value: a running claim fails the new claim closed, an outcome
 // is dropped as an early eviction.
 func TestMemoryStoreHashCollision(t *testing.T) {
-	m := NewDedupMetrics()
+	m := NewMetrics()
 	store, _ := NewMemoryStore(MemoryStoreConfig{Metrics: m})
 	ctx := context.Background()
 	sh, h := store.shard("a")
@@ -299,17 +275,17 @@ func TestMemoryStoreHashCollision(t *testing.T) {
 		v, _ := sh.index.get(h)
 		sh.index.put(hb, v)
 	}
-	c := newClaim(fingerprint{1})
+	c := newClaim(wire.Fingerprint{1})
 	store.Claim(ctx, "a", c, time.Minute)
 	alias()
-	if existing, _, err := store.Claim(ctx, b, newClaim(fingerprint{2}), time.Minute); existing != nil || !errors.Is(err, errHashCollision) {
+	if existing, _, err := store.Claim(ctx, b, newClaim(wire.Fingerprint{2}), time.Minute); existing != nil || !errors.Is(err, errHashCollision) {
 		t.Fatalf("claim colliding with a running one: %q, %v; want the collision error", existing, err)
 	}
 	if err := store.Finish(ctx, "a", c, []byte("a's reply"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	alias()
-	if existing, _, err := store.Claim(ctx, b, newClaim(fingerprint{2}), time.Minute); existing != nil || err != nil {
+	if existing, _, err := store.Claim(ctx, b, newClaim(wire.Fingerprint{2}), time.Minute); existing != nil || err != nil {
 		t.Fatalf("claim colliding with an outcome: %q, %v; want a new claim", existing, err)
 	}
 	if ev := testutil.ToFloat64(m.evictions); ev != 1 || store.Retention(time.Minute) >= time.Minute {
@@ -321,12 +297,12 @@ func TestMemoryStoreHashCollision(t *testing.T) {
 // 2^31 segments of a shard (days of a busy server with a small store);
 // outcomes are found and dropped across the wrap as before it.
 func TestMemoryStoreSequenceWraps(t *testing.T) {
-	m := NewDedupMetrics()
+	m := NewMetrics()
 	store, _ := NewMemoryStore(MemoryStoreConfig{MaxBytes: 16 << 10, Metrics: m})
 	store.shards[0].first = seqMask - 3 // four segments before the wrap
 	ctx := context.Background()
 	for i := range 400 {
-		c := newClaim(fingerprint{})
+		c := newClaim(wire.Fingerprint{})
 		key := fmt.Sprint("w", i)
 		store.Claim(ctx, key, c, time.Minute)
 		if err := store.Finish(ctx, key, c, []byte(key), time.Minute); err != nil {
@@ -335,7 +311,7 @@ func TestMemoryStoreSequenceWraps(t *testing.T) {
 		for _, back := range []int{0, 5, 20} { // recent outcomes read back
 			if j := i - back; j >= 0 {
 				k := fmt.Sprint("w", j)
-				got, _, err := store.Claim(ctx, k, newClaim(fingerprint{}), time.Minute)
+				got, _, err := store.Claim(ctx, k, newClaim(wire.Fingerprint{}), time.Minute)
 				if err != nil || (got != nil && string(got) != k) || (got == nil && back == 0) {
 					t.Fatalf("after %d outcomes, %s read back as %q, %v", i+1, k, got, err)
 				}
