@@ -3,15 +3,21 @@ package dedup_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log"
+	"net"
+	"sync/atomic"
 
 	"github.com/grpcguard/grpcguard/dedup"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // A server that runs each request id at most once, with ids scoped by the
@@ -61,4 +67,54 @@ func ExampleNotExecuted() {
 	if err := charge(context.Background()); err != nil {
 		log.Print(err)
 	}
+}
+
+// A payment service under deduplication: the second call with the same
+// request id (a resend, sent by hand here; grpcguard clients send it
+// themselves) is answered from the store, marked as replayed, and the
+// handler ran once.
+func Example() {
+	sd := dedup.NewServer(nil) // a MemoryStore; redisstore shares ids between replicas
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(sd.UnaryServerInterceptor()))
+	sd.RegisterService(srv)
+	var runs atomic.Int32
+	pay := func(ctx context.Context, req any) (any, error) {
+		runs.Add(1)
+		return wrapperspb.String("paid " + req.(*wrapperspb.StringValue).GetValue()), nil
+	}
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "example.Payments",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: "Pay", Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			in := new(wrapperspb.StringValue)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			return icpt(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/example.Payments/Pay"}, pay)
+		}}},
+	}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Stop()
+	cc, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+
+	ctx := metadata.AppendToOutgoingContext(context.Background(), dedup.RequestIDHeader, "order-7")
+	for range 2 {
+		out := new(wrapperspb.StringValue)
+		var hdr metadata.MD
+		err := cc.Invoke(ctx, "/example.Payments/Pay", wrapperspb.String("7 EUR"), out, grpc.Header(&hdr))
+		fmt.Println(out.GetValue(), err, hdr.Get(dedup.ReplayedHeader))
+	}
+	fmt.Println("runs:", runs.Load())
+	// Output:
+	// paid 7 EUR <nil> []
+	// paid 7 EUR <nil> [1]
+	// runs: 1
 }
