@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grpcguard/grpcguard"
+	"github.com/grpcguard/grpcguard/dedup"
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/wire"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -30,14 +31,14 @@ type replica struct {
 	addr string
 }
 
-func startReplica(t testing.TB, name string, store grpcguard.Store, handler func(ctx context.Context, method, req string) (string, error), opts ...grpcguard.DedupOption) *replica {
+func startReplica(t testing.TB, name string, store dedup.Store, handler func(ctx context.Context, method, req string) (string, error), opts ...dedup.Option) *replica {
 	t.Helper()
 	r := &replica{name: name, srv: &testsvc.Server{Unary: handler}}
 	tag := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		grpc.SetHeader(ctx, metadata.Pairs("x-replica", name))
 		return h(ctx, req)
 	}
-	sd := grpcguard.NewServerDedup(store, opts...)
+	sd := dedup.NewServer(store, opts...)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +76,7 @@ func roundRobin(t testing.TB, addrs []string, opts ...grpc.DialOption) *grpc.Cli
 }
 
 func withID(ctx context.Context, id string) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, grpcguard.RequestIDHeader, id)
+	return metadata.AppendToOutgoingContext(ctx, dedup.RequestIDHeader, id)
 }
 
 // call makes a unary call and returns the reply and the replica that answered.
@@ -87,19 +88,13 @@ func call(ctx context.Context, cc *grpc.ClientConn, method, req string) (reply, 
 	return reply, replica, hdr, err
 }
 
-// scopeOf parses the store scope out of a DedupHeader.
+// scopeOf returns the store scope an AdvertHeader in hdr names.
 func scopeOf(t testing.TB, hdr metadata.MD) string {
-	v := hdr.Get(grpcguard.DedupHeader)
-	if len(v) != 1 {
-		t.Fatalf("no %s in %v", grpcguard.DedupHeader, hdr)
+	adv, ok := wire.ParseAdvert(hdr)
+	if !ok {
+		t.Fatalf("no valid %s in %v", dedup.AdvertHeader, hdr)
 	}
-	for _, f := range strings.Split(v[0], ";") {
-		if s, ok := strings.CutPrefix(f, "scope="); ok {
-			return s
-		}
-	}
-	t.Fatalf("no scope in %q", v[0])
-	return ""
+	return adv.Scope
 }
 
 // resend marks ctx as the resend of a call whose first attempt began at
@@ -109,9 +104,8 @@ func scopeOf(t testing.TB, hdr metadata.MD) string {
 // client's retry).
 func resend(ctx context.Context, scope string, start time.Time) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx)
-	id := md.Get(grpcguard.RequestIDHeader)[0]
-	us := (time.Since(start).Nanoseconds() + 999) / 1000 // rounded up, as the client does
-	md.Set(grpcguard.RequestIDHeader, id+";resend-scope="+scope+";resend-age-us="+strconv.FormatInt(us, 10))
+	id := md.Get(dedup.RequestIDHeader)[0]
+	md.Set(dedup.RequestIDHeader, id+wire.ResendParams(scope, time.Since(start).Nanoseconds(), ""))
 	return metadata.NewOutgoingContext(ctx, md)
 }
 
@@ -283,9 +277,9 @@ func TestReplicasRedisDown(t *testing.T) {
 		}
 		return "ok " + req, nil
 	}
-	m := grpcguard.NewDedupMetrics()
-	closed := startReplica(t, "closed", r.store(t, Options{OpTimeout: 300 * time.Millisecond}), h, grpcguard.WithDedupMetrics(m))
-	open := startReplica(t, "open", r.store(t, Options{OpTimeout: 300 * time.Millisecond}), h, grpcguard.WithDedupFailOpen())
+	m := dedup.NewMetrics()
+	closed := startReplica(t, "closed", r.store(t, Options{OpTimeout: 300 * time.Millisecond}), h, dedup.WithMetrics(m))
+	open := startReplica(t, "open", r.store(t, Options{OpTimeout: 300 * time.Millisecond}), h, dedup.WithFailOpen())
 	ctx := ctxTimeout(t, 20*time.Second)
 
 	reply, err := testsvc.Call(withID(ctx, "k1"), dial(t, "passthrough:///"+closed.addr), testsvc.Echo, "kill")
@@ -301,7 +295,7 @@ func TestReplicasRedisDown(t *testing.T) {
 	}
 	var hdr metadata.MD
 	reply, err = testsvc.Call(withID(ctx, "k3;advertise"), dial(t, "passthrough:///"+open.addr), testsvc.Echo, "x", grpc.Header(&hdr))
-	if err != nil || reply != "ok x" || len(hdr.Get(grpcguard.DedupHeader)) != 0 {
+	if err != nil || reply != "ok x" || len(hdr.Get(dedup.AdvertHeader)) != 0 {
 		t.Fatalf("fail open: %q, %v, header %v; want the reply and no advert", reply, err, hdr)
 	}
 	// The finish after the handler that killed Redis, the claim of k2.

@@ -1,13 +1,13 @@
-// Package redisstore is a grpcguard.Store in Redis, for servers with several
+// Package redisstore is a dedup.Store in Redis, for servers with several
 // replicas behind a balancer: a resend that reaches another replica than the
 // first attempt finds the id there, claimed or answered.
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
 //	store := redisstore.New(rdb, redisstore.Options{})
 //	defer store.Close()
-//	dedup := grpcguard.NewServerDedup(store)
-//	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(dedup.UnaryServerInterceptor()))
-//	dedup.RegisterService(srv) // the lookup clients ask before a resend
+//	sd := dedup.NewServer(store)
+//	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(sd.UnaryServerInterceptor()))
+//	sd.RegisterService(srv) // the lookup clients ask before a resend
 //
 // A claim is a SET NX with the TTL as expiry; the outcome replaces it, as
 // bytes, only while the claim is still the caller's (a Lua script compares
@@ -17,7 +17,7 @@
 // subscription is re-established (messages sent meanwhile are lost), and at
 // a slow fallback interval; they never poll in a loop.
 //
-// The scope (see grpcguard.Store) is a random value kept in Redis under the
+// The scope (see dedup.Store) is a random value kept in Redis under the
 // prefix, created by the first claim: every replica sharing the Redis and the
 // prefix reports it. A Redis that lost it (a restart without persistence)
 // gets back the scope its replicas last saw, so that clients that learned
@@ -57,9 +57,9 @@
 // restart, not while replicas on the old one still serve.
 //
 // Redis down or slow: every operation is bounded by Options.OpTimeout and
-// fails with an error naming it; grpcguard.UnaryServerDedup then fails the
+// fails with an error naming it; dedup.UnaryServerInterceptor then fails the
 // call with Unavailable before running it (or runs it without deduplication
-// with grpcguard.WithDedupFailOpen). An outcome that cannot be stored is still
+// with dedup.WithFailOpen). An outcome that cannot be stored is still
 // returned to its caller; its claim expires after the TTL.
 package redisstore
 
@@ -74,7 +74,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/grpcguard/grpcguard"
+	"github.com/grpcguard/grpcguard/dedup"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -99,7 +99,7 @@ type Options struct {
 	PollInterval time.Duration
 }
 
-// Store is a grpcguard.Store in Redis. Safe for concurrent use; Close it when
+// Store is a dedup.Store in Redis. Safe for concurrent use; Close it when
 // done to stop its subscription.
 type Store struct {
 	rdb     redis.UniversalClient
@@ -127,8 +127,8 @@ type Store struct {
 }
 
 var (
-	_ grpcguard.Store            = (*Store)(nil)
-	_ grpcguard.RetentionChecker = (*Store)(nil)
+	_ dedup.Store            = (*Store)(nil)
+	_ dedup.RetentionChecker = (*Store)(nil)
 )
 
 // New returns a Store on rdb. It does not contact Redis: the first operation
@@ -233,7 +233,7 @@ func (s *Store) detached(ctx context.Context) (context.Context, context.CancelFu
 	return context.WithTimeout(context.WithoutCancel(ctx), s.opts.OpTimeout)
 }
 
-// Claim implements grpcguard.Store.
+// Claim implements dedup.Store.
 func (s *Store) Claim(ctx context.Context, key string, value []byte, ttl time.Duration) ([]byte, string, error) {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
@@ -266,7 +266,7 @@ func (s *Store) Claim(ctx context.Context, key string, value []byte, ttl time.Du
 	return []byte(existing), scope, nil
 }
 
-// Finish implements grpcguard.Store.
+// Finish implements dedup.Store.
 func (s *Store) Finish(ctx context.Context, key string, claim, outcome []byte, ttl time.Duration) error {
 	ctx, cancel := s.detached(ctx)
 	defer cancel()
@@ -275,12 +275,12 @@ func (s *Store) Finish(ctx context.Context, key string, claim, outcome []byte, t
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
 	if n == 0 {
-		return grpcguard.ErrClaimLost
+		return dedup.ErrClaimLost
 	}
 	return nil
 }
 
-// Release implements grpcguard.Store.
+// Release implements dedup.Store.
 func (s *Store) Release(ctx context.Context, key string, claim []byte) error {
 	ctx, cancel := s.detached(ctx)
 	defer cancel()
@@ -289,12 +289,12 @@ func (s *Store) Release(ctx context.Context, key string, claim []byte) error {
 		return fmt.Errorf("redisstore: release: %w", err)
 	}
 	if n == 0 {
-		return grpcguard.ErrClaimLost
+		return dedup.ErrClaimLost
 	}
 	return nil
 }
 
-// Retention implements grpcguard.Store: Redis keeps keys for their TTL,
+// Retention implements dedup.Store: Redis keeps keys for their TTL,
 // unless it lost them; this is the time since a check (CheckRetention) last
 // found that it may have, if shorter. It is what replicas advertise;
 // CheckRetention decides.
@@ -306,7 +306,7 @@ func (s *Store) Retention(ttl time.Duration) time.Duration {
 	return min(ttl, time.Duration(nanotime()-at))
 }
 
-// CheckRetention implements grpcguard.RetentionChecker: it asks Redis
+// CheckRetention implements dedup.RetentionChecker: it asks Redis
 // whether it evicted keys, restarted or failed over since the loss marker
 // was written, and returns the time since it may last have lost keys (ttl
 // if longer). Any eviction counts, of this store's keys or others': Redis
@@ -336,7 +336,7 @@ func nanotime() int64 { return int64(time.Since(epoch)) }
 
 var epoch = time.Now()
 
-// Wait implements grpcguard.Store: it wakes on the notification of Finish or
+// Wait implements dedup.Store: it wakes on the notification of Finish or
 // Release, on a re-established subscription, or at the fallback interval,
 // and re-reads the key each time.
 func (s *Store) Wait(ctx context.Context, key string, running []byte) ([]byte, error) {

@@ -3,11 +3,14 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/grpcguard/grpcguard"
+	"github.com/grpcguard/grpcguard/dedup"
+	"github.com/grpcguard/grpcguard/dedup/storetest"
 )
 
 func ctxTimeout(t testing.TB, d time.Duration) context.Context {
@@ -16,46 +19,35 @@ func ctxTimeout(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-func TestStoreClaimFinishRelease(t *testing.T) {
+// TestStoreConformance: the Store keeps the dedup.Store contract, each
+// subtest on its own prefix of one Redis.
+func TestStoreConformance(t *testing.T) {
+	r := startRedis(t)
+	var n atomic.Int32
+	storetest.Run(t, func(t *testing.T) dedup.Store {
+		return r.store(t, Options{Prefix: fmt.Sprintf("conformance-%d:", n.Add(1))})
+	})
+}
+
+// TestStoreOutcomeTTLInRedis: an outcome's key expires in Redis itself after
+// the TTL given to Finish, and binary outcomes survive the trip through Lua.
+func TestStoreOutcomeTTLInRedis(t *testing.T) {
 	r := startRedis(t)
 	s := r.store(t, Options{})
 	ctx := ctxTimeout(t, 10*time.Second)
-
-	existing, scope, err := s.Claim(ctx, "k", []byte("claim-1"), time.Minute)
-	if err != nil || existing != nil || scope == "" {
-		t.Fatalf("first claim: %q %q %v", existing, scope, err)
+	if _, _, err := s.Claim(ctx, "k", []byte("claim-1"), time.Minute); err != nil {
+		t.Fatal(err)
 	}
-	existing, scope2, err := s.Claim(ctx, "k", []byte("claim-2"), time.Minute)
-	if err != nil || string(existing) != "claim-1" || scope2 != scope {
-		t.Fatalf("second claim: %q %q %v, want the first claim and the same scope", existing, scope2, err)
-	}
-	if err := s.Finish(ctx, "k", []byte("claim-2"), []byte("x"), time.Minute); !errors.Is(err, grpcguard.ErrClaimLost) {
-		t.Fatalf("Finish with another's claim: %v, want ErrClaimLost", err)
-	}
-	if err := s.Release(ctx, "k", []byte("claim-2")); !errors.Is(err, grpcguard.ErrClaimLost) {
-		t.Fatalf("Release with another's claim: %v, want ErrClaimLost", err)
-	}
-	// Binary outcomes survive the trip through Lua.
 	outcome := []byte("O\x00\xff\x01binary")
 	if err := s.Finish(ctx, "k", []byte("claim-1"), outcome, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if existing, _, _ := s.Claim(ctx, "k", []byte("claim-3"), time.Minute); string(existing) != string(outcome) {
-		t.Fatalf("after Finish: %q, want the outcome", existing)
+	if raw, err := s.rdb.Get(ctx, DefaultPrefix+"k").Bytes(); err != nil || string(raw) != string(outcome) {
+		t.Fatalf("the key holds %q, %v; want the outcome", raw, err)
 	}
 	ttl, err := s.rdb.PTTL(ctx, DefaultPrefix+"k").Result()
 	if err != nil || ttl <= 50*time.Second || ttl > time.Minute {
 		t.Fatalf("outcome TTL %v, %v; want about a minute", ttl, err)
-	}
-
-	if _, _, err := s.Claim(ctx, "r", []byte("claim-r"), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Release(ctx, "r", []byte("claim-r")); err != nil {
-		t.Fatal(err)
-	}
-	if existing, _, _ := s.Claim(ctx, "r", []byte("claim-r2"), time.Minute); existing != nil {
-		t.Fatalf("after Release: %q, want the key free", existing)
 	}
 }
 
@@ -184,7 +176,7 @@ func TestStoreRedisDownFailsFast(t *testing.T) {
 	if _, err := s.Wait(ctx, "k", []byte("c")); err == nil {
 		t.Fatal("wait on a dead Redis succeeded")
 	}
-	if err := s.Finish(ctx, "k", []byte("c"), []byte("o"), time.Minute); err == nil || errors.Is(err, grpcguard.ErrClaimLost) {
+	if err := s.Finish(ctx, "k", []byte("c"), []byte("o"), time.Minute); err == nil || errors.Is(err, dedup.ErrClaimLost) {
 		t.Fatalf("finish on a dead Redis: %v, want a store error", err)
 	}
 	if took := time.Since(start); took > 10*time.Second {
