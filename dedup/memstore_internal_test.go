@@ -97,30 +97,6 @@ func TestMemoryStoreNeverDropsRunningClaims(t *testing.T) {
 	}
 }
 
-func TestMemoryStoreExpiryAndClaimFencing(t *testing.T) {
-	store, err := NewMemoryStore(MemoryStoreConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	c1 := newClaim(wire.Fingerprint{1})
-	if _, _, err := store.Claim(ctx, "k", c1, 20*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, time.Second, "the claim to expire", func() bool {
-		existing, _, _ := store.Claim(ctx, "k", newClaim(wire.Fingerprint{2}), time.Minute)
-		return existing == nil
-	})
-	// The first owner's claim expired and another took its place: its
-	// outcome must not overwrite the new claim.
-	if err := store.Finish(ctx, "k", c1, []byte("late"), time.Minute); !errors.Is(err, ErrClaimLost) {
-		t.Fatalf("Finish of an expired claim: %v, want ErrClaimLost", err)
-	}
-	if err := store.Release(ctx, "k", c1); !errors.Is(err, ErrClaimLost) {
-		t.Fatalf("Release of an expired claim: %v, want ErrClaimLost", err)
-	}
-}
-
 func TestMemoryStoreInvalidConfig(t *testing.T) {
 	for _, c := range []struct {
 		cfg  MemoryStoreConfig
