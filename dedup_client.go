@@ -269,7 +269,7 @@ func (cover *dedupCover) resendAttempt(ctx context.Context, opts []grpc.CallOpti
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy
 	c := &resendCreds{scope: cover.scope, first: cover.first, fence: cover.fence}
 	if vs := md[RequestIDHeader]; len(vs) == 1 {
-		c.id = rewriteID(vs[0], "resend-", "")
+		c.id = wire.RewriteID(vs[0], "resend-", "")
 	}
 	delete(md, RequestIDHeader)
 	for _, o := range opts {

@@ -4,7 +4,6 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
-	"strings"
 	"sync"
 
 	"github.com/grpcguard/grpcguard/internal/wire"
@@ -85,24 +84,8 @@ func withIDParams(ctx context.Context, drop, add string) context.Context {
 	if len(vs) != 1 {
 		return ctx
 	}
-	md[RequestIDHeader] = []string{rewriteID(vs[0], drop, add)}
+	md[RequestIDHeader] = []string{wire.RewriteID(vs[0], drop, add)}
 	return metadata.NewOutgoingContext(ctx, md)
-}
-
-// rewriteID returns the RequestIDHeader value v with its id and its
-// parameters but those starting with drop, followed by add.
-func rewriteID(v, drop, add string) string {
-	id, rest, _ := strings.Cut(v, ";")
-	var b strings.Builder
-	b.WriteString(id)
-	for f := range strings.SplitSeq(rest, ";") {
-		if f != "" && !strings.HasPrefix(f, drop) {
-			b.WriteString(";")
-			b.WriteString(f)
-		}
-	}
-	b.WriteString(add)
-	return b.String()
 }
 
 func (r *requestIDs) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {

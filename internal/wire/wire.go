@@ -23,7 +23,8 @@ import (
 const (
 	// RequestIDHeader carries a call's request id, then its parameters,
 	// each after a ';'. dedup.RequestIDHeader documents them for users;
-	// ParseRequestID reads them, Advertise and ResendParams write them.
+	// ParseRequestID reads them (the server), Advertise, ResendParams and
+	// RewriteID write them (the client).
 	RequestIDHeader = "grpcguard-request-id"
 	// AdvertHeader is the response header by which a deduplicating server
 	// says, when the call's id asked for it ("advertise"), that it
@@ -130,6 +131,22 @@ func ResendParams(scope string, age int64, fence string) string {
 		v += ";resend-fence=" + fence
 	}
 	return v
+}
+
+// RewriteID returns the RequestIDHeader value v with its id and its
+// parameters but those starting with drop, followed by add.
+func RewriteID(v, drop, add string) string {
+	id, rest, _ := strings.Cut(v, ";")
+	var b strings.Builder
+	b.WriteString(id)
+	for f := range strings.SplitSeq(rest, ";") {
+		if f != "" && !strings.HasPrefix(f, drop) {
+			b.WriteString(";")
+			b.WriteString(f)
+		}
+	}
+	b.WriteString(add)
+	return b.String()
 }
 
 // fenceToken parses a resend-fence parameter: 16 hex digits.

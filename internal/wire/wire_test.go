@@ -53,3 +53,15 @@ func TestLookupReplies(t *testing.T) {
 		t.Fatal("a short fence was accepted")
 	}
 }
+
+func TestRewriteID(t *testing.T) {
+	for _, c := range []struct{ v, drop, add, want string }{
+		{"abc", "advertise", Advertise, "abc;advertise"},
+		{"abc;advertise", "advertise", Advertise, "abc;advertise"},
+		{"abc;advertise;resend-scope=s;resend-age-us=1", "resend-", "", "abc;advertise"},
+	} {
+		if got := RewriteID(c.v, c.drop, c.add); got != c.want {
+			t.Errorf("RewriteID(%q, %q, %q) = %q, want %q", c.v, c.drop, c.add, got, c.want)
+		}
+	}
+}
