@@ -79,12 +79,13 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 // unary is DialOptions' unary interceptor: hedging and retry over one plan,
 // each attempt through the Dialer's check before the pick.
 func (cs *clientState) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	r := unaryRPC{method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
 	if ownedAttempt(opts) {
-		return cs.invoke(ctx, method, req, reply, cc, invoker, opts) // an outer interceptor owns the attempts
+		return cs.invoke(ctx, &r, reply, opts) // an outer interceptor owns the attempts
 	}
 	var p plan
 	if err := cs.planFor(&p, method, opts); err != nil {
 		return err
 	}
-	return cs.runUnary(ctx, &p, true, method, req, reply, cc, invoker, opts)
+	return cs.runUnary(ctx, &p, true, &r)
 }

@@ -43,13 +43,13 @@ func newClientState(opts []Option) *clientState {
 	return cs
 }
 
-// invoke sends one attempt of a unary call: through the Dialer's check
+// invoke sends one attempt of the unary call r, into reply: through the Dialer's check
 // before the pick when this state runs it, else straight to invoker.
-func (cs *clientState) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+func (cs *clientState) invoke(ctx context.Context, r *unaryRPC, reply any, opts []grpc.CallOption) error {
 	if cs.pickUnary != nil {
-		return cs.pickUnary(ctx, method, req, reply, cc, invoker, opts...)
+		return cs.pickUnary(ctx, r.method, r.req, reply, r.cc, r.invoker, opts...)
 	}
-	return invoker(ctx, method, req, reply, cc, opts...)
+	return r.invoker(ctx, r.method, r.req, reply, r.cc, opts...)
 }
 
 // newStream creates one attempt of a stream, as invoke does for unary calls.

@@ -382,18 +382,29 @@ func (d *Dialer) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 }
 
 // markUsed marks the conn an attempt ended on as used, from the attempt's
-// grpc.Peer (the last one in opts: the retry and hedging interceptors append
-// theirs).
+// grpc.Peer: the peer of the grpcguard attempt riding in opts once grpc has
+// finished with it (read earlier, grpc may still be writing it), else the
+// last grpc.Peer in opts (an interceptor of the user's passed it).
 func markUsed(opts []grpc.CallOption) {
+	var pr *peer.Peer
 	for i := len(opts) - 1; i >= 0; i-- {
-		if po, ok := opts[i].(grpc.PeerCallOption); ok {
-			if po.PeerAddr != nil {
-				if ca, ok := po.PeerAddr.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
-					ca.c.used.Store(true)
-				}
+		switch o := opts[i].(type) {
+		case *attempt:
+			if !o.finished.Load() {
+				return
 			}
-			return
+			pr = &o.peer
+		case grpc.PeerCallOption:
+			if pr == nil {
+				pr = o.PeerAddr
+			}
 		}
+	}
+	if pr == nil {
+		return
+	}
+	if ca, ok := pr.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
+		ca.c.used.Store(true)
 	}
 }
 
