@@ -241,7 +241,7 @@ type hedgeAttempt struct {
 	reply   proto.Message
 	err     error
 	out     facts // of a failure
-	end     int64   // when it returned, for the adaptive delay
+	end     int64 // when it returned, for the adaptive delay
 	// optBuf holds the caller's options this attempt keeps.
 	optBuf [7]grpc.CallOption
 }

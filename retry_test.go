@@ -486,7 +486,9 @@ func TestRetryPassesThroughWhenHedgingOwnsAttempts(t *testing.T) {
 // BenchmarkRetryHappyPath compares the retry interceptor's success path with
 // a pass-through interceptor, both over an invoker that returns nil at once.
 func BenchmarkRetryHappyPath(b *testing.B) {
-	invoker := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error { return finishAsGRPC(opts, nil) }
+	invoker := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return finishAsGRPC(opts, nil)
+	}
 	passThrough := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
