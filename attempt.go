@@ -83,21 +83,23 @@ type attempt struct {
 	buf  [10]grpc.CallOption // backs opts while they fit: no allocation
 }
 
-// attemptSpec is how an engine starts its attempts.
+// attemptSpec is how an engine starts its attempts. (The parent context is
+// begin's own parameter: in one struct with the plan, it would make the
+// plan escape with it.)
 type attemptSpec struct {
-	plan   *plan
-	parent context.Context
-	mode   ctxMode
+	plan *plan
+	mode ctxMode
 	// header asks grpc for the attempt's response header: a hedge whose
 	// caller asked for it, or a call that commits at headers.
 	header bool
 }
 
 // begin starts attempt n (1: the original) of the call planned by s.plan,
-// with the caller's options opts. It is the one place an attempt starts.
-func (cs *clientState) begin(a *attempt, n int, s attemptSpec, opts []grpc.CallOption) {
+// under parent, with the caller's options opts. It is the one place an
+// attempt starts.
+func (cs *clientState) begin(parent context.Context, a *attempt, n int, s attemptSpec, opts []grpc.CallOption) {
 	a.n = n
-	ctx := s.parent
+	ctx := parent
 	if n > 1 {
 		ctx = metadata.AppendToOutgoingContext(ctx, previousAttemptsKey, strconv.Itoa(n-1))
 	}

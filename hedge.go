@@ -290,11 +290,12 @@ func (hc *hedgeCall) chooseDelay() {
 func (hc *hedgeCall) launchLocked() *hedgeAttempt {
 	n := hc.started + 1
 	var at *hedgeAttempt
-	spec := attemptSpec{plan: &hc.p, parent: hc.ctx, mode: ctxCancel}
+	spec := attemptSpec{plan: &hc.p, mode: ctxCancel}
+	parent := hc.ctx
 	if n == 1 {
 		at = &hc.first
 		at.reply = hc.reply
-		spec.parent, spec.mode = &hc.orig, ctxShared // endLocked cancels orig instead
+		parent, spec.mode = &hc.orig, ctxShared // endLocked cancels orig instead
 	} else {
 		at = &hedgeAttempt{reply: hc.replyType.New().Interface()}
 		hc.cs.cfg.metrics.hedged(hc.p.method)
@@ -304,7 +305,7 @@ func (hc *hedgeCall) launchLocked() *hedgeAttempt {
 	hc.running++
 	opts, header := hc.callerOptions(at, n)
 	spec.header = header
-	hc.cs.begin(&at.a, n, spec, opts)
+	hc.cs.begin(parent, &at.a, n, spec, opts)
 	return at
 }
 

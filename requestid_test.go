@@ -244,7 +244,7 @@ func TestDedupCovers(t *testing.T) {
 	k := newDedupKnowledge()
 	cfg, _ := newConfig([]Option{withDedupKnowledge(k)})
 	var cover dedupCover
-	if dedupCovers(&cfg, &cover, m, a1, t0+0, t0+10*ms) {
+	if dedupCovers(&cfg, &dedupCover{}, m, a1, t0+0, t0+10*ms) {
 		t.Fatal("covered with nothing learned or declared")
 	}
 	k.observe(m, a1, adv("s1"), nil, true, t0+0)

@@ -126,7 +126,8 @@ func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
 	}()
 	// grpc fills the caller's own Header and Trailer options too, at each
 	// attempt, so they end up holding the final attempt's values.
-	spec := attemptSpec{plan: p, parent: ctx, mode: ctxShared, header: p.commitAtHeaders}
+	spec := attemptSpec{plan: p, mode: ctxShared, header: p.commitAtHeaders}
+	parent := ctx
 	p.dedup = &c.cover
 	a := &c.a
 	var lastErr error
@@ -141,9 +142,9 @@ func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
 				}
 				c.cover.fence = lr.fence
 			}
-			spec.parent, resend = c.cover.resendAttempt(ctx, opts)
+			parent, resend = c.cover.resendAttempt(ctx, opts)
 		}
-		cs.begin(a, n, spec, opts)
+		cs.begin(parent, a, n, spec, opts)
 		aopts := a.opts
 		if resend != nil {
 			aopts = append(aopts, resend) // last, so that grpc applies it

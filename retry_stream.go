@@ -155,7 +155,7 @@ type streamAttempt struct {
 func (s *retryStream) start() (*streamAttempt, error) {
 	s.n++
 	sa := &streamAttempt{}
-	s.cs.begin(&sa.a, s.n, attemptSpec{plan: &s.p, parent: s.ctx, mode: ctxStream}, s.opts)
+	s.cs.begin(s.ctx, &sa.a, s.n, attemptSpec{plan: &s.p, mode: ctxStream}, s.opts)
 	stream, err := s.cs.newStream(sa.a.ctx, s.desc, s.cc, s.method, s.streamer, sa.a.opts)
 	if err != nil {
 		return sa, err
