@@ -125,7 +125,7 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, f failure, sta
 		// The attempt may have reached the server: only its deduplication
 		// of the call's request id can make a resend safe. Every such
 		// attempt is recorded.
-		f.deduplicated = cs.cfg.dedupCovers(p.dedup, p.fullMethod, v.remote, v.start, nanotime())
+		f.deduplicated = cs.dedupCovers(p.dedup, p.fullMethod, v.remote, v.start, nanotime())
 	}
 	ok, unprocessed := mayRetry(resendable, f, p.idempotent)
 	if !ok {

@@ -194,16 +194,16 @@ type dedupCover struct {
 // It is the only place that says whether deduplication covers a resend; the
 // one safety decision calls it for attempts that may have reached the server
 // of a method that is not idempotent.
-func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, start, now int64) bool {
-	if c.requestIDsOff || c.dedup == nil || !c.dedup.dialed() {
+func (cs *clientState) dedupCovers(cover *dedupCover, method string, peer net.Addr, start, now int64) bool {
+	if cs.cfg.requestIDsOff || cs.rt.dedup == nil || !cs.rt.dedup.dialed() {
 		// Only DialOptions puts request ids on calls, and it alone makes
 		// the knowledge: interceptors composed by hand send no id, and a
 		// resend without one would run again.
 		return false
 	}
-	scope, window, ok := c.dedup.lookup(method, peer, now)
+	scope, window, ok := cs.rt.dedup.lookup(method, peer, now)
 	if !ok {
-		if c.serverDedup == nil || !c.serverDedup.contains(method) {
+		if cs.cfg.serverDedup == nil || !cs.cfg.serverDedup.contains(method) {
 			return false
 		}
 		scope, window = "", int64(DefaultDedupTTL)

@@ -24,10 +24,11 @@ func FuzzServiceConfig(f *testing.F) {
 			return
 		}
 		checkRoundTrip(t, p)
-		cs := newClientState([]Option{WithServiceConfig(js)})
-		if cs.invalid != nil {
-			t.Fatalf("parse accepted, option rejected: %v", cs.invalid)
+		cfg, err := newConfig([]Option{WithServiceConfig(js)})
+		if err != nil {
+			t.Fatalf("parse accepted, option rejected: %v", err)
 		}
+		cs := newClientState(cfg, &clientRuntime{})
 		for _, m := range []string{"/a.B/C", "/a.B/", "", "x"} {
 			var d plan
 			cs.methods.plan(&d, m, false)

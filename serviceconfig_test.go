@@ -335,10 +335,7 @@ func TestServiceConfigMatchesNewClient(t *testing.T) {
 // a method, before any call's options.
 func basePlans(t *testing.T, opts ...Option) func(method string) plan {
 	t.Helper()
-	cs := newClientState(opts)
-	if cs.invalid != nil {
-		t.Fatal(cs.invalid)
-	}
+	cs := newClientState(mustConfig(t, opts...), &clientRuntime{})
 	return func(method string) plan {
 		var p plan
 		cs.methods.plan(&p, method, false)
@@ -393,10 +390,7 @@ func TestServiceConfigApplied(t *testing.T) {
 		WithNonFatalCodes(codes.Aborted),
 		WithServiceConfig(js),
 	}
-	cs := newClientState(opts)
-	if cs.invalid != nil {
-		t.Fatal(cs.invalid)
-	}
+	cs := newClientState(mustConfig(t, opts...), &clientRuntime{})
 	if want := (budgetConfig{maxTokens: 20, tokenRatio: 0.5}); cs.cfg.budget != want {
 		t.Errorf("budget %+v, want %+v", cs.cfg.budget, want)
 	}
@@ -489,7 +483,7 @@ func TestServiceConfigOptionOrder(t *testing.T) {
 // service config's policy for that call only, and resolving a plan in the
 // steady state allocates nothing.
 func TestServiceConfigPlanPerCall(t *testing.T) {
-	cs := newClientState([]Option{WithServiceConfig(a6Retry)})
+	cs := newClientState(mustConfig(t, WithServiceConfig(a6Retry)), &clientRuntime{})
 	const m = "/grpc.testing.Echo/Echo"
 	var p plan
 	if err := cs.planFor(&p, m, []grpc.CallOption{WithPerAttemptTimeout(time.Second)}); err != nil {
