@@ -16,10 +16,10 @@ import (
 // (UnaryClientRetry, StreamClientRetry, UnaryClientHedge) each have their
 // own, and each bounds only its own extra attempts.
 type clientState struct {
-	cfg     config
-	invalid error // the invalid options, as DialOptions returns them
-	err     error // the same as an InvalidArgument status, which every call fails with
-	budget  *budget
+	cfg    config
+	rt     *clientRuntime
+	err    error // invalid options, as an InvalidArgument status that every call fails with
+	budget *budget
 
 	methods methodTable
 
@@ -30,17 +30,25 @@ type clientState struct {
 	pickStream grpc.StreamClientInterceptor
 }
 
-func newClientState(opts []Option) *clientState {
+// newClientState returns the state of interceptors configured by cfg that
+// share rt with the rest of their client.
+func newClientState(cfg config, rt *clientRuntime) *clientState {
+	state := &clientState{cfg: cfg, rt: rt, budget: newBudget(cfg.budget)}
+	state.methods.cs = state
+	state.methods.other.service, state.methods.other.method = otherLabel, otherLabel
+	return state
+}
+
+// standaloneState parses opts, once, for an interceptor built on its own
+// (UnaryClientRetry, StreamClientRetry, UnaryClientHedge): it shares nothing
+// with other parts of a client. With invalid options every call of the
+// interceptor fails with them, as an InvalidArgument status.
+func standaloneState(opts []Option) *clientState {
 	cfg, err := newConfig(opts)
-	cs := &clientState{cfg: cfg}
 	if err != nil {
-		cs.invalid, cs.err = err, status.Error(codes.InvalidArgument, err.Error())
-		return cs
+		return &clientState{cfg: cfg, rt: &clientRuntime{}, err: status.Error(codes.InvalidArgument, err.Error())}
 	}
-	cs.budget = newBudget(cfg.budget)
-	cs.methods.cs = cs
-	cs.methods.other.service, cs.methods.other.method = otherLabel, otherLabel
-	return cs
+	return newClientState(cfg, &clientRuntime{})
 }
 
 // invoke sends one attempt of the unary call r, into reply: through the Dialer's check

@@ -128,7 +128,7 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, o facts, start
 		// of the call's request id can make a resend safe. Every such
 		// attempt is recorded, whatever is decided.
 		now := nanotime()
-		scope, window, ok := cs.cfg.dedupScope(p.fullMethod, o.verdict.remote, now)
+		scope, window, ok := cs.dedupScope(p.fullMethod, o.verdict.remote, now)
 		p.dedup.record(scope, window, ok, o.verdict.start)
 		f.deduplicated = p.dedup.covers(now)
 	}

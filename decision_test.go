@@ -82,7 +82,7 @@ func TestMayRetrySafety(t *testing.T) {
 // TestAttemptFacts: attempt.failed is where every engine's facts come from.
 // What grpc wrote for an attempt counts only once grpc said it finished it.
 func TestAttemptFacts(t *testing.T) {
-	cs := newClientState(nil)
+	cs := standaloneState(nil)
 	unavailable := status.Error(codes.Unavailable, "x")
 	start := func(p *plan, parent context.Context) *attempt {
 		a := new(attempt)

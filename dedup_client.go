@@ -196,17 +196,17 @@ type dedupCover struct {
 // It is the only place that says whether a server deduplicates a call; the
 // after-failure step asks it for attempts that may have reached the server
 // of a method that is not idempotent.
-func (c *config) dedupScope(method string, peer net.Addr, now int64) (scope string, window int64, ok bool) {
-	if c.requestIDsOff || c.dedup == nil || !c.dedup.dialed() {
+func (cs *clientState) dedupScope(method string, peer net.Addr, now int64) (scope string, window int64, ok bool) {
+	if cs.cfg.requestIDsOff || cs.rt.dedup == nil || !cs.rt.dedup.dialed() {
 		// Only DialOptions puts request ids on calls, and it alone makes
 		// the knowledge: interceptors composed by hand send no id, and a
 		// resend without one would run again.
 		return "", 0, false
 	}
-	if scope, window, ok = c.dedup.lookup(method, peer, now); ok {
+	if scope, window, ok = cs.rt.dedup.lookup(method, peer, now); ok {
 		return scope, window, true
 	}
-	if c.serverDedup == nil || !c.serverDedup.contains(method) {
+	if cs.cfg.serverDedup == nil || !cs.cfg.serverDedup.contains(method) {
 		return "", 0, false
 	}
 	return "", int64(DefaultDedupTTL), true

@@ -97,7 +97,7 @@ import (
 // Invalid options make every call fail with codes.InvalidArgument and the
 // option's error text; the interceptor never panics.
 func UnaryClientHedge(opts ...Option) grpc.UnaryClientInterceptor {
-	cs := newClientState(opts)
+	cs := standaloneState(opts)
 	cs.cfg.call.hedge = true // this interceptor hedges without being asked: that is what it is for
 	return cs.unaryHedge
 }

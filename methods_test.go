@@ -244,7 +244,7 @@ func TestInvalidMethodNames(t *testing.T) {
 	for _, name := range names {
 		cc.Invoke(ctxTimeout(t, 5*time.Second), name, wrapperspb.String("x"), new(wrapperspb.StringValue)) // must not panic
 	}
-	cs := newClientState([]Option{WithMetrics(m)})
+	cs := standaloneState([]Option{WithMetrics(m)})
 	fails := 0
 	invoker := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
 		fails++

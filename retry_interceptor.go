@@ -50,7 +50,7 @@ import (
 // Built on its own, the interceptor has its own budget; DialOptions gives
 // its retry, stream retry and hedging one budget for the whole client.
 func UnaryClientRetry(opts ...Option) grpc.UnaryClientInterceptor {
-	return newClientState(opts).unaryRetry
+	return standaloneState(opts).unaryRetry
 }
 
 func (cs *clientState) unaryRetry(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {

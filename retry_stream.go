@@ -41,7 +41,7 @@ import (
 // grpc.WithDisableRetry(): grpc-go's own retry would replay streams beneath
 // this one (see UnaryClientRetry for what grpc-go still retries then).
 func StreamClientRetry(opts ...Option) grpc.StreamClientInterceptor {
-	return newClientState(opts).streamRetry
+	return standaloneState(opts).streamRetry
 }
 
 func (cs *clientState) streamRetry(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
