@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -82,32 +81,6 @@ func TestPushbackParsing(t *testing.T) {
 		wait, found, stop := pushback(tc.md)
 		if wait != tc.wait || found != tc.found || stop != tc.stop {
 			t.Errorf("pushback(%v) = %v %v %v, want %v %v %v", tc.md, wait, found, stop, tc.wait, tc.found, tc.stop)
-		}
-	}
-}
-
-func TestRetryDecisionTable(t *testing.T) {
-	cfg := defaultConfig().call
-	for _, tc := range []struct {
-		name            string
-		f               failure
-		idempotent      bool
-		ok, unprocessed bool
-	}{
-		{"idempotent unavailable", failure{code: codes.Unavailable}, true, true, false},
-		{"non-idempotent unavailable may have run", failure{code: codes.Unavailable}, false, false, false},
-		{"non-idempotent never left", failure{code: codes.Unavailable, neverLeft: true}, false, true, true},
-		{"idempotent never left", failure{code: codes.Unavailable, neverLeft: true}, true, true, false},
-		{"code not retryable", failure{code: codes.Internal, neverLeft: true}, true, false, false},
-		{"caller done", failure{code: codes.Unavailable, neverLeft: true, callerDone: true}, true, false, false},
-		{"attempt timeout idempotent", failure{code: codes.DeadlineExceeded, attemptExpiry: true}, true, true, false},
-		{"attempt timeout non-idempotent", failure{code: codes.DeadlineExceeded, attemptExpiry: true}, false, false, false},
-		{"attempt timeout never left", failure{code: codes.DeadlineExceeded, attemptExpiry: true, neverLeft: true}, false, true, true},
-		{"caller deadline", failure{code: codes.DeadlineExceeded, callerDone: true}, true, false, false},
-	} {
-		ok, unprocessed := mayRetry(cfg.retryable, tc.f, tc.idempotent)
-		if ok != tc.ok || unprocessed != tc.unprocessed {
-			t.Errorf("%s: mayRetry = %v %v, want %v %v", tc.name, ok, unprocessed, tc.ok, tc.unprocessed)
 		}
 	}
 }

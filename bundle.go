@@ -47,44 +47,80 @@ func DialOptions(opts ...Option) ([]grpc.DialOption, error) {
 }
 
 // dialOptions is DialOptions with the Dialer's dial function optionally
-// wrapped, for tests that must dial from another network namespace.
+// wrapped, for tests that must dial from another network namespace. It is
+// the one place where DialOptions' options are parsed.
 func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOption, error) {
-	// One dedup knowledge per client: the request-id interceptor learns into
-	// it, the after-failure step reads it (issue 11).
-	opts = append(opts[:len(opts):len(opts)], proxyFromEnvironment(), withDedupKnowledge(newDedupKnowledge()))
-	cs := newClientState(opts)
-	if cs.invalid != nil {
-		return nil, cs.invalid
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
-	ids := newRequestIDs(opts)
-	d := NewDialer(opts...)
+	return assemble(cfg, newClientRuntime(&cfg), wrapDial), nil
+}
+
+// clientRuntime is what the parts of one DialOptions client share while it
+// runs, beside their settings (config): made once per client from the
+// settings and the environment, never by an option. The parts that do not
+// use a field leave it unread; an interceptor or Dialer built on its own
+// gets the zero clientRuntime (no knowledge to share, no proxy).
+type clientRuntime struct {
+	// dedup is what the client learns of its servers' deduplication: the
+	// request-id interceptor learns into it, the retry decision reads it
+	// (issue 11). nil: the client sends no request ids of its own, so no
+	// resend may rely on deduplication.
+	dedup *dedupKnowledge
+	// proxy is grpc-go's proxy rule, which the Dialer and the "dns"
+	// resolver apply; nil: never proxy.
+	proxy proxyFunc
+}
+
+// newClientRuntime makes the shared state of one DialOptions client.
+func newClientRuntime(cfg *config) *clientRuntime {
+	rt := &clientRuntime{dedup: newDedupKnowledge()}
+	if s := cfg.dedupStatus; s != nil {
+		// The status reports what this client learns (dedup_status.go).
+		s.k.taken.Store(true)
+		rt.dedup = s.k
+	}
+	rt.proxy = proxyFromEnvironment() // the Dialer decides whether it applies
+	return rt
+}
+
+// assemble builds DialOptions' result from the client's settings and
+// runtime state: one Dialer, one clientState shared by both interceptors,
+// one request-id interceptor. Each gets cfg and rt explicitly; nothing is
+// parsed again.
+func assemble(cfg config, rt *clientRuntime, wrapDial func(dialFunc) dialFunc) []grpc.DialOption {
+	state := newClientState(cfg, rt)
+	ids := newRequestIDs(cfg, rt)
+	d := newDialer(cfg, rt)
 	dial := dialFunc(d.DialContext)
 	if wrapDial != nil {
 		dial = wrapDial(dial)
 	}
-	cs.pickUnary, cs.pickStream = d.UnaryClientInterceptor(), d.StreamClientInterceptor()
+	state.pickUnary, state.pickStream = d.UnaryClientInterceptor(), d.StreamClientInterceptor()
 	dopts := []grpc.DialOption{
 		grpc.WithContextDialer(dial),
 		// Request ids outermost: one id per call, the same on every attempt.
-		grpc.WithChainUnaryInterceptor(ids.unary, cs.unary),
-		grpc.WithChainStreamInterceptor(cs.streamRetry),
+		grpc.WithChainUnaryInterceptor(ids.unary, state.unary),
+		grpc.WithChainStreamInterceptor(state.streamRetry),
 		grpc.WithDisableRetry(),
 	}
-	if cs.cfg.proxies() {
-		dopts = append(dopts, grpc.WithResolvers(proxyResolver{proxy: cs.cfg.proxy}))
+	if d.proxy != nil {
+		dopts = append(dopts, grpc.WithResolvers(proxyResolver{proxy: d.proxy}))
 	}
-	return dopts, nil
+	return dopts
 }
 
 // unary is DialOptions' unary interceptor: hedging and retry over one plan,
 // each attempt through the Dialer's check before the pick.
 func (cs *clientState) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	r := unaryRPC{method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
 	if ownedAttempt(opts) {
-		return cs.invoke(ctx, method, req, reply, cc, invoker, opts) // an outer interceptor owns the attempts
+		return cs.invoke(ctx, &r, reply, opts) // an outer interceptor owns the attempts
 	}
 	var p plan
 	if err := cs.planFor(&p, method, opts); err != nil {
 		return err
 	}
-	return cs.runUnary(ctx, &p, true, method, req, reply, cc, invoker, opts)
+	return cs.runUnary(ctx, &p, true, &r)
 }

@@ -16,10 +16,10 @@ import (
 // (UnaryClientRetry, StreamClientRetry, UnaryClientHedge) each have their
 // own, and each bounds only its own extra attempts.
 type clientState struct {
-	cfg     config
-	invalid error // the invalid options, as DialOptions returns them
-	err     error // the same as an InvalidArgument status, which every call fails with
-	budget  *budget
+	cfg    config
+	rt     *clientRuntime
+	err    error // invalid options, as an InvalidArgument status that every call fails with
+	budget *budget
 
 	methods methodTable
 
@@ -30,26 +30,34 @@ type clientState struct {
 	pickStream grpc.StreamClientInterceptor
 }
 
-func newClientState(opts []Option) *clientState {
-	cfg, err := newConfig(opts)
-	cs := &clientState{cfg: cfg}
-	if err != nil {
-		cs.invalid, cs.err = err, status.Error(codes.InvalidArgument, err.Error())
-		return cs
-	}
-	cs.budget = newBudget(cfg.budget)
-	cs.methods.cs = cs
-	cs.methods.other.service, cs.methods.other.method = otherLabel, otherLabel
-	return cs
+// newClientState returns the state of interceptors configured by cfg that
+// share rt with the rest of their client.
+func newClientState(cfg config, rt *clientRuntime) *clientState {
+	state := &clientState{cfg: cfg, rt: rt, budget: newBudget(cfg.budget)}
+	state.methods.cs = state
+	state.methods.other.service, state.methods.other.method = otherLabel, otherLabel
+	return state
 }
 
-// invoke sends one attempt of a unary call: through the Dialer's check
-// before the pick when this state runs it, else straight to invoker.
-func (cs *clientState) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	if cs.pickUnary != nil {
-		return cs.pickUnary(ctx, method, req, reply, cc, invoker, opts...)
+// standaloneState parses opts, once, for an interceptor built on its own
+// (UnaryClientRetry, StreamClientRetry, UnaryClientHedge): it shares nothing
+// with other parts of a client. With invalid options every call of the
+// interceptor fails with them, as an InvalidArgument status.
+func standaloneState(opts []Option) *clientState {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return &clientState{cfg: cfg, rt: &clientRuntime{}, err: status.Error(codes.InvalidArgument, err.Error())}
 	}
-	return invoker(ctx, method, req, reply, cc, opts...)
+	return newClientState(cfg, &clientRuntime{})
+}
+
+// invoke sends one attempt of the unary call r, into reply: through the Dialer's check
+// before the pick when this state runs it, else straight to invoker.
+func (cs *clientState) invoke(ctx context.Context, r *unaryRPC, reply any, opts []grpc.CallOption) error {
+	if cs.pickUnary != nil {
+		return cs.pickUnary(ctx, r.method, r.req, reply, r.cc, r.invoker, opts...)
+	}
+	return r.invoker(ctx, r.method, r.req, reply, r.cc, opts...)
 }
 
 // newStream creates one attempt of a stream, as invoke does for unary calls.

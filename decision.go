@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 )
 
 // Every extra attempt a client sends is decided here, whichever interceptor
@@ -31,7 +30,7 @@ type failure struct {
 	// headers arrived under a service config retryPolicy.
 	committed bool
 	// deduplicated: the server runs this call's request id at most once, and
-	// a resend reaches it within the window it keeps ids (dedupCovers).
+	// a resend reaches it within the window it keeps ids (dedupScope, dedupCover.covers).
 	deduplicated bool
 }
 
@@ -97,8 +96,8 @@ func mayRetry(resendable codeSet, f failure, idempotent bool) (ok, unprocessed b
 	return false, false
 }
 
-// next is the after-failure step's answer.
-type next struct {
+// decision is the after-failure step's answer.
+type decision struct {
 	// resend: send the call again after wait (0: at once). The budget has
 	// paid for it and it is counted.
 	resend bool
@@ -111,12 +110,15 @@ type next struct {
 	final bool
 }
 
-// afterFailure is the one step every interceptor takes after a failed
-// attempt: it feeds the budget's throttling, asks mayRetry, reads the
-// server's pushback, checks the attempts left and the deadline, takes the
-// resend from the budget, counts it, and answers: resend now, resend after a
-// wait, or not. started is the number of attempts the call has started.
-func (cs *clientState) afterFailure(ctx context.Context, p *plan, f failure, started int, trailer metadata.MD, v verdict) next {
+// afterFailure is the one step every engine takes after a failed attempt,
+// with the facts attempt.failed built: it feeds the budget's throttling,
+// asks the server's deduplication when only it can make a resend safe, asks
+// mayRetry, reads the server's pushback, checks the attempts left and the
+// deadline, takes the resend from the budget, counts it, and answers: resend
+// now, resend after a wait, or not. started is the number of attempts the
+// call has started.
+func (cs *clientState) afterFailure(ctx context.Context, p *plan, o facts, started int) decision {
+	f := o.failure
 	resendable := p.resendable()
 	if resendable.has(f.code) {
 		cs.budget.result(true) // gRFC A6: a failure that may be resent drains a token
@@ -124,42 +126,45 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, f failure, sta
 	if p.dedup != nil && !p.idempotent && !f.neverLeft && !f.callerDone && hasRequestID(ctx) {
 		// The attempt may have reached the server: only its deduplication
 		// of the call's request id can make a resend safe. Every such
-		// attempt is recorded.
-		f.deduplicated = cs.cfg.dedupCovers(p.dedup, p.fullMethod, v.remote, v.start, nanotime())
+		// attempt is recorded, whatever is decided.
+		now := nanotime()
+		scope, window, ok := cs.dedupScope(p.fullMethod, o.verdict.remote, now)
+		p.dedup.record(scope, window, ok, o.verdict.start)
+		f.deduplicated = p.dedup.covers(now)
 	}
 	ok, unprocessed := mayRetry(resendable, f, p.idempotent)
 	if !ok {
-		return next{final: true}
+		return decision{final: true}
 	}
-	pb, pushed, stop := pushback(trailer)
+	pb, pushed, stop := pushback(o.trailer)
 	if stop {
-		return next{final: true}
+		return decision{final: true}
 	}
 	if f.committed || started >= p.maxAttempts {
-		return next{}
+		return decision{}
 	}
 	var wait time.Duration
 	switch {
 	case pushed:
 		wait = pb // the server's word, exact
-	case v.connDied, p.hedged:
+	case o.verdict.connDied, p.hedged:
 		wait = 0 // a new connection is the cure, not time; A6 resends hedges at once
 	default:
 		wait = p.backoff(ctx, started)
 	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= wait {
-		return next{}
+		return decision{}
 	}
 	m := cs.cfg.metrics
 	if !cs.budget.allow(extraRetry) {
 		m.retryThrottledFor(p.method)
-		return next{}
+		return decision{}
 	}
 	m.retried(p.method, f.code, unprocessed)
 	if f.deduplicated && !p.idempotent && !f.neverLeft {
 		m.retriedDeduplicated(p.method)
 	}
-	return next{resend: true, wait: wait}
+	return decision{resend: true, wait: wait}
 }
 
 // mayHedge decides whether the hedge delay may start another attempt of a

@@ -37,11 +37,11 @@ func BenchmarkRequestID(b *testing.B) {
 		})
 	}
 	run("PassThrough", pass)
-	run("IDs", newRequestIDs(nil).unary)
+	run("IDs", newRequestIDs(defaultConfig(), &clientRuntime{}).unary)
 	// With DialOptions' knowledge: the per-method check whether this call
 	// should read its response (it is not due in the loop but once per
 	// 100ms, and then the invoker here fills nothing).
-	run("IDsLearning", newRequestIDs([]Option{withDedupKnowledge(newDedupKnowledge())}).unary)
+	run("IDsLearning", newRequestIDs(defaultConfig(), &clientRuntime{dedup: newDedupKnowledge()}).unary)
 	b.Run("AppendToOutgoingContext", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

@@ -169,56 +169,70 @@ func (k *dedupKnowledge) forgetOldestLocked() {
 }
 
 // dedupCover is what a resend of one call relies on, accumulated over the
-// attempts of the call that may have reached a server. The zero value is a
-// call none of whose attempts may have run.
+// attempts of the call that may have reached a server (record). The zero
+// value is a call none of whose attempts may have run.
 type dedupCover struct {
-	used  bool   // an attempt may have run: a resend needs dedup
+	used  bool   // an attempt may have run under deduplication: a resend needs it
 	scope string // the store scope every such attempt's replica advertised; "" when declared by hand
 	first int64  // nanotime at which the first such attempt began
+	// window is the shortest retention advertised for those attempts.
+	window int64
+	// exposed: an attempt may have run under no deduplication, or under
+	// another store than the first: no resend of the call can be safe.
+	exposed bool
 	// fence is the token of the fence the dedup service claimed for the
 	// resend (learned dedup only; see lookupBeforeResend), in hex.
 	fence string
 }
 
-// dedupCovers reports whether a call of method may be sent again after an
-// attempt that began at start, ended on a transport to peer, and may have
-// reached the server: true when the server deduplicates the method (declared
-// with WithServerDedup, or advertised by that very replica and not denied
-// since), every attempt of the call that may have run did so under one store
-// scope, and the first of them began within the retention the store
-// advertised. It records the attempt in cover, which the call keeps across
-// attempts; resendAttempt then marks the resend. Without request ids it is
-// always false.
+// dedupScope says under which store a call of method that reached the
+// replica at peer is deduplicated, as known at now: the scope and retention
+// that very replica advertised and has not denied since, or, for a method
+// declared with WithServerDedup, scope "" and DefaultDedupTTL. ok is false
+// when nothing says the server deduplicates the call, and always without
+// request ids.
 //
-// It is the only place that says whether deduplication covers a resend; the
-// one safety decision calls it for attempts that may have reached the server
+// It is the only place that says whether a server deduplicates a call; the
+// after-failure step asks it for attempts that may have reached the server
 // of a method that is not idempotent.
-func (c *config) dedupCovers(cover *dedupCover, method string, peer net.Addr, start, now int64) bool {
-	if c.requestIDsOff || c.dedup == nil || !c.dedup.dialed() {
+func (cs *clientState) dedupScope(method string, peer net.Addr, now int64) (scope string, window int64, ok bool) {
+	if cs.cfg.requestIDsOff || cs.rt.dedup == nil || !cs.rt.dedup.dialed() {
 		// Only DialOptions puts request ids on calls, and it alone makes
 		// the knowledge: interceptors composed by hand send no id, and a
 		// resend without one would run again.
-		return false
+		return "", 0, false
 	}
-	scope, window, ok := c.dedup.lookup(method, peer, now)
-	if !ok {
-		if c.serverDedup == nil || !c.serverDedup.contains(method) {
-			return false
-		}
-		scope, window = "", int64(wire.DefaultTTL)
+	if scope, window, ok = cs.rt.dedup.lookup(method, peer, now); ok {
+		return scope, window, true
 	}
-	if cover.used && cover.scope != scope {
-		return false // two attempts may have run under different stores
+	if cs.cfg.serverDedup == nil || !cs.cfg.serverDedup.contains(method) {
+		return "", 0, false
 	}
-	first := start
-	if cover.used {
-		first = cover.first
+	return "", int64(wire.DefaultTTL), true
+}
+
+// record adds to the cover an attempt that began at start and may have run:
+// under the store scope with retention window, or, without ok, under none.
+func (cover *dedupCover) record(scope string, window int64, ok bool, start int64) {
+	switch {
+	case !ok:
+		cover.exposed = true
+	case !cover.used:
+		cover.used, cover.scope, cover.window, cover.first = true, scope, window, start
+	case cover.scope != scope:
+		cover.exposed = true // two attempts may have run under different stores
+	default:
+		cover.window = min(cover.window, window)
 	}
-	if float64(now-first) >= dedupWindowShare*float64(window) {
-		return false
-	}
-	*cover = dedupCover{used: true, scope: scope, first: first, fence: cover.fence}
-	return true
+}
+
+// covers reports whether the server's deduplication makes a resend safe at
+// now: every attempt of the call that may have run did so under one store,
+// and the first of them began well within the retention it advertised, so
+// the resend reaches the store while it still keeps the id. resendAttempt
+// then marks the resend.
+func (cover *dedupCover) covers(now int64) bool {
+	return cover.used && !cover.exposed && float64(now-cover.first) < dedupWindowShare*float64(cover.window)
 }
 
 // lookup returns the scope and retention the replica at peer advertised for

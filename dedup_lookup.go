@@ -84,17 +84,17 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 		binary.LittleEndian.PutUint64(t[:], rand.Uint64())
 		cover.fence = hex.EncodeToString(t[:])
 	}
-	lopts := []grpc.CallOption{attemptOwner{}}
+	var lopts []grpc.CallOption
 	for _, o := range opts {
 		if _, ok := o.(grpc.PerRPCCredsCallOption); !ok {
 			lopts = append(lopts, o) // the caller's other options (compression, size limits...)
 		}
 	}
 	resp := new(wrapperspb.BytesValue)
-	var a attempt
 	for try := 1; ; try++ {
+		a := new(attempt) // its own per try: grpc may still write one given up on beneath us
 		lctx, creds := cover.resendAttempt(ctx, opts)
-		err = invoker(lctx, wire.LookupMethod, wrapperspb.Bytes(fp[:]), resp, cc, a.begin(append(lopts, creds))...)
+		err = invoker(lctx, wire.LookupMethod, wrapperspb.Bytes(fp[:]), resp, cc, a.stamp(append(lopts, creds), false)...)
 		if err == nil {
 			break
 		}
@@ -108,7 +108,7 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 			// it may be asked again, on a new connection once grpc has let
 			// go of a dead one, or after a short pause.
 			if try < lookupTries && ctx.Err() == nil {
-				v := a.verdict()
+				v := a.reported()
 				if v.connDied {
 					v.awaitRelease(ctx)
 				} else if sleep(ctx, time.Duration(try)*lookupPause) != nil {

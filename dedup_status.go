@@ -32,7 +32,7 @@ func WithDedupStatus(s *DedupStatus) ClientOption {
 		if s == nil {
 			return invalid("WithDedupStatus", "nil", "must not be nil")
 		}
-		c.dedup = s.k
+		c.dedupStatus = s
 		return nil
 	})
 }

@@ -34,6 +34,9 @@ type Dialer struct {
 	cfg config
 	err error // invalid options: every dial fails with it
 	nd  net.Dialer
+	// proxy is grpc-go's proxy rule when the Dialer proxies (see proxy.go);
+	// nil: it never does.
+	proxy proxyFunc
 
 	// checkAfter is the idle time after which a conn's Write checks it
 	// first: the shorter of the probe-after-idle and verify-after-idle times.
@@ -78,7 +81,19 @@ type Dialer struct {
 // ErrInvalidOption that names them (DialOptions reports them at once).
 func NewDialer(opts ...Option) *Dialer {
 	cfg, err := newConfig(opts)
-	d := &Dialer{cfg: cfg, err: err, horizon: newIdleHorizon(cfg.maxIdle, cfg.keepAliveIdle, cfg.metrics)}
+	d := newDialer(cfg, &clientRuntime{}) // made on its own: it never proxies
+	d.err = err
+	return d
+}
+
+// newDialer returns the Dialer of a client configured by cfg. It proxies by
+// rt's rule unless the options say the route is not its to choose
+// (WithNoProxy, WithDialFunc).
+func newDialer(cfg config, rt *clientRuntime) *Dialer {
+	d := &Dialer{cfg: cfg, horizon: newIdleHorizon(cfg.maxIdle, cfg.keepAliveIdle, cfg.metrics)}
+	if !cfg.noProxy && cfg.dialFunc == nil {
+		d.proxy = rt.proxy
+	}
 	d.checkAfter = int64(cfg.probeAfterIdle)
 	if v := cfg.verifyAfterIdle; v > 0 && int64(v) < d.checkAfter {
 		d.checkAfter = int64(v)
@@ -382,18 +397,29 @@ func (d *Dialer) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 }
 
 // markUsed marks the conn an attempt ended on as used, from the attempt's
-// grpc.Peer (the last one in opts: the retry and hedging interceptors append
-// theirs).
+// grpc.Peer: the peer of the grpcguard attempt riding in opts once grpc has
+// finished with it (read earlier, grpc may still be writing it), else the
+// last grpc.Peer in opts (an interceptor of the user's passed it).
 func markUsed(opts []grpc.CallOption) {
+	var pr *peer.Peer
 	for i := len(opts) - 1; i >= 0; i-- {
-		if po, ok := opts[i].(grpc.PeerCallOption); ok {
-			if po.PeerAddr != nil {
-				if ca, ok := po.PeerAddr.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
-					ca.c.used.Store(true)
-				}
+		switch o := opts[i].(type) {
+		case *attempt:
+			if !o.finished.Load() {
+				return
 			}
-			return
+			pr = &o.peer
+		case grpc.PeerCallOption:
+			if pr == nil {
+				pr = o.PeerAddr
+			}
 		}
+	}
+	if pr == nil {
+		return
+	}
+	if ca, ok := pr.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
+		ca.c.used.Store(true)
 	}
 }
 

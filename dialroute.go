@@ -92,14 +92,14 @@ func (d *Dialer) route(ctx context.Context, addr string) (dialRoute, error) {
 		return dialRoute{}, err
 	}
 	r := dialRoute{addr: addr, network: network, address: address}
-	if network != "tcp" || !d.cfg.proxies() {
+	if network != "tcp" || d.proxy == nil {
 		return r, nil
 	}
 	if rt, ok := routeFrom(ctx); ok {
 		r.proxy = rt.proxy
 		return r, nil
 	}
-	if r.proxy, err = d.cfg.proxy.forAddress(address); err != nil {
+	if r.proxy, err = d.proxy.forAddress(address); err != nil {
 		return dialRoute{}, fmt.Errorf("grpcguard: dial %q: proxy from environment: %w", addr, err)
 	}
 	return r, nil

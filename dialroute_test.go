@@ -219,13 +219,13 @@ func TestDialFuncWindowAfterPeerClose(t *testing.T) {
 func BenchmarkDialRoute(b *testing.B) {
 	for _, bc := range []struct {
 		name string
-		opts []Option
+		rule proxyFunc
 	}{
 		{"direct", nil},
-		{"proxy-rule", []Option{withProxy(http.ProxyFromEnvironment)}},
+		{"proxy-rule", http.ProxyFromEnvironment},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			d := NewDialer(bc.opts...)
+			d := proxyDialer(b, bc.rule)
 			defer d.Close()
 			ctx := context.Background()
 			b.ReportAllocs()

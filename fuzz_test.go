@@ -318,7 +318,7 @@ func FuzzOptions(f *testing.F) {
 		// The CallOptions among them as a call's options: the first invalid
 		// one fails the call with InvalidArgument and its text.
 		var p plan
-		cerr := newClientState(nil).planFor(&p, "/a.B/C", callOpts)
+		cerr := standaloneState(nil).planFor(&p, "/a.B/C", callOpts)
 		switch {
 		case wantCall == "" && cerr != nil:
 			t.Fatalf("per-call: valid options rejected: %v", cerr)

@@ -13,50 +13,38 @@ import (
 // hedging) learns, from facts and never from what a peer said, whether a
 // failed attempt can have reached the server, and whether its connection died.
 //
-//  1. The interceptor stamps each attempt itself (attempt.begin): the start
-//     time, read just before the attempt is handed to the next invoker, and
-//     grpc.Peer, so that grpc reports the transport the attempt ended on. No
-//     other interceptor is needed, in any chain order.
+//  1. The interceptor stamps each attempt itself (clientState.begin): the
+//     start time, read just before the attempt is handed to the next
+//     invoker, and grpc.Peer, so that grpc reports the transport the attempt
+//     ended on. No other interceptor is needed, in any chain order.
 //  2. Every connection a Dialer makes returns its own net.Addr (*connAddr)
 //     from LocalAddr. grpc copies it into peer.Peer.LocalAddr (through TLS
 //     too: tls.Conn reports the conn beneath it), so the attempt finds the very
 //     connection it used: no lookup by address string, no table that can
 //     forget, nothing shared between two conns with the same local address.
-//  3. attempt.verdict asks that conn (conn.quietSince) whether it can no longer
+//  3. verdictOf asks that conn (conn.quietSince) whether it can no longer
 //     write and no write of it was in flight or began since the attempt
 //     started. Then no byte of the attempt can ever reach the server: the
 //     attempt's bytes were produced after the start, and a closed conn will
 //     never write them. conn.Write documents why this is race-free.
-//  4. No transport at all (grpc never gave the attempt a stream, or an inner
-//     interceptor failed it before grpc) also proves it. grpc-go resends on its
-//     own, transparently, a stream that its transport never wrote or that the
-//     server refused (REFUSED_STREAM, or above a GOAWAY's last stream id); the
-//     attempt then reports the transport of grpc's last try, and an earlier
-//     try on another transport is grpc's own guarantee (RFC 9113 8.7). That
-//     resend is grpc-go's, with or without grpcguard, and adds no attempt of
-//     ours.
+//  4. No transport at all also proves it, but only when grpc itself says so:
+//     the attempt's grpc.OnFinish ran (grpc calls it after it has written the
+//     attempt's peer, or when it failed the attempt before giving it a
+//     transport) and the peer is still empty. An empty peer alone proves
+//     nothing: an interceptor beneath ours may have given up on grpc's call
+//     and returned while grpc still sends it (a bulkhead, a hystrix-style
+//     timeout), or failed it without calling grpc at all; the attempt is
+//     then "may have been sent", and its storage is left to grpc (attempt.
+//     finished). grpc-go resends on its own, transparently, a stream that its
+//     transport never wrote or that the server refused (REFUSED_STREAM, or
+//     above a GOAWAY's last stream id); the attempt then reports the
+//     transport of grpc's last try, and an earlier try on another transport
+//     is grpc's own guarantee (RFC 9113 8.7). That resend is grpc-go's, with
+//     or without grpcguard, and adds no attempt of ours.
 //
 // A failed attempt whose conn is not a Dialer's (the user's own dialer without
 // a Dialer) is "may have been sent": the answer always errs toward running a
 // call at most once.
-
-// attempt is one attempt of a call as the interceptor making it records it.
-// It is owned by that interceptor's goroutine; grpc writes peer before the
-// invoker returns.
-type attempt struct {
-	start int64     // nanotime just before the attempt went to the invoker
-	peer  peer.Peer // the transport the attempt ended on, filled by grpc
-	opts  []grpc.CallOption
-}
-
-// begin stamps the attempt and returns the call's options with grpc.Peer
-// added, in a's reused buffer: no allocation once the buffer has grown.
-func (a *attempt) begin(opts []grpc.CallOption) []grpc.CallOption {
-	a.peer = peer.Peer{}
-	a.opts = append(append(a.opts[:0], opts...), grpc.Peer(&a.peer))
-	a.start = nanotime()
-	return a.opts
-}
 
 // verdict is what is known, from facts, of a failed attempt.
 type verdict struct {
@@ -71,27 +59,24 @@ type verdict struct {
 	conn *conn
 	// remote is the server address the attempt ended on (nil: no
 	// transport), and start when it began: what a resend relying on the
-	// server's deduplication needs (dedupCovers).
+	// server's deduplication needs (dedupCover.record).
 	remote net.Addr
 	start  int64
 }
 
-// verdict judges the attempt from the transport grpc reported for it.
-func (a *attempt) verdict() verdict { return verdictOf(a.start, &a.peer) }
-
 // verdictOf judges an attempt that started at start and ended on the
-// transport p (zero when grpc gave it none). Streams pass the peer of the
-// stream's context, which grpc sets when the stream is created.
-func verdictOf(start int64, p *peer.Peer) verdict {
-	if p == nil || (p.Addr == nil && p.LocalAddr == nil) {
+// transport p, which grpc reported (nil or zero when grpc finished the
+// attempt without a transport; see attempt.failed for when it is read).
+func verdictOf(start int64, pr *peer.Peer) verdict {
+	if pr == nil || (pr.Addr == nil && pr.LocalAddr == nil) {
 		return verdict{neverLeft: true, start: start}
 	}
-	ca, ok := p.LocalAddr.(*connAddr)
+	ca, ok := pr.LocalAddr.(*connAddr)
 	if !ok {
-		return verdict{remote: p.Addr, start: start} // not a Dialer's conn: nothing is known
+		return verdict{remote: pr.Addr, start: start} // not a Dialer's conn: nothing is known
 	}
 	c := ca.c
-	return verdict{neverLeft: c.quietSince(start), connDied: c.died(), conn: c, remote: p.Addr, start: start}
+	return verdict{neverLeft: c.quietSince(start), connDied: c.died(), conn: c, remote: pr.Addr, start: start}
 }
 
 // awaitRelease waits, when the attempt's conn died, until grpc has let go of
@@ -118,18 +103,13 @@ func (v verdict) awaitRelease(ctx context.Context) {
 	}
 }
 
-// attemptOwner is the call option by which an interceptor that makes
-// attempts (hedging) tells the interceptors beneath it (retry) that it owns
-// the call's attempts, so that they pass each attempt through instead of
-// multiplying it. A call option, unlike a context value, never reaches RPCs
-// made inside the attempt (credentials, nested calls).
-type attemptOwner struct{ grpc.EmptyCallOption }
-
 // ownedAttempt reports whether an outer grpcguard interceptor owns the call's
-// attempts.
+// attempts: its attempt rides in the options (see attempt). A call option,
+// unlike a context value, never reaches RPCs made inside the attempt
+// (credentials, nested calls).
 func ownedAttempt(opts []grpc.CallOption) bool {
 	for _, o := range opts {
-		if _, ok := o.(attemptOwner); ok {
+		if _, ok := o.(*attempt); ok {
 			return true
 		}
 	}

@@ -2,14 +2,10 @@ package grpcguard
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -101,7 +97,7 @@ import (
 // Invalid options make every call fail with codes.InvalidArgument and the
 // option's error text; the interceptor never panics.
 func UnaryClientHedge(opts ...Option) grpc.UnaryClientInterceptor {
-	cs := newClientState(opts)
+	cs := standaloneState(opts)
 	cs.cfg.call.hedge = true // this interceptor hedges without being asked: that is what it is for
 	return cs.unaryHedge
 }
@@ -128,18 +124,19 @@ func (cs *clientState) unaryHedge(ctx context.Context, method string, req, reply
 		ctx, cancel = context.WithTimeout(ctx, p.callTimeout)
 		defer cancel()
 	}
-	return cs.hedge(ctx, &p, method, req, rm, cc, invoker, opts)
+	r := unaryRPC{method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
+	return cs.hedge(ctx, &p, &r, rm)
 }
 
 // hedge runs one hedged call and reports its result to the caller's
 // grpc.OnFinish options, once.
-func (cs *clientState) hedge(ctx context.Context, p *plan, method string, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+func (cs *clientState) hedge(ctx context.Context, p *plan, r *unaryRPC, reply proto.Message) error {
 	hc := hedgeCalls.Get().(*hedgeCall)
-	hc.hedgeArgs = hedgeArgs{cs: cs, p: *p, ctx: ctx, method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
+	hc.hedgeArgs = hedgeArgs{cs: cs, p: *p, ctx: ctx, unaryRPC: *r, reply: reply}
 	hc.p.hedged = true
 	err := hc.run()
-	reusable := hc.orig.release()
-	for _, o := range opts {
+	reusable := hc.orig.release() && hc.first.a.finished.Load() // else grpc may still write it
+	for _, o := range r.opts {
 		switch o := o.(type) {
 		case grpc.OnFinishCallOption:
 			o.OnFinish(err)
@@ -164,15 +161,11 @@ var hedgeCalls = sync.Pool{New: func() any { return new(hedgeCall) }}
 
 // hedgeArgs is what a hedged call is made of.
 type hedgeArgs struct {
-	cs      *clientState
-	p       plan
-	ctx     context.Context // the call's: the caller's, bounded by the call timeout
-	method  string
-	req     any
-	reply   proto.Message // the caller's: the original attempt writes into it directly
-	cc      *grpc.ClientConn
-	invoker grpc.UnaryInvoker
-	opts    []grpc.CallOption // the caller's
+	cs  *clientState
+	p   plan
+	ctx context.Context // the call's: the caller's, bounded by the call timeout
+	unaryRPC
+	reply proto.Message // the caller's: the original attempt writes into it directly
 }
 
 // hedgeCall is one hedged call. The caller's goroutine runs the original
@@ -227,7 +220,7 @@ type hedgeCall struct {
 // every pointer written costs a write barrier while the GC runs, and the
 // plan and the option buffer are overwritten by the next call anyway.
 func (hc *hedgeCall) recycle() {
-	hc.cs, hc.ctx, hc.req, hc.reply, hc.cc, hc.invoker, hc.opts = nil, nil, nil, nil, nil, nil, nil
+	hc.cs, hc.ctx, hc.unaryRPC, hc.reply = nil, nil, unaryRPC{}, nil
 	hc.replyType, hc.delay, hc.adaptive = nil, 0, false
 	hc.first.clear()
 	hc.orig.clear()
@@ -239,37 +232,25 @@ func (hc *hedgeCall) recycle() {
 // hedgeAttempt is one attempt and everything it writes. Only the goroutine
 // running it touches it until it is settled.
 type hedgeAttempt struct {
-	a       attempt // the hand-off: start, peer and options
-	n       int     // 0 for the original
-	ctx     context.Context
-	cancel  context.CancelFunc // nil for the original without a timeout of its own: see endLocked
-	settled bool               // it returned and its outcome was taken (under mu)
-	begun   []grpc.CallOption  // the original's options, stamped by run
+	// a is the attempt: its number (1 for the original), context, options
+	// and what grpc reports. The original writes the caller's header,
+	// trailer and peer options itself; a hedge writes a's, copied out if it
+	// decides the call.
+	a       attempt
+	settled bool // it returned and its outcome was taken (under mu)
 	reply   proto.Message
-	trailer metadata.MD // for the pushback
-	out     *hedgeOut   // a hedge's copy of what the caller asked for
 	err     error
+	out     facts // of a failure
 	end     int64 // when it returned, for the adaptive delay
-	expired bool  // ran out of its per-attempt timeout
-	// optBuf holds the attempt's options, to which attempt.begin adds
-	// grpc.Peer in place: no allocation while they fit.
+	// optBuf holds the caller's options this attempt keeps.
 	optBuf [7]grpc.CallOption
-	opts   []grpc.CallOption
-}
-
-// hedgeOut is where a hedge writes the header and peer the caller asked for
-// with grpc.Header and grpc.Peer; they are copied out if it decides the
-// call. The original attempt writes the caller's own.
-type hedgeOut struct {
-	header metadata.MD
-	peer   peer.Peer
 }
 
 // clear drops what the original attempt of a call held (see recycle).
 func (at *hedgeAttempt) clear() {
-	at.a.peer, at.begun = peer.Peer{}, nil
-	at.ctx, at.cancel, at.reply, at.trailer, at.err = nil, nil, nil, nil, nil
-	at.settled, at.expired = false, false
+	at.a.clear()
+	at.reply, at.err, at.out = nil, nil, facts{}
+	at.settled = false
 }
 
 // run makes the attempts and returns the call's result.
@@ -279,12 +260,8 @@ func (hc *hedgeCall) run() error {
 	hc.orig.reset(hc.ctx)
 	hc.mu.Lock()
 	at := hc.launchLocked()
-	// The original attempt is stamped now, and its start is the call's: the
-	// hedge delay counts from it. Stamping a little before the invoker runs
-	// is what the hand-off allows (earlier is only more cautious).
-	at.begun = at.a.begin(at.opts)
+	// The original's start is the call's: the hedge delay counts from it.
 	hc.start = at.a.start
-	hc.cs.budget.call(hc.start)
 	hc.armHedgeLocked(hc.start)
 	hc.mu.Unlock()
 	if !hc.runAttempts(at, verdict{}) {
@@ -306,85 +283,57 @@ func (hc *hedgeCall) chooseDelay() {
 	}
 }
 
-// launchLocked starts attempt number hc.started: its context, metadata and
-// options. The caller of launchLocked runs it.
+// launchLocked starts attempt number hc.started+1: its reply, its
+// context, metadata and options, and its stamp. Stamping a little before the
+// invoker runs is what the hand-off allows (earlier is only more cautious).
+// The caller of launchLocked runs it.
 func (hc *hedgeCall) launchLocked() *hedgeAttempt {
-	n := hc.started
+	n := hc.started + 1
 	var at *hedgeAttempt
-	if n == 0 {
+	spec := attemptSpec{plan: &hc.p, mode: ctxCancel}
+	parent := hc.ctx
+	if n == 1 {
 		at = &hc.first
 		at.reply = hc.reply
+		parent, spec.mode = &hc.orig, ctxShared // endLocked cancels orig instead
 	} else {
 		at = &hedgeAttempt{reply: hc.replyType.New().Interface()}
 		hc.cs.cfg.metrics.hedged(hc.p.method)
 	}
-	at.n = n
-	hc.attempts[n] = at
+	hc.attempts[n-1] = at
 	hc.started++
 	hc.running++
-
-	var parent context.Context = &hc.orig
-	if n > 0 {
-		parent = hc.ctx
-	}
-	if d := hc.p.perAttemptTimeout; d > 0 {
-		at.ctx, at.cancel = context.WithTimeout(parent, d)
-	} else if n > 0 {
-		at.ctx, at.cancel = context.WithCancel(parent)
-	} else {
-		at.ctx = parent
-	}
-	if n > 0 {
-		at.ctx = metadata.AppendToOutgoingContext(at.ctx, previousAttemptsKey, strconv.Itoa(n))
-	}
-	at.opts = hc.attemptOptions(at)
+	opts, header := hc.callerOptions(at, n)
+	spec.header = header
+	hc.cs.begin(parent, &at.a, n, spec, opts)
 	return at
 }
 
-// attemptOptions returns the call's options for attempt at. Every attempt
-// gets a trailer of its own (for the pushback) and the owner marker;
-// grpc.OnFinish is left out (it is called once per call). The original
-// attempt writes the caller's header, trailer and peer options itself; a
-// hedge gets its own storage for them instead, copied out if it decides the
-// call.
-func (hc *hedgeCall) attemptOptions(at *hedgeAttempt) []grpc.CallOption {
-	opts := at.optBuf[:0]
-	var header, peerOpt bool
+// callerOptions returns the caller's options that attempt n keeps, and
+// whether the caller asked for the header. grpc.OnFinish is left out (it is
+// called once per call). The original attempt writes the caller's header,
+// trailer and peer options itself; a hedge writes its own instead (see
+// hedgeAttempt), so that concurrent attempts never write what the caller
+// sees.
+func (hc *hedgeCall) callerOptions(at *hedgeAttempt, n int) (opts []grpc.CallOption, header bool) {
+	opts = at.optBuf[:0]
 	for _, o := range hc.opts {
 		switch o.(type) {
 		case grpc.OnFinishCallOption, *grpc.OnFinishCallOption:
 			continue
 		case grpc.HeaderCallOption, *grpc.HeaderCallOption:
-			if at.n > 0 {
+			if n > 1 {
 				header = true
 				continue
 			}
-		case grpc.PeerCallOption, *grpc.PeerCallOption:
-			if at.n > 0 {
-				peerOpt = true
-				continue
-			}
-		case grpc.TrailerCallOption, *grpc.TrailerCallOption:
-			if at.n > 0 {
+		case grpc.PeerCallOption, *grpc.PeerCallOption, grpc.TrailerCallOption, *grpc.TrailerCallOption:
+			if n > 1 {
 				continue
 			}
 		}
 		opts = append(opts, o)
 	}
-	opts = append(opts, grpc.Trailer(&at.trailer), attemptOwner{})
-	if header || peerOpt {
-		at.out = new(hedgeOut)
-	}
-	if header {
-		opts = append(opts, grpc.Header(&at.out.header))
-	}
-	if peerOpt {
-		opts = append(opts, grpc.Peer(&at.out.peer))
-	}
-	// attempt.begin copies them onto themselves and adds grpc.Peer after
-	// them, in the same array while it has room.
-	at.a.opts = opts[:0]
-	return opts
+	return opts, header
 }
 
 // armHedgeLocked arms the timer for the next hedge, if the call hedges on
@@ -446,17 +395,13 @@ func (hc *hedgeCall) onTimer() {
 // attempt running, so that the caller need not wait for it.
 func (hc *hedgeCall) runAttempts(at *hedgeAttempt, prev verdict) (finished bool) {
 	for at != nil {
-		prev.awaitRelease(at.ctx) // the attempt before died with its conn: pick a fresh one
-		opts := at.begun
-		if opts == nil {
-			opts = at.a.begin(at.opts)
-		}
-		at.err = hc.cs.invoke(at.ctx, hc.method, hc.req, at.reply, hc.cc, hc.invoker, opts)
+		prev.awaitRelease(at.a.ctx) // the attempt before died with its conn: pick a fresh one
+		at.err = hc.cs.invoke(at.a.ctx, &hc.unaryRPC, at.reply, at.a.opts)
 		if hc.adaptive {
 			at.end = nanotime()
 		}
-		if at.err != nil && status.Code(at.err) == codes.DeadlineExceeded {
-			at.expired = !expired(hc.ctx) && expired(at.ctx)
+		if at.err != nil {
+			at.out = at.a.failed(at.err, hc.ctx, &hc.p, nil, false)
 		}
 		at, prev, finished = hc.settle(at)
 	}
@@ -468,23 +413,18 @@ func (hc *hedgeCall) runAttempts(at *hedgeAttempt, prev verdict) (finished bool)
 // must run at once (with the verdict of at, to wait for its conn's release),
 // or nothing yet.
 func (hc *hedgeCall) settle(at *hedgeAttempt) (next *hedgeAttempt, v verdict, finished bool) {
-	if at.err != nil {
-		v = at.a.verdict()
-	}
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
 	hc.running--
 	at.settled = true
-	if at.cancel != nil {
-		at.cancel()
-	}
+	at.a.end()
 	switch {
 	case hc.over:
 		// Decided meanwhile; at was cancelled and has now returned.
 	case at.err == nil:
 		hc.wonLocked(at)
 	default:
-		next = hc.failedLocked(at, v)
+		next = hc.failedLocked(at)
 	}
 	finished = hc.over && hc.running == 0
 	if finished && hc.wake != nil {
@@ -493,18 +433,18 @@ func (hc *hedgeCall) settle(at *hedgeAttempt) (next *hedgeAttempt, v verdict, fi
 		default:
 		}
 	}
-	return next, v, finished
+	return next, at.out.verdict, finished
 }
 
 // wonLocked ends the call with the success of at: the others are cancelled.
 func (hc *hedgeCall) wonLocked(at *hedgeAttempt) {
 	hc.endLocked(at)
 	hc.cs.succeeded()
-	if at.n > 0 {
+	if at.a.n > 1 {
 		hc.cs.cfg.metrics.hedgeWon(hc.p.method)
 	}
 	if hc.adaptive {
-		hc.p.method.latencies().record(time.Duration(at.end-hc.start), at.n > 0, hc.cs.cfg.hedgeQuantile)
+		hc.p.method.latencies().record(time.Duration(at.end-hc.start), at.a.n > 1, hc.cs.cfg.hedgeQuantile)
 	}
 }
 
@@ -512,14 +452,8 @@ func (hc *hedgeCall) wonLocked(at *hedgeAttempt) {
 // run at once, if any; a resend after a wait arms the timer. The call ends
 // with at's error if the step says the failure is final, or if nothing is
 // left that could still succeed: no attempt running and no resend pending.
-func (hc *hedgeCall) failedLocked(at *hedgeAttempt, v verdict) *hedgeAttempt {
-	f := failure{
-		code:          status.Code(at.err),
-		callerDone:    expired(hc.ctx),
-		attemptExpiry: at.expired,
-		neverLeft:     v.neverLeft,
-	}
-	d := hc.cs.afterFailure(hc.ctx, &hc.p, f, hc.started, at.trailer, v)
+func (hc *hedgeCall) failedLocked(at *hedgeAttempt) *hedgeAttempt {
+	d := hc.cs.afterFailure(hc.ctx, &hc.p, at.out, hc.started)
 	switch {
 	case d.final:
 		hc.endLocked(at)
@@ -543,10 +477,10 @@ func (hc *hedgeCall) endLocked(at *hedgeAttempt) {
 	for _, o := range hc.attempts[:hc.started] {
 		switch {
 		case o.settled:
-		case o.n == 0:
+		case o.a.n == 1:
 			hc.orig.cancel(context.Canceled) // the winner has returned; the original has not
 		default:
-			o.cancel()
+			o.a.cancel()
 		}
 	}
 }
@@ -589,7 +523,7 @@ func (hc *hedgeCall) finish() error {
 	if at == nil {
 		return hc.ctxErr
 	}
-	if at.n > 0 {
+	if at.a.n > 1 {
 		if at.err == nil {
 			proto.Reset(hc.reply)
 			proto.Merge(hc.reply, at.reply)
@@ -600,26 +534,27 @@ func (hc *hedgeCall) finish() error {
 }
 
 // copyOut gives the caller's header, trailer and peer options the values of
-// the hedge that decided the call.
+// the hedge that decided the call, once grpc is done with them.
 func (hc *hedgeCall) copyOut(at *hedgeAttempt) {
-	var out hedgeOut
-	if at.out != nil {
-		out = *at.out
+	var out attempt // zero: nothing grpc wrote can be read
+	src := &out
+	if at.a.finished.Load() {
+		src = &at.a
 	}
 	for _, o := range hc.opts {
 		switch o := o.(type) {
 		case grpc.HeaderCallOption:
-			*o.HeaderAddr = out.header
+			*o.HeaderAddr = src.header
 		case *grpc.HeaderCallOption:
-			*o.HeaderAddr = out.header
+			*o.HeaderAddr = src.header
 		case grpc.TrailerCallOption:
-			*o.TrailerAddr = at.trailer
+			*o.TrailerAddr = src.trailer
 		case *grpc.TrailerCallOption:
-			*o.TrailerAddr = at.trailer
+			*o.TrailerAddr = src.trailer
 		case grpc.PeerCallOption:
-			*o.PeerAddr = out.peer
+			*o.PeerAddr = src.peer
 		case *grpc.PeerCallOption:
-			*o.PeerAddr = out.peer
+			*o.PeerAddr = src.peer
 		}
 	}
 }

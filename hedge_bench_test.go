@@ -119,7 +119,9 @@ func BenchmarkHedgeLongTail(b *testing.B) {
 //
 //	go test -run '^$' -bench HedgeHappyPath -benchmem .
 func BenchmarkHedgeHappyPath(b *testing.B) {
-	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	invoker := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return finishAsGRPC(opts, nil)
+	}
 	passThrough := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}

@@ -406,7 +406,9 @@ func TestHedgeComposesWithDialer(t *testing.T) {
 }
 
 func TestHedgePassThroughAllocatesNothing(t *testing.T) {
-	noop := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	noop := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return finishAsGRPC(opts, nil)
+	}
 	req, reply := wrapperspb.String("x"), new(wrapperspb.StringValue)
 	ctx := context.Background()
 	opts := []grpc.CallOption{grpc.WaitForReady(true)}

@@ -128,7 +128,7 @@ func (cs *clientState) named(fullMethod string) bool {
 	if sc == nil {
 		return false
 	}
-	_, ok := sc.methods[fullMethod]
+	_, ok := sc.Methods[fullMethod]
 	return ok
 }
 

@@ -244,14 +244,15 @@ func TestInvalidMethodNames(t *testing.T) {
 	for _, name := range names {
 		cc.Invoke(ctxTimeout(t, 5*time.Second), name, wrapperspb.String("x"), new(wrapperspb.StringValue)) // must not panic
 	}
-	cs := newClientState([]Option{WithMetrics(m)})
+	cs := standaloneState([]Option{WithMetrics(m)})
 	fails := 0
-	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+	invoker := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
 		fails++
 		if fails%2 == 1 {
-			return status.Error(codes.Unavailable, "no transport yet")
+			// grpc failing the attempt before it had a transport
+			return finishAsGRPC(opts, status.Error(codes.Unavailable, "no transport yet"))
 		}
-		return nil
+		return finishAsGRPC(opts, nil)
 	}
 	for _, name := range names {
 		if err := cs.unary(context.Background(), name, wrapperspb.String("x"), new(wrapperspb.StringValue), nil, invoker); err != nil {

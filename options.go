@@ -113,8 +113,11 @@ const learnHorizon time.Duration = -1
 // we allow more for users who ask, but not an unbounded number.
 const maxAttemptsLimit = 10
 
-// config is the resolved configuration of a client: what ClientOptions set,
-// and the defaults of every call (call), which CallOptions set.
+// config is the resolved settings of a client: what ClientOptions set, and
+// the defaults of every call (call), which CallOptions set. newConfig makes
+// it once per constructor; it is not changed afterwards, and holds no state
+// that running the client changes: that is clientRuntime's (bundle.go).
+// What it points to (method sets, the service config) is immutable too.
 type config struct {
 	// Dialer.
 	probeAfterIdle    time.Duration
@@ -147,15 +150,14 @@ type config struct {
 	serviceConfig *serviceConfig
 
 	// How the Dialer obtains its sockets (dialroute.go, proxy.go).
-	dialFunc dialFunc  // WithDialFunc; nil: the Dialer dials
-	noProxy  bool      // WithNoProxy
-	proxy    proxyFunc // set by DialOptions: grpc-go's proxy rule; nil: never proxy
+	dialFunc dialFunc // WithDialFunc; nil: the Dialer dials
+	noProxy  bool     // WithNoProxy
 
 	// Request ids and server deduplication (issue 11; options_dedup.go).
-	requestIDsOff bool            // WithRequestIDs(false)
-	requestIDsAll bool            // WithRequestIDs(true): an id on every call
-	serverDedup   *methodSet      // WithServerDedup: declared by hand
-	dedup         *dedupKnowledge // learned from responses; shared by DialOptions' interceptors
+	requestIDsOff bool         // WithRequestIDs(false)
+	requestIDsAll bool         // WithRequestIDs(true): an id on every call
+	serverDedup   *methodSet   // WithServerDedup: declared by hand
+	dedupStatus   *DedupStatus // WithDedupStatus: what DialOptions learns into; nil: its own
 }
 
 // callSettings are the settings a CallOption changes: per client as

@@ -67,19 +67,3 @@ func WithServerDedup(methods ...string) ClientOption {
 		return nil
 	})
 }
-
-// withDedupKnowledge shares k between the interceptors of one DialOptions
-// result: the request-id interceptor learns into it, retry and hedging read
-// it.
-// A DedupStatus's knowledge, given before (WithDedupStatus), is kept
-// instead of k.
-func withDedupKnowledge(k *dedupKnowledge) ClientOption {
-	return clientOption(func(c *config) error {
-		if c.dedup != nil && c.dedup.status {
-			c.dedup.taken.Store(true)
-			return nil
-		}
-		c.dedup = k
-		return nil
-	})
-}

@@ -255,3 +255,78 @@ func TestOptionKeepAliveDisabledByZeroIdle(t *testing.T) {
 		t.Fatalf("keepalive still on: %+v %+v", d.nd.KeepAlive, d.nd.KeepAliveConfig)
 	}
 }
+
+// mustConfig parses opts as a constructor does, failing the test on an
+// invalid one.
+func mustConfig(t testing.TB, opts ...Option) config {
+	t.Helper()
+	cfg, err := newConfig(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// countingOption counts how often it is applied, and fails with err.
+type countingOption struct {
+	applied *int
+	err     error
+}
+
+func (o countingOption) applyConfig(*config) error {
+	*o.applied++
+	return o.err
+}
+
+// Every constructor applies each option exactly once: DialOptions resolves
+// its options into one config and hands it, with the client's runtime
+// state, to its Dialer, its interceptors and its request ids (issue 19).
+func TestOptionsAppliedOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		build func(...Option) error
+	}{
+		{"DialOptions", func(o ...Option) error { _, err := DialOptions(o...); return err }},
+		{"NewDialer", func(o ...Option) error {
+			d := NewDialer(o...)
+			defer d.Close()
+			_, err := d.DialContext(context.Background(), "127.0.0.1:1")
+			return err
+		}},
+		{"UnaryClientRetry", func(o ...Option) error {
+			return UnaryClientRetry(o...)(context.Background(), "/p.S/M", nil, nil, nil, okInvoker)
+		}},
+		{"StreamClientRetry", func(o ...Option) error {
+			_, err := StreamClientRetry(o...)(context.Background(), &grpc.StreamDesc{}, nil, "/p.S/M", okStreamer)
+			return err
+		}},
+		{"UnaryClientHedge", func(o ...Option) error {
+			return UnaryClientHedge(o...)(context.Background(), "/p.S/M", nil, nil, nil, okInvoker)
+		}},
+	} {
+		var n int
+		if err := tc.build(countingOption{applied: &n}); tc.name != "NewDialer" && err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if n != 1 {
+			t.Errorf("%s applied a valid option %d times, want 1", tc.name, n)
+		}
+		// An invalid option is applied once too, and reported.
+		n = 0
+		boom := errors.New("boom")
+		if err := tc.build(countingOption{applied: &n, err: boom}); !errors.Is(err, boom) && status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s with an invalid option: %v, want it reported", tc.name, err)
+		}
+		if n != 1 {
+			t.Errorf("%s applied an invalid option %d times, want 1", tc.name, n)
+		}
+	}
+}
+
+func okInvoker(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+	return nil
+}
+
+func okStreamer(context.Context, *grpc.StreamDesc, *grpc.ClientConn, string, ...grpc.CallOption) (grpc.ClientStream, error) {
+	return nil, nil
+}

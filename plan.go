@@ -40,7 +40,7 @@ type plan struct {
 	// fullMethod is the call's method as the caller named it.
 	fullMethod string
 	// dedup, when set, is where a unary call records the attempts that may
-	// have reached a deduplicating server (see dedupCovers): only unary
+	// have reached a deduplicating server (see dedupCover): only unary
 	// calls that are retried may rely on it; streams and hedges never do.
 	dedup *dedupCover
 }

@@ -91,22 +91,15 @@ func WithNoProxy() ClientOption {
 	})
 }
 
-// proxyFromEnvironment is the option DialOptions adds for its Dialer: proxy
-// as grpc-go does, unless the user said otherwise. Without HTTPS_PROXY in the
-// environment it adds nothing, so that a client with no proxy configured
-// dials exactly as before: no rule to apply, no resolver of grpcguard's.
-func proxyFromEnvironment() ClientOption {
-	return clientOption(func(c *config) error {
-		if c.proxy == nil && (os.Getenv("HTTPS_PROXY") != "" || os.Getenv("https_proxy") != "") {
-			c.proxy = http.ProxyFromEnvironment
-		}
+// proxyFromEnvironment is the rule DialOptions gives its Dialer: grpc-go's,
+// http.ProxyFromEnvironment. Without HTTPS_PROXY in the environment it is
+// nil, so that a client with no proxy configured dials exactly as before: no
+// rule to apply, no resolver of grpcguard's.
+func proxyFromEnvironment() proxyFunc {
+	if os.Getenv("HTTPS_PROXY") == "" && os.Getenv("https_proxy") == "" {
 		return nil
-	})
-}
-
-// proxies reports whether the Dialer decides proxies at all.
-func (c *config) proxies() bool {
-	return c.proxy != nil && !c.noProxy && c.dialFunc == nil
+	}
+	return http.ProxyFromEnvironment
 }
 
 // forAddress returns the proxy for the TCP address host:port, nil for a

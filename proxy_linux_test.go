@@ -453,7 +453,7 @@ func TestProxyPeerCloseFoundThroughTinyproxy(t *testing.T) {
 	ln := n.listen(t)
 	defer ln.Close()
 	u, _ := url.Parse("http://" + tp.addr)
-	d := NewDialer(withProxy(http.ProxyURL(u)), WithProbeAfterIdle(time.Millisecond))
+	d := proxyDialer(t, http.ProxyURL(u), WithProbeAfterIdle(time.Millisecond))
 	defer d.Close()
 	var nc net.Conn
 	var err error

@@ -23,13 +23,15 @@ import (
 
 // These tests run the CONNECT handshake against connectProxy, a small real
 // proxy on 127.0.0.1 that records each request head, and give the Dialer its
-// proxy with an unexported option instead of HTTPS_PROXY: Go reads the
-// environment once per process (http.ProxyFromEnvironment), so tests that
+// proxy rule in its runtime state instead of through HTTPS_PROXY: Go reads
+// the environment once per process (http.ProxyFromEnvironment), so tests that
 // set it run in a child process (proxy_linux_test.go, with tinyproxy).
 
-// withProxy makes the Dialer proxy as DialOptions' does, with f as the rule.
-func withProxy(f proxyFunc) Option {
-	return clientOption(func(c *config) error { c.proxy = f; return nil })
+// proxyDialer is a Dialer configured by opts that proxies as DialOptions'
+// does, with rule as the proxy rule.
+func proxyDialer(t testing.TB, rule proxyFunc, opts ...Option) *Dialer {
+	t.Helper()
+	return newDialer(mustConfig(t, opts...), &clientRuntime{proxy: rule})
 }
 
 // connectProxy is an HTTP CONNECT proxy on 127.0.0.1 that records the head of
@@ -126,7 +128,7 @@ func (p *connectProxy) handle(c net.Conn) {
 // own bytes.
 func TestProxyConnectRequest(t *testing.T) {
 	p := startConnectProxy(t, "HTTP/1.1 200 Connection established\r\n\r\n")
-	d := NewDialer(withProxy(http.ProxyURL(p.url("gg:p%40ss%3Aw0rd@"))))
+	d := proxyDialer(t, http.ProxyURL(p.url("gg:p%40ss%3Aw0rd@")))
 	defer d.Close()
 	c, err := d.DialContext(ctxTimeout(t, 5*time.Second), "ggtarget.test:50051")
 	if err != nil {
@@ -153,7 +155,7 @@ func TestProxyConnectRequest(t *testing.T) {
 // find them, even when the proxy sends them in the same segment.
 func TestProxyHandshakeLeavesTunnelBytesInSocket(t *testing.T) {
 	p := startConnectProxy(t, "HTTP/1.0 200 OK\r\nProxy-Agent: x\r\n\r\nserver-preface")
-	d := NewDialer(withProxy(http.ProxyURL(p.url(""))))
+	d := proxyDialer(t, http.ProxyURL(p.url("")))
 	defer d.Close()
 	c, err := d.DialContext(ctxTimeout(t, 5*time.Second), "10.0.0.1:443")
 	if err != nil {
@@ -196,7 +198,7 @@ func TestReadResponseHead(t *testing.T) {
 func TestProxyRefusalFailsDial(t *testing.T) {
 	p := startConnectProxy(t, "HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 5\r\n\r\nnope!")
 	m := NewMetrics()
-	d := NewDialer(WithMetrics(m), withProxy(http.ProxyURL(p.url("gg:s3cret@"))))
+	d := proxyDialer(t, http.ProxyURL(p.url("gg:s3cret@")), WithMetrics(m))
 	defer d.Close()
 	_, err := d.DialContext(ctxTimeout(t, 5*time.Second), "10.0.0.1:443")
 	if !errors.Is(err, errProxyRefused) || !strings.Contains(err.Error(), "407") {
@@ -225,7 +227,7 @@ func TestProxyHandshakeEndsWithContext(t *testing.T) {
 		}
 	}()
 	u, _ := url.Parse("http://" + ln.Addr().String())
-	d := NewDialer(withProxy(http.ProxyURL(u)))
+	d := proxyDialer(t, http.ProxyURL(u))
 	defer d.Close()
 
 	dial := func(ctx context.Context) <-chan error {
@@ -271,10 +273,10 @@ func TestProxyHandshakeEndsWithContext(t *testing.T) {
 // proxyClient is a DialOptions client of target with rule as its proxy rule.
 func proxyClient(t *testing.T, target string, rule proxyFunc, opts ...Option) *grpc.ClientConn {
 	t.Helper()
-	dopts, err := DialOptions(append([]Option{withProxy(rule)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mustConfig(t, opts...)
+	rt := newClientRuntime(&cfg)
+	rt.proxy = rule
+	dopts := assemble(cfg, rt, nil)
 	cc, err := grpc.NewClient(target, append(dopts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
@@ -392,20 +394,20 @@ func TestDialOptionsWithoutProxyEnvAddNothing(t *testing.T) {
 		t.Setenv("HTTPS_PROXY", env.upper)
 		t.Setenv("https_proxy", env.lower)
 		configured := env.upper != "" || env.lower != ""
-		cfg, err := newConfig([]Option{proxyFromEnvironment()})
-		if err != nil {
-			t.Fatal(err)
-		}
 		dopts, err := DialOptions()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.proxies() != configured || len(dopts) != 4+btoi(configured) {
-			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: proxies %v, %d dial options", env.upper, env.lower, cfg.proxies(), len(dopts))
+		proxies := newDialer(defaultConfig(), newClientRuntime(&config{})).proxy != nil
+		if proxies != configured || len(dopts) != 4+btoi(configured) {
+			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: proxies %v, %d dial options", env.upper, env.lower, proxies, len(dopts))
 		}
-		cfg, _ = newConfig([]Option{WithNoProxy(), proxyFromEnvironment()})
-		if cfg.proxies() {
+		cfg := mustConfig(t, WithNoProxy())
+		if newDialer(cfg, newClientRuntime(&cfg)).proxy != nil {
 			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: proxies with WithNoProxy", env.upper, env.lower)
+		}
+		if dopts, _ := DialOptions(WithNoProxy()); len(dopts) != 4 {
+			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: %d dial options with WithNoProxy, want 4", env.upper, env.lower, len(dopts))
 		}
 	}
 }

@@ -51,12 +51,14 @@ func newRequestID() string {
 // requestIDs is the interceptor that puts ids on calls and, now and then,
 // reads a response to learn whether the server deduplicates.
 type requestIDs struct {
-	cfg config
+	cfg   config
+	dedup *dedupKnowledge // where it learns; nil: it never reads a response
 }
 
-func newRequestIDs(opts []Option) *requestIDs {
-	cfg, _ := newConfig(opts) // invalid options are reported by the other interceptors
-	return &requestIDs{cfg: cfg}
+// newRequestIDs returns the request-id interceptor of a client configured by
+// cfg, learning into rt's knowledge.
+func newRequestIDs(cfg config, rt *clientRuntime) *requestIDs {
+	return &requestIDs{cfg: cfg, dedup: rt.dedup}
 }
 
 // withID returns ctx with a new request id, unless the caller set one; with
@@ -93,7 +95,7 @@ func (r *requestIDs) unary(ctx context.Context, method string, req, reply any, c
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
 	id, observe := r.cfg.requestIDsAll, false
-	if k := r.cfg.dedup; k != nil {
+	if k := r.dedup; k != nil {
 		var learned bool
 		learned, observe = k.want(method, nanotime())
 		id = id || learned || observe
@@ -105,7 +107,7 @@ func (r *requestIDs) unary(ctx context.Context, method string, req, reply any, c
 		ctx = withID(ctx, observe)
 	}
 	if observe {
-		return observeCall(ctx, r.cfg.dedup, method, req, reply, cc, invoker, opts)
+		return observeCall(ctx, r.dedup, method, req, reply, cc, invoker, opts)
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
 }

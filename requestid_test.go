@@ -184,7 +184,7 @@ func TestDedupKnowledgeLearnedPerReplica(t *testing.T) {
 	ctx := ctxTimeout(t, 5*time.Second)
 
 	k := newDedupKnowledge()
-	ids := newRequestIDs([]Option{withDedupKnowledge(k)})
+	ids := newRequestIDs(defaultConfig(), &clientRuntime{dedup: k})
 	dial := func(addr string) *grpc.ClientConn {
 		return newClient(t, addr, grpc.WithChainUnaryInterceptor(ids.unary))
 	}
@@ -243,58 +243,58 @@ func TestDedupCovers(t *testing.T) {
 	const m = "/p.S/M"
 
 	k := newDedupKnowledge()
-	cfg, _ := newConfig([]Option{withDedupKnowledge(k)})
+	cs := newClientState(defaultConfig(), &clientRuntime{dedup: k})
 	var cover dedupCover
-	if cfg.dedupCovers(&cover, m, a1, t0+0, t0+10*ms) {
+	if dedupCovers(cs, &dedupCover{}, m, a1, t0+0, t0+10*ms) {
 		t.Fatal("covered with nothing learned or declared")
 	}
 	k.observe(m, a1, adv("s1"), nil, true, t0+0)
 	k.observe(m, a2, adv("s2"), nil, true, t0+0)
-	if !cfg.dedupCovers(&cover, m, a1, t0+5*ms, t0+10*ms) || cover.scope != "s1" || cover.first != t0+5*ms {
+	if !dedupCovers(cs, &cover, m, a1, t0+5*ms, t0+10*ms) || cover.scope != "s1" || cover.first != t0+5*ms {
 		t.Fatalf("learned replica: cover %+v", cover)
 	}
 	// A second attempt that may have run on a replica with another store.
-	if cfg.dedupCovers(&cover, m, a2, t0+20*ms, t0+30*ms) {
+	if dedupCovers(cs, &cover, m, a2, t0+20*ms, t0+30*ms) {
 		t.Fatal("covered although two attempts may have run under different stores")
 	}
 	// Outside the window (90% of the advertised retention, from the first
 	// attempt that may have run).
 	cover = dedupCover{}
-	if cfg.dedupCovers(&cover, m, a1, t0+0, t0+900*ms) {
+	if dedupCovers(cs, &cover, m, a1, t0+0, t0+900*ms) {
 		t.Fatal("covered outside the window")
 	}
 	// One address, two scopes (several processes behind it): denied.
 	k.observe(m, a1, adv("s3"), nil, true, t0+100*ms)
 	cover = dedupCover{}
-	if cfg.dedupCovers(&cover, m, a1, t0+100*ms, t0+110*ms) {
+	if dedupCovers(cs, &cover, m, a1, t0+100*ms, t0+110*ms) {
 		t.Fatal("covered although one address showed two store scopes")
 	}
 	// An error response without the header proves nothing; an OK one denies.
 	k.observe(m, a2, nil, nil, false, t0+200*ms)
-	if !cfg.dedupCovers(&dedupCover{}, m, a2, t0+200*ms, t0+210*ms) {
+	if !dedupCovers(cs, &dedupCover{}, m, a2, t0+200*ms, t0+210*ms) {
 		t.Fatal("an error without DedupHeader revoked the knowledge")
 	}
 	k.observe(m, a2, nil, nil, true, t0+300*ms)
-	if cfg.dedupCovers(&dedupCover{}, m, a2, t0+300*ms, t0+310*ms) {
+	if dedupCovers(cs, &dedupCover{}, m, a2, t0+300*ms, t0+310*ms) {
 		t.Fatal("a success without DedupHeader did not revoke the knowledge")
 	}
 
 	// Declared by hand: any replica, no scope, the default TTL; only where
 	// calls carry ids (DialOptions, which makes the knowledge).
-	hand, _ := newConfig([]Option{WithServerDedup("/p.S/*")})
-	if hand.dedupCovers(&dedupCover{}, m, nil, t0+0, t0+ms) {
+	hand := standaloneState([]Option{WithServerDedup("/p.S/*")})
+	if dedupCovers(hand, &dedupCover{}, m, nil, t0+0, t0+ms) {
 		t.Fatal("covered by interceptors composed by hand, which send no request id")
 	}
-	decl, _ := newConfig([]Option{WithServerDedup("/p.S/*"), withDedupKnowledge(newDedupKnowledge())})
+	decl := newClientState(mustConfig(t, WithServerDedup("/p.S/*")), &clientRuntime{dedup: newDedupKnowledge()})
 	cover = dedupCover{}
-	if !decl.dedupCovers(&cover, m, nil, t0+0, t0+ms) || cover.scope != "" {
+	if !dedupCovers(decl, &cover, m, nil, t0+0, t0+ms) || cover.scope != "" {
 		t.Fatalf("declared: %+v", cover)
 	}
-	if decl.dedupCovers(&dedupCover{}, "/p.T/M", nil, t0+0, t0+ms) {
+	if dedupCovers(decl, &dedupCover{}, "/p.T/M", nil, t0+0, t0+ms) {
 		t.Fatal("declared for another service")
 	}
-	off, _ := newConfig([]Option{WithServerDedup("/p.S/*"), withDedupKnowledge(newDedupKnowledge()), WithRequestIDs(false)})
-	if off.dedupCovers(&dedupCover{}, m, nil, t0+0, t0+ms) {
+	off := newClientState(mustConfig(t, WithServerDedup("/p.S/*"), WithRequestIDs(false)), &clientRuntime{dedup: newDedupKnowledge()})
+	if dedupCovers(off, &dedupCover{}, m, nil, t0+0, t0+ms) {
 		t.Fatal("covered without request ids")
 	}
 	// The resend's id leaves the outgoing metadata: its credentials write
@@ -332,3 +332,11 @@ func (c staticCreds) GetRequestMetadata(context.Context, ...string) (map[string]
 	return c, nil
 }
 func (staticCreds) RequireTransportSecurity() bool { return false }
+
+// dedupCovers is what the after-failure step asks of deduplication for an
+// attempt of method that began at start, ended on peer and may have run.
+func dedupCovers(cs *clientState, cover *dedupCover, method string, peer net.Addr, start, now int64) bool {
+	scope, window, ok := cs.dedupScope(method, peer, now)
+	cover.record(scope, window, ok, start)
+	return cover.covers(now)
+}

@@ -2,13 +2,10 @@ package grpcguard
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -53,133 +50,122 @@ import (
 // Built on its own, the interceptor has its own budget; DialOptions gives
 // its retry, stream retry and hedging one budget for the whole client.
 func UnaryClientRetry(opts ...Option) grpc.UnaryClientInterceptor {
-	return newClientState(opts).unaryRetry
+	return standaloneState(opts).unaryRetry
 }
 
 func (cs *clientState) unaryRetry(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	if cs.err != nil {
 		return cs.err
 	}
+	r := unaryRPC{method: method, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
 	if ownedAttempt(opts) {
-		return cs.invoke(ctx, method, req, reply, cc, invoker, opts) // an outer interceptor owns the attempts
+		return cs.invoke(ctx, &r, reply, opts) // an outer interceptor owns the attempts
 	}
 	var p plan
 	if err := cs.planFor(&p, method, opts); err != nil {
 		return err
 	}
-	return cs.runUnary(ctx, &p, false, method, req, reply, cc, invoker, opts)
+	return cs.runUnary(ctx, &p, false, &r)
+}
+
+// unaryRPC is what a unary interceptor was handed for one call.
+type unaryRPC struct {
+	method  string
+	req     any
+	reply   any // the caller's
+	cc      *grpc.ClientConn
+	invoker grpc.UnaryInvoker
+	opts    []grpc.CallOption // the caller's
 }
 
 // runUnary runs a planned unary call: hedged (where canHedge), retried, or
 // sent once.
-func (cs *clientState) runUnary(ctx context.Context, p *plan, canHedge bool, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+func (cs *clientState) runUnary(ctx context.Context, p *plan, canHedge bool, r *unaryRPC) error {
 	if p.callTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.callTimeout)
 		defer cancel()
 	}
 	if canHedge && p.hedges() {
-		if rm, ok := reply.(proto.Message); ok { // each attempt needs its own reply
-			return cs.hedge(ctx, p, method, req, rm, cc, invoker, opts)
+		if rm, ok := r.reply.(proto.Message); ok { // each attempt needs its own reply
+			return cs.hedge(ctx, p, r, rm)
 		}
 	}
 	if !p.retries() {
-		return cs.invoke(ctx, method, req, reply, cc, invoker, opts)
+		return cs.invoke(ctx, r, r.reply, r.opts)
 	}
-	return cs.retry(ctx, p, method, req, reply, cc, invoker, opts)
+	return cs.retry(ctx, p, r)
 }
 
 // unaryCall is the per-call state of a retried unary call, reused by every
-// attempt, and by later calls through unaryCalls: grpc writes the trailer,
-// header and peer options before Invoke returns and keeps none of them, so
-// once the call returns nothing refers to it.
+// attempt and, through unaryCalls, by later calls: grpc writes an attempt's
+// trailer, header and peer before it says it finished (grpc.OnFinish) and
+// keeps none of them, so once the call returns nothing refers to it. An
+// attempt that returned before grpc finished with it (given up on beneath
+// us) keeps its storage: the call moves on to a new one and is not pooled.
 type unaryCall struct {
-	a       attempt
-	trailer metadata.MD
-	header  metadata.MD        // only asked for when the plan commits at headers
-	opts    [6]grpc.CallOption // the caller's options plus ours, if they fit
-	// peerOpts backs attempt.opts, where the attempt adds grpc.Peer, so
-	// that it needs no allocation of its own.
-	peerOpts [7]grpc.CallOption
+	a         attempt
+	abandoned bool // an attempt's storage was left to grpc
 	// cover records attempts that may have reached a deduplicating server.
 	cover dedupCover
 }
 
-// retry sends the call until it succeeds or the after-failure step says
-// stop. Each attempt carries the owner marker, so that a grpcguard
-// interceptor beneath passes it through instead of multiplying it.
+// unaryCalls keeps the state of retried calls for reuse.
 var unaryCalls = sync.Pool{New: func() any { return new(unaryCall) }}
 
-func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+// retry sends the call until it succeeds or the after-failure step says
+// stop.
+func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
 	c := unaryCalls.Get().(*unaryCall)
 	defer func() {
-		*c = unaryCall{} // drop every reference to this call
-		unaryCalls.Put(c)
+		if !c.abandoned {
+			c.a.clear() // drop every reference to this call
+			c.cover = dedupCover{}
+			unaryCalls.Put(c)
+		}
 	}()
-	c.a.opts = c.peerOpts[:0]
 	// grpc fills the caller's own Header and Trailer options too, at each
 	// attempt, so they end up holding the final attempt's values.
-	attemptOpts := append(append(c.opts[:0], opts...), grpc.Trailer(&c.trailer), attemptOwner{})
-	if p.commitAtHeaders {
-		attemptOpts = append(attemptOpts, grpc.Header(&c.header))
-	}
+	spec := attemptSpec{plan: p, mode: ctxShared, header: p.commitAtHeaders}
+	parent := ctx
 	p.dedup = &c.cover
+	a := &c.a
 	var lastErr error
 	for n := 1; ; n++ {
-		attemptCtx, cancel := ctx, context.CancelFunc(nil)
+		opts := r.opts
 		var resend grpc.CallOption
-		if n > 1 {
-			attemptCtx = metadata.AppendToOutgoingContext(attemptCtx, previousAttemptsKey, strconv.Itoa(n-1))
-			if c.cover.used { // the resend relies on the server's deduplication
-				if c.cover.scope != "" { // learned, not declared: ask the store first
-					// Through the Dialer's check before the pick, like every
-					// attempt: it probes the conn and counts the lookup in flight.
-					viaPick := func(ctx context.Context, m string, rq, rp any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
-						return cs.invoke(ctx, m, rq, rp, cc, invoker, opts)
-					}
-					lr := c.cover.lookupBeforeResend(attemptCtx, method, req, reply, cc, viaPick, attemptOpts, lastErr)
-					if lr.answered {
-						return lr.err
-					}
-					c.cover.fence = lr.fence
+		if n > 1 && c.cover.used { // the resend relies on the server's deduplication
+			if c.cover.scope != "" { // learned, not declared: ask the store first
+				lr := c.cover.lookupBeforeResend(ctx, r.method, r.req, r.reply, r.cc, cs.viaPick(r.invoker), opts, lastErr)
+				if lr.answered {
+					return lr.err
 				}
-				attemptCtx, resend = c.cover.resendAttempt(attemptCtx, attemptOpts)
+				c.cover.fence = lr.fence
 			}
+			parent, resend = c.cover.resendAttempt(ctx, opts)
 		}
-		if p.perAttemptTimeout > 0 {
-			attemptCtx, cancel = context.WithTimeout(attemptCtx, p.perAttemptTimeout)
-		}
-		c.trailer, c.header = nil, nil
-		aopts := c.a.begin(attemptOpts)
+		cs.begin(parent, a, n, spec, opts)
+		aopts := a.opts
 		if resend != nil {
 			aopts = append(aopts, resend) // last, so that grpc applies it
 		}
-		if n == 1 {
-			cs.budget.call(c.a.start) // a call that may retry earns extra attempts
+		err := cs.invoke(a.ctx, r, r.reply, aopts)
+		var o facts
+		if err != nil {
+			o = a.failed(err, ctx, p, nil, false)
 		}
-		err := cs.invoke(attemptCtx, method, req, reply, cc, invoker, aopts)
-		// Deadlines are read from the clock, not only from Err: grpc may report
-		// DeadlineExceeded before the context's own timer has fired.
-		callerDone := err != nil && expired(ctx)
-		attemptExpiry := false
-		if cancel != nil {
-			attemptExpiry = err != nil && !callerDone && expired(attemptCtx)
-			cancel()
+		a.end()
+		if !a.finished.Load() {
+			// Answered beneath us while grpc may still run the attempt:
+			// its storage is left to grpc, and so is this call's.
+			c.abandoned = true
+			a = new(attempt)
 		}
 		if err == nil {
 			cs.succeeded()
 			return nil
 		}
-		v := c.a.verdict()
-		code := status.Code(err)
-		f := failure{
-			code:          code,
-			callerDone:    callerDone,
-			attemptExpiry: attemptExpiry && code == codes.DeadlineExceeded,
-			neverLeft:     v.neverLeft,
-			committed:     c.header != nil,
-		}
-		d := cs.afterFailure(ctx, p, f, n, c.trailer, v)
+		d := cs.afterFailure(ctx, p, o, n)
 		if !d.resend {
 			return err
 		}
@@ -187,7 +173,19 @@ func (cs *clientState) retry(ctx context.Context, p *plan, method string, req, r
 		if err := sleep(ctx, d.wait); err != nil {
 			return err
 		}
-		v.awaitRelease(ctx)
+		o.verdict.awaitRelease(ctx)
+	}
+}
+
+// viaPick returns invoker behind the Dialer's check before the pick, which
+// every attempt passes: a dedup lookup before a resend is probed and counted
+// in flight like one.
+func (cs *clientState) viaPick(invoker grpc.UnaryInvoker) grpc.UnaryInvoker {
+	if cs.pickUnary == nil {
+		return invoker
+	}
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return cs.pickUnary(ctx, method, req, reply, cc, invoker, opts...)
 	}
 }
 

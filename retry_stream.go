@@ -3,14 +3,11 @@ package grpcguard
 import (
 	"context"
 	"io"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -44,7 +41,7 @@ import (
 // grpc.WithDisableRetry(): grpc-go's own retry would replay streams beneath
 // this one (see UnaryClientRetry for what grpc-go still retries then).
 func StreamClientRetry(opts ...Option) grpc.StreamClientInterceptor {
-	return newClientState(opts).streamRetry
+	return standaloneState(opts).streamRetry
 }
 
 func (cs *clientState) streamRetry(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
@@ -63,11 +60,8 @@ func (cs *clientState) streamRetry(ctx context.Context, desc *grpc.StreamDesc, c
 			return cs.newStream(ctx, desc, cc, method, streamer, opts)
 		}
 		p.maxAttempts = 1 // only the call timeout applies
-	} else {
-		cs.budget.call(nanotime()) // a stream that may retry earns extra attempts
 	}
-	s := &retryStream{cs: cs, p: p, method: method, desc: desc, cc: cc, streamer: streamer}
-	s.opts = append(append(make([]grpc.CallOption, 0, len(opts)+1), opts...), attemptOwner{})
+	s := &retryStream{cs: cs, p: p, method: method, desc: desc, cc: cc, streamer: streamer, opts: opts}
 	s.ctx, s.cancelCall = ctx, func() {}
 	if p.callTimeout > 0 {
 		s.ctx, s.cancelCall = context.WithTimeout(ctx, p.callTimeout)
@@ -99,7 +93,7 @@ type retryStream struct {
 	desc     *grpc.StreamDesc
 	cc       *grpc.ClientConn
 	streamer grpc.Streamer
-	opts     []grpc.CallOption // the caller's, and the owner marker
+	opts     []grpc.CallOption // the caller's
 
 	ctx          context.Context // the call's: the caller's, bounded by the call timeout
 	cancelCall   context.CancelFunc
@@ -134,8 +128,8 @@ type streamContext struct {
 // Value returns the current attempt's value for key: grpc's (the peer) and
 // the caller's.
 func (c *streamContext) Value(key any) any {
-	if sa := c.s.cur.Load(); sa != nil && sa.cs != nil {
-		return sa.cs.Context().Value(key)
+	if sa := c.s.cur.Load(); sa != nil && sa.stream != nil {
+		return sa.stream.Context().Value(key)
 	}
 	return c.Context.Value(key)
 }
@@ -149,20 +143,10 @@ func (c *streamContext) AfterFunc(f func()) (stop func() bool) {
 
 // streamAttempt is one attempt of a retried stream. Each attempt has its own,
 // so that grpc finishing an abandoned attempt never writes into the next one.
+// Its per-attempt timeout runs until the stream commits.
 type streamAttempt struct {
-	a        attempt
-	cs       grpc.ClientStream // nil if creation failed
-	cancel   context.CancelFunc
-	timer    *time.Timer // per-attempt timeout, until commit
-	timedOut atomic.Bool
-}
-
-// stop cancels the attempt's context and its timer.
-func (sa *streamAttempt) stop() {
-	if sa.timer != nil {
-		sa.timer.Stop()
-	}
-	sa.cancel()
+	a      attempt
+	stream grpc.ClientStream // nil if creation failed
 }
 
 // start creates attempt s.n+1 and replays the buffered messages and CloseSend
@@ -171,30 +155,19 @@ func (sa *streamAttempt) stop() {
 func (s *retryStream) start() (*streamAttempt, error) {
 	s.n++
 	sa := &streamAttempt{}
-	ctx, cancel := context.WithCancel(s.ctx)
-	sa.cancel = cancel
-	if s.n > 1 {
-		ctx = metadata.AppendToOutgoingContext(ctx, previousAttemptsKey, strconv.Itoa(s.n-1))
-	}
-	if d := s.p.perAttemptTimeout; d > 0 && !s.committed {
-		sa.timer = time.AfterFunc(d, func() {
-			sa.timedOut.Store(true)
-			cancel()
-		})
-	}
-	cs, err := s.cs.newStream(ctx, s.desc, s.cc, s.method, s.streamer, sa.a.begin(s.opts))
+	s.cs.begin(s.ctx, &sa.a, s.n, attemptSpec{plan: &s.p, mode: ctxStream}, s.opts)
+	stream, err := s.cs.newStream(sa.a.ctx, s.desc, s.cc, s.method, s.streamer, sa.a.opts)
 	if err != nil {
-		sa.stop()
 		return sa, err
 	}
-	sa.cs = cs
+	sa.stream = stream
 	for _, m := range s.buf {
-		if cs.SendMsg(m) != nil {
+		if stream.SendMsg(m) != nil {
 			return sa, nil
 		}
 	}
 	if s.closeSent {
-		cs.CloseSend()
+		stream.CloseSend()
 	}
 	return sa, nil
 }
@@ -218,39 +191,19 @@ func (s *retryStream) retryLocked(sa *streamAttempt, err error) (ok bool, lastEr
 }
 
 // resendLocked takes the after-failure step for the failure of sa and waits
-// before the resend it allows. It cancels sa's context whatever it decides.
+// before the resend it allows. It ends sa whatever it decides.
 func (s *retryStream) resendLocked(sa *streamAttempt, err error) bool {
-	defer sa.stop()
-	var trailer metadata.MD
-	p := &sa.a.peer // empty when grpc gave the attempt no transport
-	headers := false
-	if sa.cs != nil {
-		if sp, ok := peer.FromContext(sa.cs.Context()); ok {
-			p = sp
-		}
-		trailer = sa.cs.Trailer()
-		if s.p.commitAtHeaders {
-			md, _ := sa.cs.Header() // the attempt has ended: this does not wait
-			headers = md != nil
-		}
-	}
-	v := verdictOf(sa.a.start, p)
-	f := failure{
-		code:          status.Code(err),
-		callerDone:    expired(s.ctx),
-		attemptExpiry: sa.timedOut.Load(),
-		neverLeft:     v.neverLeft,
-		committed:     s.committed || headers,
-	}
-	d := s.cs.afterFailure(s.ctx, &s.p, f, s.n, trailer, v)
+	defer sa.a.end()
+	o := sa.a.failed(err, s.ctx, &s.p, sa.stream, s.committed)
+	d := s.cs.afterFailure(s.ctx, &s.p, o, s.n)
 	if !d.resend {
 		return false
 	}
-	sa.stop()
+	sa.a.end()
 	if sleep(s.ctx, d.wait) != nil {
 		return false
 	}
-	v.awaitRelease(s.ctx)
+	o.verdict.awaitRelease(s.ctx)
 	return true
 }
 
@@ -269,8 +222,8 @@ func (s *retryStream) attemptResultLocked(err error) {
 func (s *retryStream) commitLocked() {
 	s.committed = true
 	s.buf, s.bufBytes = nil, 0
-	if sa := s.cur.Load(); sa != nil && sa.timer != nil {
-		sa.timer.Stop()
+	if sa := s.cur.Load(); sa != nil {
+		sa.a.stopTimer()
 	}
 }
 
@@ -283,7 +236,7 @@ func (s *retryStream) finishLocked(err error) {
 	s.done, s.finalErr = true, err
 	s.buf, s.bufBytes = nil, 0
 	if sa := s.cur.Load(); sa != nil {
-		sa.stop()
+		sa.a.end()
 	}
 	s.cancelStable()
 	s.cancelCall()
@@ -305,7 +258,7 @@ func (s *retryStream) SendMsg(m any) error {
 	}
 	sa, replayable := s.cur.Load(), !s.committed && !s.done
 	s.mu.Unlock()
-	err := sa.cs.SendMsg(m)
+	err := sa.stream.SendMsg(m)
 	if err == io.EOF && replayable {
 		return nil
 	}
@@ -319,7 +272,7 @@ func (s *retryStream) CloseSend() error {
 	s.closeSent = true
 	sa := s.cur.Load()
 	s.mu.Unlock()
-	return sa.cs.CloseSend()
+	return sa.stream.CloseSend()
 }
 
 // RecvMsg receives the next message. A failure before the first message is
@@ -335,7 +288,7 @@ func (s *retryStream) RecvMsg(m any) error {
 		sa := s.cur.Load()
 		s.mu.Unlock()
 
-		err := sa.cs.RecvMsg(m)
+		err := sa.stream.RecvMsg(m)
 
 		s.mu.Lock()
 		if err == nil {
@@ -371,10 +324,10 @@ func (s *retryStream) RecvMsg(m any) error {
 }
 
 // Header returns the current attempt's header metadata.
-func (s *retryStream) Header() (metadata.MD, error) { return s.cur.Load().cs.Header() }
+func (s *retryStream) Header() (metadata.MD, error) { return s.cur.Load().stream.Header() }
 
 // Trailer returns the current attempt's trailer metadata.
-func (s *retryStream) Trailer() metadata.MD { return s.cur.Load().cs.Trailer() }
+func (s *retryStream) Trailer() metadata.MD { return s.cur.Load().stream.Trailer() }
 
 // Context returns the stream's context: the same for the life of the
 // stream, done when it ends (see StreamClientRetry).

@@ -477,7 +477,7 @@ func TestRetryInvalidOptions(t *testing.T) {
 func TestRetryPassesThroughWhenHedgingOwnsAttempts(t *testing.T) {
 	srv := &testsvc.Server{Unary: failFirst(100, codes.Unavailable)}
 	cc := retryClient(t, startServer(t, srv), NewMetrics(), nil)
-	testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "a", attemptOwner{})
+	testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "a", &attempt{})
 	if n := srv.Calls(); n != 1 {
 		t.Errorf("server saw %d attempts, want 1: the owner of the attempts retries", n)
 	}
@@ -486,7 +486,9 @@ func TestRetryPassesThroughWhenHedgingOwnsAttempts(t *testing.T) {
 // BenchmarkRetryHappyPath compares the retry interceptor's success path with
 // a pass-through interceptor, both over an invoker that returns nil at once.
 func BenchmarkRetryHappyPath(b *testing.B) {
-	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	invoker := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return finishAsGRPC(opts, nil)
+	}
 	passThrough := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
