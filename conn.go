@@ -238,7 +238,8 @@ func (c *conn) noteAnnouncedClose() {
 }
 
 // announceWindow: a FIN this soon after data nobody asked for (a GOAWAY)
-// was announced by it. nginx and HAProxy send the FIN ~0.1ms after.
+// was announced by it. nginx and HAProxy send the FIN right after the
+// GOAWAY, far inside this window.
 const announceWindow = 50 * time.Millisecond
 
 func (c *conn) socketPathIdle() (time.Duration, bool) {

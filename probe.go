@@ -151,7 +151,7 @@ func (p *prober) init(rc syscall.RawConn) {
 func (p *prober) poll(fd uintptr) { p.result = probeFD(fd) }
 
 // probe polls the socket once. Concurrent callers do not poll twice: a caller
-// that finds a probe under way waits the microsecond it takes and shares its
+// that finds a probe under way waits for its one syscall and shares its
 // result.
 func (p *prober) probe() (probeResult, error) {
 	if p.rc == nil {
