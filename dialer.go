@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/dialroute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 )
@@ -33,10 +33,10 @@ const releaseWait = 10 * time.Millisecond
 type Dialer struct {
 	cfg config
 	err error // invalid options: every dial fails with it
-	nd  net.Dialer
-	// proxy is grpc-go's proxy rule when the Dialer proxies (see proxy.go);
-	// nil: it never does.
-	proxy proxyFunc
+	// router obtains the sockets: from the dial function, through a proxy
+	// (its Proxy is set only when the Dialer proxies), or with its
+	// net.Dialer, which carries the socket options.
+	router dialroute.Router
 
 	// checkAfter is the idle time after which a conn's Write checks it
 	// first: the shorter of the probe-after-idle and verify-after-idle times.
@@ -91,25 +91,26 @@ func NewDialer(opts ...Option) *Dialer {
 // (WithNoProxy, WithDialFunc).
 func newDialer(cfg config, rt *clientRuntime) *Dialer {
 	d := &Dialer{cfg: cfg, horizon: newIdleHorizon(cfg.maxIdle, cfg.keepAliveIdle, cfg.metrics)}
+	d.router.DialFunc = cfg.dialFunc
 	if !cfg.noProxy && cfg.dialFunc == nil {
-		d.proxy = rt.proxy
+		d.router.Proxy = rt.proxy
 	}
 	d.checkAfter = int64(cfg.probeAfterIdle)
 	if v := cfg.verifyAfterIdle; v > 0 && int64(v) < d.checkAfter {
 		d.checkAfter = int64(v)
 	}
 	if cfg.keepAliveIdle > 0 {
-		d.nd.KeepAliveConfig = net.KeepAliveConfig{
+		d.router.Net.KeepAliveConfig = net.KeepAliveConfig{
 			Enable:   true,
 			Idle:     cfg.keepAliveIdle,
 			Interval: cfg.keepAliveInterval,
 			Count:    cfg.keepAliveCount,
 		}
 	} else {
-		d.nd.KeepAlive = -1
+		d.router.Net.KeepAlive = -1
 	}
 	if cfg.userTimeout > 0 {
-		d.nd.Control = func(network, _ string, rc syscall.RawConn) error {
+		d.router.Net.Control = func(network, _ string, rc syscall.RawConn) error {
 			if !strings.HasPrefix(network, "tcp") {
 				return nil
 			}
@@ -128,14 +129,14 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	if d.err != nil {
 		return nil, d.err
 	}
-	r, err := d.route(ctx, addr) // see dialroute.go
+	r, err := d.router.Route(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
 	if d.isClosed() {
 		return nil, ErrDialerClosed
 	}
-	nc, err := d.dialRaw(ctx, r)
+	nc, err := d.router.Dial(ctx, r)
 	d.cfg.metrics.dialed(err)
 	if err != nil {
 		return nil, err
@@ -162,40 +163,6 @@ func (d *Dialer) applyKeepAlive() {
 			c.path.setKeepAliveIdle(k)
 		}
 	}
-}
-
-// parseDialAddr turns an address from grpc into a network and an address
-// for net.Dial.
-func parseDialAddr(addr string) (network, address string, err error) {
-	switch {
-	case strings.HasPrefix(addr, "unix://"):
-		address = addr[len("unix://"):]
-		if !strings.HasPrefix(address, "/") {
-			return "", "", fmt.Errorf("grpcguard: dial %q: unix:// needs an absolute path", addr)
-		}
-		return "unix", address, nil
-	case strings.HasPrefix(addr, "unix-abstract:"):
-		address = addr[len("unix-abstract:"):]
-		if address == "" {
-			return "", "", fmt.Errorf("grpcguard: dial %q: empty abstract socket name", addr)
-		}
-		return "unix", "@" + address, nil
-	case strings.HasPrefix(addr, "unix:"):
-		address = addr[len("unix:"):]
-		if address == "" || address == "@" {
-			return "", "", fmt.Errorf("grpcguard: dial %q: empty unix socket path", addr)
-		}
-		return "unix", address, nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", "", fmt.Errorf("grpcguard: dial %q: %w", addr, err)
-	}
-	if port == "" {
-		return "", "", fmt.Errorf("grpcguard: dial %q: missing port", addr)
-	}
-	_ = host // an empty host dials the local system, as net.Dial does
-	return "tcp", addr, nil
 }
 
 func (d *Dialer) isClosed() bool {

@@ -175,14 +175,6 @@ func TestDialerAddressForms(t *testing.T) {
 	}
 }
 
-func TestParseDialAddrRejectsBadAddresses(t *testing.T) {
-	for _, addr := range []string{"", "nohostport", "unix:", "unix://relative", "unix-abstract:", "127.0.0.1:", "unix:@"} {
-		if _, _, err := parseDialAddr(addr); err == nil {
-			t.Errorf("parseDialAddr(%q) succeeded, want an error", addr)
-		}
-	}
-}
-
 func TestSweepClosesStaleIdleConns(t *testing.T) {
 	m := NewMetrics()
 	d := NewDialer(WithMetrics(m), WithSweepInterval(5*time.Millisecond), WithProbeAfterIdle(time.Millisecond))

@@ -149,7 +149,7 @@ type config struct {
 	// Per-method policies from a gRFC A6 service config; nil when none.
 	serviceConfig *serviceConfig
 
-	// How the Dialer obtains its sockets (dialroute.go, proxy.go).
+	// How the Dialer obtains its sockets (options_dial.go, internal/dialroute).
 	dialFunc dialFunc // WithDialFunc; nil: the Dialer dials
 	noProxy  bool     // WithNoProxy
 
