@@ -158,8 +158,8 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 // applyKeepAlive sets the keepalive the horizon asks for on every live conn.
 func (d *Dialer) applyKeepAlive() {
 	k := d.horizon.keepAliveIdle()
-	if p := d.live.Load(); p != nil && k > 0 {
-		for _, c := range *p {
+	if live := d.live.Load(); live != nil && k > 0 {
+		for _, c := range *live {
 			c.path.setKeepAliveIdle(k)
 		}
 	}
@@ -179,8 +179,8 @@ func (d *Dialer) register(c *conn) bool {
 		return false
 	}
 	var next []*conn
-	if p := d.live.Load(); p != nil {
-		next = append(next, *p...)
+	if live := d.live.Load(); live != nil {
+		next = append(next, *live...)
 	}
 	next = append(next, c)
 	d.live.Store(&next)
@@ -199,9 +199,9 @@ func (d *Dialer) release(c *conn) {
 	d.cfg.metrics.connClosed()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if p := d.live.Load(); p != nil {
-		next := make([]*conn, 0, len(*p))
-		for _, lc := range *p {
+	if live := d.live.Load(); live != nil {
+		next := make([]*conn, 0, len(*live))
+		for _, lc := range *live {
 			if lc != c {
 				next = append(next, lc)
 			}
@@ -221,8 +221,8 @@ func (d *Dialer) Close() error {
 	d.mu.Lock()
 	d.closed = true
 	var open []*conn
-	if p := d.live.Load(); p != nil {
-		open = *p
+	if live := d.live.Load(); live != nil {
+		open = *live
 	}
 	d.mu.Unlock()
 	for _, c := range open {
@@ -285,8 +285,8 @@ func (d *Dialer) scan(now int64, ctx context.Context, self int64) {
 	if d.horizon.refresh(now) {
 		d.applyKeepAlive()
 	}
-	p := d.live.Load()
-	if p == nil {
+	live := d.live.Load()
+	if live == nil {
 		return
 	}
 	retireAge := int64(d.horizon.retireAge())
@@ -299,30 +299,37 @@ func (d *Dialer) scan(now int64, ctx context.Context, self int64) {
 		next = min(next, now+retireAge)
 	}
 	var timer *time.Timer
-	for _, c := range *p {
-		switch c.state.Load() {
-		case stateReleased:
+	for _, c := range *live {
+		state := c.state.Load()
+		if state == stateReleased {
 			continue
-		case stateOpen:
+		}
+		if state == stateOpen {
 			probeAt := max(c.lastIO.Load(), c.probedAt.Load()) + probeAge
 			retireAt := c.lastActive.Load() + retireAge
 			due := retireAge > 0 && now >= retireAt
-			if due && idle && c.retire(fixed) {
-				break
+			// gone: this scan retired c, or probed it and it is no longer
+			// open (dead, or closed meanwhile).
+			gone := false
+			if due && idle {
+				gone = c.retire(fixed)
 			}
-			if now >= probeAt && (c.probe() != nil || c.state.Load() != stateOpen) {
-				break
+			if !gone && now >= probeAt {
+				err := c.probe()
+				gone = err != nil || c.state.Load() != stateOpen
 			}
-			if c.state.Load() == stateOpen {
-				next = min(next, probeAt)
-				switch {
-				case due:
-					next = min(next, now+busyRescan) // held back: look again soon
-				case retireAge > 0:
-					next = min(next, retireAt)
+			if !gone {
+				if c.state.Load() == stateOpen {
+					next = min(next, probeAt)
+					switch {
+					case due:
+						next = min(next, now+busyRescan) // held back: look again soon
+					case retireAge > 0:
+						next = min(next, retireAt)
+					}
 				}
+				continue
 			}
-			continue
 		}
 		if ctx == nil {
 			continue
@@ -393,9 +400,9 @@ func (d *Dialer) StreamClientInterceptor() grpc.StreamClientInterceptor {
 			d.streams.Add(-1)
 			return nil, err
 		}
-		cs := &countedStream{ClientStream: s, d: d, serverStreams: desc.ServerStreams}
-		cs.stop = context.AfterFunc(ctx, cs.end)
-		return cs, nil
+		counted := &countedStream{ClientStream: s, d: d, serverStreams: desc.ServerStreams}
+		counted.stop = context.AfterFunc(ctx, counted.end)
+		return counted, nil
 	}
 }
 
@@ -424,8 +431,8 @@ func (s *countedStream) end() {
 func (s *countedStream) finish() {
 	s.stop()
 	s.end()
-	if p, ok := peer.FromContext(s.ClientStream.Context()); ok {
-		if ca, ok := p.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
+	if pr, ok := peer.FromContext(s.ClientStream.Context()); ok {
+		if ca, ok := pr.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
 			ca.c.used.Store(true)
 		}
 	}

@@ -199,7 +199,7 @@ func TestDialFuncWindowAfterPeerClose(t *testing.T) {
 				t.Fatal(err)
 			}
 			ok := windowRun(t, newClient(t, p.Addr(), dopts...), p, false, rpcs, quiet)
-			found := testutil.ToFloat64(m.probeStal)
+			found := testutil.ToFloat64(m.probeStale)
 			t.Logf("%s: %d/%d calls right after the FIN succeeded; probes found %v closes; unprobed conns %v",
 				tc.name, ok, rpcs, found, testutil.ToFloat64(m.unprobed))
 			if !tc.exposed {

@@ -453,9 +453,9 @@ func WithRetryDisabled() CallOption {
 // Unavailable only: it is the one code that says the server could not take
 // the call. Only the listed codes are retried, and only when the retry is safe
 // (see UnaryClientRetry). OK is invalid.
-func WithRetryableCodes(cs ...codes.Code) CallOption {
+func WithRetryableCodes(retryable ...codes.Code) CallOption {
 	return callOption(func(c callSettings) (callSettings, error) {
-		set, err := newCodeSet("WithRetryableCodes", cs)
+		set, err := newCodeSet("WithRetryableCodes", retryable)
 		if err != nil {
 			return c, err
 		}
@@ -557,9 +557,9 @@ func WithHedgingDisabled() CallOption {
 // WithNonFatalCodes sets the codes after which a hedged call sends its next
 // attempt at once instead of ending (gRFC A6 nonFatalStatusCodes). Default
 // Unavailable. OK is invalid.
-func WithNonFatalCodes(cs ...codes.Code) CallOption {
+func WithNonFatalCodes(nonFatal ...codes.Code) CallOption {
 	return callOption(func(c callSettings) (callSettings, error) {
-		set, err := newCodeSet("WithNonFatalCodes", cs)
+		set, err := newCodeSet("WithNonFatalCodes", nonFatal)
 		if err != nil {
 			return c, err
 		}
@@ -659,17 +659,17 @@ func WithRetryThrottling(maxTokens, tokenRatio float64) ClientOption {
 // codeSet is a set of gRPC status codes (codes 0-16) as a bitmask.
 type codeSet uint32
 
-func codeSetOf(cs ...codes.Code) codeSet {
+func codeSetOf(list ...codes.Code) codeSet {
 	var s codeSet
-	for _, c := range cs {
+	for _, c := range list {
 		s |= 1 << c
 	}
 	return s
 }
 
-func newCodeSet(option string, cs []codes.Code) (codeSet, error) {
+func newCodeSet(option string, list []codes.Code) (codeSet, error) {
 	var s codeSet
-	for _, c := range cs {
+	for _, c := range list {
 		if c == codes.OK || c > codes.Unauthenticated {
 			return 0, invalid(option, c, "must be a non-OK gRPC status code")
 		}
