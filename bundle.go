@@ -58,11 +58,11 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 	return assemble(cfg, newClientRuntime(&cfg), wrapDial), nil
 }
 
-// clientRuntime is what the parts of one DialOptions client share while it
-// runs, beside their settings (config): made once per client from the
-// settings and the environment, never by an option. The parts that do not
-// use a field leave it unread; an interceptor or Dialer built on its own
-// gets the zero clientRuntime (no knowledge to share, no proxy).
+// clientRuntime is the state the parts of one DialOptions client share while
+// it runs, beside their settings (config): made once per client, from the
+// settings and the environment, and never set by an option. An interceptor or
+// a Dialer built on its own gets a zero clientRuntime: nothing to share, no
+// proxy.
 type clientRuntime struct {
 	// dedup is what the client learns of its servers' deduplication: the
 	// request-id interceptor learns into it, the retry decision reads it

@@ -114,10 +114,12 @@ const learnHorizon time.Duration = -1
 const maxAttemptsLimit = 10
 
 // config is the resolved settings of a client: what ClientOptions set, and
-// the defaults of every call (call), which CallOptions set. newConfig makes
-// it once per constructor; it is not changed afterwards, and holds no state
-// that running the client changes: that is clientRuntime's (bundle.go).
-// What it points to (method sets, the service config) is immutable too.
+// the defaults of every call (call), which CallOptions set. Each exported
+// constructor makes it once (newConfig) and hands it to the parts it builds;
+// it is not changed afterwards, and holds no state that running the client
+// changes: that is clientRuntime's (bundle.go). What it points to is
+// immutable too (method sets, the service config), or is the user's own
+// (metrics: where to report, as WithMetrics chose).
 type config struct {
 	// Dialer.
 	probeAfterIdle    time.Duration

@@ -290,7 +290,7 @@ func TestOptionsAppliedOnce(t *testing.T) {
 		{"NewDialer", func(o ...Option) error {
 			d := NewDialer(o...)
 			defer d.Close()
-			_, err := d.DialContext(context.Background(), "127.0.0.1:1")
+			_, err := d.DialContext(context.Background(), "") // fails without dialing: d.err or the address
 			return err
 		}},
 		{"UnaryClientRetry", func(o ...Option) error {
