@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 
+	"github.com/grpcguard/grpcguard/internal/dialroute"
 	"google.golang.org/grpc"
 )
 
@@ -31,7 +32,7 @@ type dialFunc = func(context.Context, string) (net.Conn, error)
 //     HTTPS_PROXY and NO_PROXY as grpc-go uses them without a custom dialer:
 //     the Dialer tunnels through the proxy, and a "dns" resolver
 //     (grpc.WithResolvers) that leaves a proxied name for the proxy to
-//     resolve (see proxy.go). grpc.WithNoProxy does not reach the Dialer.
+//     resolve (see internal/dialroute). grpc.WithNoProxy does not reach the Dialer.
 //
 // Invalid options are returned as an error matching ErrInvalidOption that
 // names each option and value; nothing panics. The Dialer runs no goroutine
@@ -57,11 +58,11 @@ func dialOptions(opts []Option, wrapDial func(dialFunc) dialFunc) ([]grpc.DialOp
 	return assemble(cfg, newClientRuntime(&cfg), wrapDial), nil
 }
 
-// clientRuntime is what the parts of one DialOptions client share while it
-// runs, beside their settings (config): made once per client from the
-// settings and the environment, never by an option. The parts that do not
-// use a field leave it unread; an interceptor or Dialer built on its own
-// gets the zero clientRuntime (no knowledge to share, no proxy).
+// clientRuntime is the state the parts of one DialOptions client share while
+// it runs, beside their settings (config): made once per client, from the
+// settings and the environment, and never set by an option. An interceptor or
+// a Dialer built on its own gets a zero clientRuntime: nothing to share, no
+// proxy.
 type clientRuntime struct {
 	// dedup is what the client learns of its servers' deduplication: the
 	// request-id interceptor learns into it, the retry decision reads it
@@ -70,7 +71,7 @@ type clientRuntime struct {
 	dedup *dedupKnowledge
 	// proxy is grpc-go's proxy rule, which the Dialer and the "dns"
 	// resolver apply; nil: never proxy.
-	proxy proxyFunc
+	proxy dialroute.ProxyFunc
 }
 
 // newClientRuntime makes the shared state of one DialOptions client.
@@ -81,7 +82,7 @@ func newClientRuntime(cfg *config) *clientRuntime {
 		s.k.taken.Store(true)
 		rt.dedup = s.k
 	}
-	rt.proxy = proxyFromEnvironment() // the Dialer decides whether it applies
+	rt.proxy = dialroute.FromEnvironment() // the Dialer decides whether it applies
 	return rt
 }
 
@@ -105,8 +106,8 @@ func assemble(cfg config, rt *clientRuntime, wrapDial func(dialFunc) dialFunc) [
 		grpc.WithChainStreamInterceptor(state.streamRetry),
 		grpc.WithDisableRetry(),
 	}
-	if d.proxy != nil {
-		dopts = append(dopts, grpc.WithResolvers(proxyResolver{proxy: d.proxy}))
+	if p := d.router.Proxy; p != nil {
+		dopts = append(dopts, grpc.WithResolvers(dialroute.Resolver{Proxy: p}))
 	}
 	return dopts
 }

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/grpcguard/grpcguard/internal/dialroute"
 )
 
 // Connection states. A conn leaves open for good, to one of:
@@ -122,7 +124,7 @@ func (c *conn) LocalAddr() net.Addr { return c.addr }
 func (c *conn) SyscallConn() (syscall.RawConn, error) {
 	if c.prober.rc == nil {
 		// Never (nil, nil): grpc's channelz would use the nil RawConn.
-		return nil, cmp.Or(c.rcErr, errNoSocket)
+		return nil, cmp.Or(c.rcErr, dialroute.ErrNoSocket)
 	}
 	return c.prober.rc, nil
 }

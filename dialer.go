@@ -3,7 +3,6 @@ package grpcguard
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/dialroute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 )
@@ -33,10 +33,10 @@ const releaseWait = 10 * time.Millisecond
 type Dialer struct {
 	cfg config
 	err error // invalid options: every dial fails with it
-	nd  net.Dialer
-	// proxy is grpc-go's proxy rule when the Dialer proxies (see proxy.go);
-	// nil: it never does.
-	proxy proxyFunc
+	// router obtains the sockets: from the dial function, through a proxy
+	// (its Proxy is set only when the Dialer proxies), or with its
+	// net.Dialer, which carries the socket options.
+	router dialroute.Router
 
 	// checkAfter is the idle time after which a conn's Write checks it
 	// first: the shorter of the probe-after-idle and verify-after-idle times.
@@ -91,25 +91,26 @@ func NewDialer(opts ...Option) *Dialer {
 // (WithNoProxy, WithDialFunc).
 func newDialer(cfg config, rt *clientRuntime) *Dialer {
 	d := &Dialer{cfg: cfg, horizon: newIdleHorizon(cfg.maxIdle, cfg.keepAliveIdle, cfg.metrics)}
+	d.router.DialFunc = cfg.dialFunc
 	if !cfg.noProxy && cfg.dialFunc == nil {
-		d.proxy = rt.proxy
+		d.router.Proxy = rt.proxy
 	}
 	d.checkAfter = int64(cfg.probeAfterIdle)
 	if v := cfg.verifyAfterIdle; v > 0 && int64(v) < d.checkAfter {
 		d.checkAfter = int64(v)
 	}
 	if cfg.keepAliveIdle > 0 {
-		d.nd.KeepAliveConfig = net.KeepAliveConfig{
+		d.router.Net.KeepAliveConfig = net.KeepAliveConfig{
 			Enable:   true,
 			Idle:     cfg.keepAliveIdle,
 			Interval: cfg.keepAliveInterval,
 			Count:    cfg.keepAliveCount,
 		}
 	} else {
-		d.nd.KeepAlive = -1
+		d.router.Net.KeepAlive = -1
 	}
 	if cfg.userTimeout > 0 {
-		d.nd.Control = func(network, _ string, rc syscall.RawConn) error {
+		d.router.Net.Control = func(network, _ string, rc syscall.RawConn) error {
 			if !strings.HasPrefix(network, "tcp") {
 				return nil
 			}
@@ -128,14 +129,14 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	if d.err != nil {
 		return nil, d.err
 	}
-	r, err := d.route(ctx, addr) // see dialroute.go
+	r, err := d.router.Route(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
 	if d.isClosed() {
 		return nil, ErrDialerClosed
 	}
-	nc, err := d.dialRaw(ctx, r)
+	nc, err := d.router.Dial(ctx, r)
 	d.cfg.metrics.dialed(err)
 	if err != nil {
 		return nil, err
@@ -157,45 +158,11 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 // applyKeepAlive sets the keepalive the horizon asks for on every live conn.
 func (d *Dialer) applyKeepAlive() {
 	k := d.horizon.keepAliveIdle()
-	if p := d.live.Load(); p != nil && k > 0 {
-		for _, c := range *p {
+	if live := d.live.Load(); live != nil && k > 0 {
+		for _, c := range *live {
 			c.path.setKeepAliveIdle(k)
 		}
 	}
-}
-
-// parseDialAddr turns an address from grpc into a network and an address
-// for net.Dial.
-func parseDialAddr(addr string) (network, address string, err error) {
-	switch {
-	case strings.HasPrefix(addr, "unix://"):
-		address = addr[len("unix://"):]
-		if !strings.HasPrefix(address, "/") {
-			return "", "", fmt.Errorf("grpcguard: dial %q: unix:// needs an absolute path", addr)
-		}
-		return "unix", address, nil
-	case strings.HasPrefix(addr, "unix-abstract:"):
-		address = addr[len("unix-abstract:"):]
-		if address == "" {
-			return "", "", fmt.Errorf("grpcguard: dial %q: empty abstract socket name", addr)
-		}
-		return "unix", "@" + address, nil
-	case strings.HasPrefix(addr, "unix:"):
-		address = addr[len("unix:"):]
-		if address == "" || address == "@" {
-			return "", "", fmt.Errorf("grpcguard: dial %q: empty unix socket path", addr)
-		}
-		return "unix", address, nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", "", fmt.Errorf("grpcguard: dial %q: %w", addr, err)
-	}
-	if port == "" {
-		return "", "", fmt.Errorf("grpcguard: dial %q: missing port", addr)
-	}
-	_ = host // an empty host dials the local system, as net.Dial does
-	return "tcp", addr, nil
 }
 
 func (d *Dialer) isClosed() bool {
@@ -212,8 +179,8 @@ func (d *Dialer) register(c *conn) bool {
 		return false
 	}
 	var next []*conn
-	if p := d.live.Load(); p != nil {
-		next = append(next, *p...)
+	if live := d.live.Load(); live != nil {
+		next = append(next, *live...)
 	}
 	next = append(next, c)
 	d.live.Store(&next)
@@ -232,9 +199,9 @@ func (d *Dialer) release(c *conn) {
 	d.cfg.metrics.connClosed()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if p := d.live.Load(); p != nil {
-		next := make([]*conn, 0, len(*p))
-		for _, lc := range *p {
+	if live := d.live.Load(); live != nil {
+		next := make([]*conn, 0, len(*live))
+		for _, lc := range *live {
 			if lc != c {
 				next = append(next, lc)
 			}
@@ -254,8 +221,8 @@ func (d *Dialer) Close() error {
 	d.mu.Lock()
 	d.closed = true
 	var open []*conn
-	if p := d.live.Load(); p != nil {
-		open = *p
+	if live := d.live.Load(); live != nil {
+		open = *live
 	}
 	d.mu.Unlock()
 	for _, c := range open {
@@ -318,8 +285,8 @@ func (d *Dialer) scan(now int64, ctx context.Context, self int64) {
 	if d.horizon.refresh(now) {
 		d.applyKeepAlive()
 	}
-	p := d.live.Load()
-	if p == nil {
+	live := d.live.Load()
+	if live == nil {
 		return
 	}
 	retireAge := int64(d.horizon.retireAge())
@@ -332,30 +299,37 @@ func (d *Dialer) scan(now int64, ctx context.Context, self int64) {
 		next = min(next, now+retireAge)
 	}
 	var timer *time.Timer
-	for _, c := range *p {
-		switch c.state.Load() {
-		case stateReleased:
+	for _, c := range *live {
+		state := c.state.Load()
+		if state == stateReleased {
 			continue
-		case stateOpen:
+		}
+		if state == stateOpen {
 			probeAt := max(c.lastIO.Load(), c.probedAt.Load()) + probeAge
 			retireAt := c.lastActive.Load() + retireAge
 			due := retireAge > 0 && now >= retireAt
-			if due && idle && c.retire(fixed) {
-				break
+			// gone: this scan retired c, or probed it and it is no longer
+			// open (dead, or closed meanwhile).
+			gone := false
+			if due && idle {
+				gone = c.retire(fixed)
 			}
-			if now >= probeAt && (c.probe() != nil || c.state.Load() != stateOpen) {
-				break
+			if !gone && now >= probeAt {
+				err := c.probe()
+				gone = err != nil || c.state.Load() != stateOpen
 			}
-			if c.state.Load() == stateOpen {
-				next = min(next, probeAt)
-				switch {
-				case due:
-					next = min(next, now+busyRescan) // held back: look again soon
-				case retireAge > 0:
-					next = min(next, retireAt)
+			if !gone {
+				if c.state.Load() == stateOpen {
+					next = min(next, probeAt)
+					switch {
+					case due:
+						next = min(next, now+busyRescan) // held back: look again soon
+					case retireAge > 0:
+						next = min(next, retireAt)
+					}
 				}
+				continue
 			}
-			continue
 		}
 		if ctx == nil {
 			continue
@@ -437,9 +411,9 @@ func (d *Dialer) StreamClientInterceptor() grpc.StreamClientInterceptor {
 			d.streams.Add(-1)
 			return nil, err
 		}
-		cs := &countedStream{ClientStream: s, d: d, serverStreams: desc.ServerStreams}
-		cs.stop = context.AfterFunc(ctx, cs.end)
-		return cs, nil
+		counted := &countedStream{ClientStream: s, d: d, serverStreams: desc.ServerStreams}
+		counted.stop = context.AfterFunc(ctx, counted.end)
+		return counted, nil
 	}
 }
 
@@ -468,8 +442,8 @@ func (s *countedStream) end() {
 func (s *countedStream) finish() {
 	s.stop()
 	s.end()
-	if p, ok := peer.FromContext(s.ClientStream.Context()); ok {
-		if ca, ok := p.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
+	if pr, ok := peer.FromContext(s.ClientStream.Context()); ok {
+		if ca, ok := pr.LocalAddr.(*connAddr); ok && !ca.c.used.Load() {
 			ca.c.used.Store(true)
 		}
 	}

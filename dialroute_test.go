@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
-	"net/http"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/dialroute"
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -71,7 +71,7 @@ func tcpOf(c net.Conn) *net.TCPConn {
 		return c.TCPConn
 	case hiddenConn:
 		return c.Conn.(*net.TCPConn)
-	case noSocket:
+	case dialroute.NoSocket:
 		return tcpOf(c.Conn)
 	}
 	return c.(*net.TCPConn)
@@ -199,7 +199,7 @@ func TestDialFuncWindowAfterPeerClose(t *testing.T) {
 				t.Fatal(err)
 			}
 			ok := windowRun(t, newClient(t, p.Addr(), dopts...), p, false, rpcs, quiet)
-			found := testutil.ToFloat64(m.probeStal)
+			found := testutil.ToFloat64(m.probeStale)
 			t.Logf("%s: %d/%d calls right after the FIN succeeded; probes found %v closes; unprobed conns %v",
 				tc.name, ok, rpcs, found, testutil.ToFloat64(m.unprobed))
 			if !tc.exposed {
@@ -207,32 +207,6 @@ func TestDialFuncWindowAfterPeerClose(t *testing.T) {
 			}
 			if ok*100 < rpcs*99 || found == 0 {
 				t.Fatalf("%d/%d succeeded with %v closes found by the probe; want at least 99%% and the probe finding them", ok, rpcs, found)
-			}
-		})
-	}
-}
-
-// BenchmarkDialRoute: the per-dial cost of deciding the route, for a Dialer
-// that never proxies (NewDialer) and one that applies grpc-go's proxy rule to
-// the address (DialOptions' with HTTPS_PROXY set; here no proxy applies). A
-// loopback TCP dial costs about 100 µs on the machine this was written on.
-func BenchmarkDialRoute(b *testing.B) {
-	for _, bc := range []struct {
-		name string
-		rule proxyFunc
-	}{
-		{"direct", nil},
-		{"proxy-rule", http.ProxyFromEnvironment},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			d := proxyDialer(b, bc.rule)
-			defer d.Close()
-			ctx := context.Background()
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := d.route(ctx, "10.0.0.1:443"); err != nil {
-					b.Fatal(err)
-				}
 			}
 		})
 	}
@@ -265,7 +239,7 @@ func TestDialFuncErrors(t *testing.T) {
 			returned = c
 			return c, boom
 		}, boom},
-		{"nil conn", func(context.Context, string) (net.Conn, error) { return nil, nil }, errNoConn},
+		{"nil conn", func(context.Context, string) (net.Conn, error) { return nil, nil }, dialroute.ErrNoConn},
 	} {
 		m := NewMetrics()
 		d := NewDialer(WithDialFunc(tc.f), WithMetrics(m))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -20,52 +19,7 @@ import (
 // Fuzz targets. With plain `go test` their seeds run as unit tests; run one
 // for real with, for example:
 //
-//	go test -run '^$' -fuzz FuzzParseDialAddr -fuzztime 60s .
-
-// FuzzParseDialAddr checks that parseDialAddr never panics and accepts only
-// what net.Dial can be given: tcp with host:port and a non-empty port (the
-// address unchanged), or unix with a non-empty path.
-func FuzzParseDialAddr(f *testing.F) {
-	for _, s := range []string{
-		"127.0.0.1:50051", "[::1]:443", "localhost:http", ":80", "host:", "host", "", "[::1", "a:b:c",
-		"unix:relative/path", "unix:///abs/path", "unix://rel", "unix:", "unix:@", "unix:@name",
-		"unix-abstract:", "unix-abstract:name", "unix-abstract:@", "unix:/", "unix://", "unix:///",
-		"[fe80::1%eth0]:1", "\x00:1", "unix:\x00", "UNIX:/x",
-	} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, addr string) {
-		network, address, err := parseDialAddr(addr)
-		if err != nil {
-			if network != "" || address != "" {
-				t.Fatalf("%q: error %v with network %q address %q", addr, err, network, address)
-			}
-			if !strings.Contains(err.Error(), fmt.Sprintf("%q", addr)) {
-				t.Fatalf("%q: error does not quote the address: %v", addr, err)
-			}
-			return
-		}
-		switch network {
-		case "tcp":
-			if address != addr {
-				t.Fatalf("%q: tcp address rewritten to %q", addr, address)
-			}
-			_, port, err := net.SplitHostPort(address)
-			if err != nil || port == "" {
-				t.Fatalf("%q: accepted as tcp but not host:port (port %q, %v)", addr, port, err)
-			}
-		case "unix":
-			if address == "" || address == "@" {
-				t.Fatalf("%q: accepted as unix with empty path %q", addr, address)
-			}
-			if strings.HasPrefix(addr, "unix://") && !strings.HasPrefix(address, "/") {
-				t.Fatalf("%q: unix:// accepted with relative path %q", addr, address)
-			}
-		default:
-			t.Fatalf("%q: network %q", addr, network)
-		}
-	})
-}
+//	go test -run '^$' -fuzz FuzzPushback -fuzztime 60s .
 
 // FuzzPushback checks that the parser of grpc-retry-pushback-ms, which retry
 // and hedging share, never panics and that found/stop/wait keep gRFC A6's

@@ -40,35 +40,35 @@ import (
 // grpc_method="other", so names chosen by a client's callers cannot grow
 // the number of series.
 type Metrics struct {
-	stale           *prometheus.CounterVec
-	probes          *prometheus.CounterVec
-	dials           *prometheus.CounterVec
-	open            prometheus.Gauge
-	retries         *prometheus.CounterVec
-	retryThrottled  *prometheus.CounterVec
-	retryUnprocessd *prometheus.CounterVec
-	retryDedup      *prometheus.CounterVec
-	hedges          *prometheus.CounterVec
-	hedgeWins       *prometheus.CounterVec
-	hedgeThrottled  *prometheus.CounterVec
-	hedgeDelay      *prometheus.GaugeVec
-	staleIdleAge    prometheus.Histogram
-	horizon         prometheus.Gauge
-	retiredConns    *prometheus.CounterVec
-	keepAlive       prometheus.Gauge
-	verifications   *prometheus.CounterVec
-	verifyWait      prometheus.Histogram
-	unprobed        prometheus.Counter
+	stale            *prometheus.CounterVec
+	probes           *prometheus.CounterVec
+	dials            *prometheus.CounterVec
+	open             prometheus.Gauge
+	retries          *prometheus.CounterVec
+	retryThrottled   *prometheus.CounterVec
+	retryUnprocessed *prometheus.CounterVec
+	retryDedup       *prometheus.CounterVec
+	hedges           *prometheus.CounterVec
+	hedgeWins        *prometheus.CounterVec
+	hedgeThrottled   *prometheus.CounterVec
+	hedgeDelay       *prometheus.GaugeVec
+	staleIdleAge     prometheus.Histogram
+	horizon          prometheus.Gauge
+	retiredConns     *prometheus.CounterVec
+	keepAlive        prometheus.Gauge
+	verifications    *prometheus.CounterVec
+	verifyWait       prometheus.Histogram
+	unprobed         prometheus.Counter
 
 	// Children resolved once: the per-write and per-probe paths must not hash
 	// label values.
-	staleBy   [numStaleReasons]prometheus.Counter
-	probeAliv prometheus.Counter
-	probeStal prometheus.Counter
-	dialOK    prometheus.Counter
-	dialErr   prometheus.Counter
-	verifyBy  [numVerifyResults]prometheus.Counter
-	retiredBy [2]prometheus.Counter // learned, max_idle
+	staleBy    [numStaleReasons]prometheus.Counter
+	probeAlive prometheus.Counter
+	probeStale prometheus.Counter
+	dialOK     prometheus.Counter
+	dialErr    prometheus.Counter
+	verifyBy   [numVerifyResults]prometheus.Counter
+	retiredBy  [2]prometheus.Counter // learned, max_idle
 }
 
 // MetricsOption configures NewMetrics. It follows the pattern of Option,
@@ -116,12 +116,12 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 		}),
 		retries: counter("retries_total",
 			"Retries sent, by the status code of the attempt being retried.", append(method, "grpc_code")...),
-		retryThrottled:  counter("retries_throttled_total", "Retries refused because the retry budget was exhausted.", method...),
-		retryUnprocessd: counter("retries_unprocessed_total", "Retries allowed because the failed attempt provably never left the client.", method...),
-		retryDedup:      counter("retries_deduplicated_total", "Retries of non-idempotent calls that may have reached the server, allowed because the server deduplicates their request id.", method...),
-		hedges:          counter("hedges_total", "Hedged attempts sent (beyond the original).", method...),
-		hedgeWins:       counter("hedge_wins_total", "Calls won by a hedged attempt rather than the original.", method...),
-		hedgeThrottled:  counter("hedges_throttled_total", "Hedged attempts not sent because the hedge budget was exhausted.", method...),
+		retryThrottled:   counter("retries_throttled_total", "Retries refused because the retry budget was exhausted.", method...),
+		retryUnprocessed: counter("retries_unprocessed_total", "Retries allowed because the failed attempt provably never left the client.", method...),
+		retryDedup:       counter("retries_deduplicated_total", "Retries of non-idempotent calls that may have reached the server, allowed because the server deduplicates their request id.", method...),
+		hedges:           counter("hedges_total", "Hedged attempts sent (beyond the original).", method...),
+		hedgeWins:        counter("hedge_wins_total", "Calls won by a hedged attempt rather than the original.", method...),
+		hedgeThrottled:   counter("hedges_throttled_total", "Hedged attempts not sent because the hedge budget was exhausted.", method...),
 		hedgeDelay: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "grpcguard", Name: "hedge_delay_seconds", Help: "Current adaptive hedging delay per method.",
 			ConstLabels: mc.constLabels,
@@ -165,8 +165,8 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 	}
 	m.retiredBy[0] = m.retiredConns.WithLabelValues("learned")
 	m.retiredBy[1] = m.retiredConns.WithLabelValues("max_idle")
-	m.probeAliv = m.probes.WithLabelValues("alive")
-	m.probeStal = m.probes.WithLabelValues("stale")
+	m.probeAlive = m.probes.WithLabelValues("alive")
+	m.probeStale = m.probes.WithLabelValues("stale")
 	m.dialOK = m.dials.WithLabelValues("ok")
 	m.dialErr = m.dials.WithLabelValues("error")
 	return m
@@ -174,7 +174,7 @@ func NewMetrics(opts ...MetricsOption) *Metrics {
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.stale, m.probes, m.dials, m.open, m.retries, m.retryThrottled,
-		m.retryUnprocessd, m.retryDedup, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay,
+		m.retryUnprocessed, m.retryDedup, m.hedges, m.hedgeWins, m.hedgeThrottled, m.hedgeDelay,
 		m.staleIdleAge, m.horizon, m.retiredConns, m.keepAlive, m.verifications, m.verifyWait, m.unprobed}
 }
 
@@ -203,9 +203,9 @@ func (m *Metrics) probed(stale bool) {
 		return
 	}
 	if stale {
-		m.probeStal.Inc()
+		m.probeStale.Inc()
 	} else {
-		m.probeAliv.Inc()
+		m.probeAlive.Inc()
 	}
 }
 
@@ -239,7 +239,7 @@ func (m *Metrics) retried(mi *methodInfo, code codes.Code, unprocessed bool) {
 	}
 	m.retries.WithLabelValues(mi.service, mi.method, code.String()).Inc()
 	if unprocessed {
-		m.retryUnprocessd.WithLabelValues(mi.service, mi.method).Inc()
+		m.retryUnprocessed.WithLabelValues(mi.service, mi.method).Inc()
 	}
 }
 

@@ -114,10 +114,12 @@ const learnHorizon time.Duration = -1
 const maxAttemptsLimit = 10
 
 // config is the resolved settings of a client: what ClientOptions set, and
-// the defaults of every call (call), which CallOptions set. newConfig makes
-// it once per constructor; it is not changed afterwards, and holds no state
-// that running the client changes: that is clientRuntime's (bundle.go).
-// What it points to (method sets, the service config) is immutable too.
+// the defaults of every call (call), which CallOptions set. Each exported
+// constructor makes it once (newConfig) and hands it to the parts it builds;
+// it is not changed afterwards, and holds no state that running the client
+// changes: that is clientRuntime's (bundle.go). What it points to is
+// immutable too (method sets, the service config), or is the user's own
+// (metrics: where to report, as WithMetrics chose).
 type config struct {
 	// Dialer.
 	probeAfterIdle    time.Duration
@@ -149,7 +151,7 @@ type config struct {
 	// Per-method policies from a gRFC A6 service config; nil when none.
 	serviceConfig *serviceConfig
 
-	// How the Dialer obtains its sockets (dialroute.go, proxy.go).
+	// How the Dialer obtains its sockets (options_dial.go, internal/dialroute).
 	dialFunc dialFunc // WithDialFunc; nil: the Dialer dials
 	noProxy  bool     // WithNoProxy
 
@@ -453,9 +455,9 @@ func WithRetryDisabled() CallOption {
 // Unavailable only: it is the one code that says the server could not take
 // the call. Only the listed codes are retried, and only when the retry is safe
 // (see UnaryClientRetry). OK is invalid.
-func WithRetryableCodes(cs ...codes.Code) CallOption {
+func WithRetryableCodes(retryable ...codes.Code) CallOption {
 	return callOption(func(c callSettings) (callSettings, error) {
-		set, err := newCodeSet("WithRetryableCodes", cs)
+		set, err := newCodeSet("WithRetryableCodes", retryable)
 		if err != nil {
 			return c, err
 		}
@@ -557,9 +559,9 @@ func WithHedgingDisabled() CallOption {
 // WithNonFatalCodes sets the codes after which a hedged call sends its next
 // attempt at once instead of ending (gRFC A6 nonFatalStatusCodes). Default
 // Unavailable. OK is invalid.
-func WithNonFatalCodes(cs ...codes.Code) CallOption {
+func WithNonFatalCodes(nonFatal ...codes.Code) CallOption {
 	return callOption(func(c callSettings) (callSettings, error) {
-		set, err := newCodeSet("WithNonFatalCodes", cs)
+		set, err := newCodeSet("WithNonFatalCodes", nonFatal)
 		if err != nil {
 			return c, err
 		}
@@ -659,17 +661,17 @@ func WithRetryThrottling(maxTokens, tokenRatio float64) ClientOption {
 // codeSet is a set of gRPC status codes (codes 0-16) as a bitmask.
 type codeSet uint32
 
-func codeSetOf(cs ...codes.Code) codeSet {
+func codeSetOf(list ...codes.Code) codeSet {
 	var s codeSet
-	for _, c := range cs {
+	for _, c := range list {
 		s |= 1 << c
 	}
 	return s
 }
 
-func newCodeSet(option string, cs []codes.Code) (codeSet, error) {
+func newCodeSet(option string, list []codes.Code) (codeSet, error) {
 	var s codeSet
-	for _, c := range cs {
+	for _, c := range list {
 		if c == codes.OK || c > codes.Unauthenticated {
 			return 0, invalid(option, c, "must be a non-OK gRPC status code")
 		}

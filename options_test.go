@@ -251,8 +251,8 @@ func TestOptionKeepAliveDisabledByZeroIdle(t *testing.T) {
 	if cfg.keepAliveIdle != 0 {
 		t.Fatalf("keepAliveIdle = %v", cfg.keepAliveIdle)
 	}
-	if d := NewDialer(WithKeepAlive(0, -1, -1)); d.nd.KeepAlive >= 0 || d.nd.KeepAliveConfig.Enable {
-		t.Fatalf("keepalive still on: %+v %+v", d.nd.KeepAlive, d.nd.KeepAliveConfig)
+	if d := NewDialer(WithKeepAlive(0, -1, -1)); d.router.Net.KeepAlive >= 0 || d.router.Net.KeepAliveConfig.Enable {
+		t.Fatalf("keepalive still on: %+v %+v", d.router.Net.KeepAlive, d.router.Net.KeepAliveConfig)
 	}
 }
 
@@ -290,7 +290,7 @@ func TestOptionsAppliedOnce(t *testing.T) {
 		{"NewDialer", func(o ...Option) error {
 			d := NewDialer(o...)
 			defer d.Close()
-			_, err := d.DialContext(context.Background(), "127.0.0.1:1")
+			_, err := d.DialContext(context.Background(), "") // fails without dialing: d.err or the address
 			return err
 		}},
 		{"UnaryClientRetry", func(o ...Option) error {

@@ -45,8 +45,11 @@ func (r StaleReason) String() string {
 // StaleConnError reports a stale connection. It matches ErrStaleConn.
 type StaleConnError struct {
 	Reason StaleReason
-	// Op is what found it: "probe", "write" (the pre-write probe refused the
-	// write; nothing was sent) or "read".
+	// Op is what found it: "probe" (a probe before the pick or by the
+	// sweep), "write" (the probe before a write after idle refused the
+	// write; nothing was sent) or "verify" (the path check before a write
+	// after idle met a reset: the path forgot the connection; the write was
+	// refused and nothing was sent).
 	Op string
 	// Err is the socket error behind it, if any.
 	Err error

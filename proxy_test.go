@@ -11,9 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/iotest"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/dialroute"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
@@ -29,9 +29,23 @@ import (
 
 // proxyDialer is a Dialer configured by opts that proxies as DialOptions'
 // does, with rule as the proxy rule.
-func proxyDialer(t testing.TB, rule proxyFunc, opts ...Option) *Dialer {
+func proxyDialer(t testing.TB, rule dialroute.ProxyFunc, opts ...Option) *Dialer {
 	t.Helper()
 	return newDialer(mustConfig(t, opts...), &clientRuntime{proxy: rule})
+}
+
+// readHead reads a request head up to its blank line, byte by byte so that
+// nothing after it is consumed.
+func readHead(r io.Reader) ([]byte, error) {
+	var head []byte
+	b := make([]byte, 1)
+	for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		head = append(head, b[0])
+	}
+	return head, nil
 }
 
 // connectProxy is an HTTP CONNECT proxy on 127.0.0.1 that records the head of
@@ -90,7 +104,7 @@ func (p *connectProxy) serve() {
 
 func (p *connectProxy) handle(c net.Conn) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	head, err := readResponseHead(c) // a request head ends the same way
+	head, err := readHead(c)
 	if err != nil {
 		return
 	}
@@ -169,30 +183,6 @@ func TestProxyHandshakeLeavesTunnelBytesInSocket(t *testing.T) {
 	}
 }
 
-func TestReadResponseHead(t *testing.T) {
-	const head = "HTTP/1.1 200 OK\r\nA: \r\r\n\r\n"
-	for name, wrap := range map[string]func(io.Reader) io.Reader{
-		"whole":    func(r io.Reader) io.Reader { return r },
-		"one byte": iotest.OneByteReader,
-		"half":     iotest.HalfReader,
-	} {
-		r := bytes.NewReader([]byte(head + "tunnel"))
-		got, err := readResponseHead(wrap(r))
-		if string(got) != head || err != nil {
-			t.Errorf("%s: got %q, %v; want the head", name, got, err)
-		}
-		if rest, _ := io.ReadAll(r); string(rest) != "tunnel" {
-			t.Errorf("%s: left %q unread, want %q", name, rest, "tunnel")
-		}
-	}
-	if _, err := readResponseHead(strings.NewReader("HTTP/1.1 200 OK\r\n")); !errors.Is(err, io.ErrUnexpectedEOF) {
-		t.Errorf("truncated head: %v, want io.ErrUnexpectedEOF", err)
-	}
-	if _, err := readResponseHead(strings.NewReader(strings.Repeat("x", maxProxyResponseHead+10))); err == nil {
-		t.Error("a head over the limit was accepted")
-	}
-}
-
 // Anything but 200 fails the dial with the proxy's status, counted as a
 // failed dial; the credentials never appear in the error.
 func TestProxyRefusalFailsDial(t *testing.T) {
@@ -201,7 +191,7 @@ func TestProxyRefusalFailsDial(t *testing.T) {
 	d := proxyDialer(t, http.ProxyURL(p.url("gg:s3cret@")), WithMetrics(m))
 	defer d.Close()
 	_, err := d.DialContext(ctxTimeout(t, 5*time.Second), "10.0.0.1:443")
-	if !errors.Is(err, errProxyRefused) || !strings.Contains(err.Error(), "407") {
+	if !errors.Is(err, dialroute.ErrProxyRefused) || !strings.Contains(err.Error(), "407") {
 		t.Fatalf("dial = %v, want a refusal naming 407", err)
 	}
 	if strings.Contains(err.Error(), "s3cret") {
@@ -256,7 +246,7 @@ func TestProxyHandshakeEndsWithContext(t *testing.T) {
 		held = append(held, c)
 	}
 	held[1].SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := readResponseHead(held[1]); err != nil {
+	if _, err := readHead(held[1]); err != nil {
 		t.Fatal(err) // the dial is now waiting for the answer
 	}
 	cancel()
@@ -271,7 +261,7 @@ func TestProxyHandshakeEndsWithContext(t *testing.T) {
 }
 
 // proxyClient is a DialOptions client of target with rule as its proxy rule.
-func proxyClient(t *testing.T, target string, rule proxyFunc, opts ...Option) *grpc.ClientConn {
+func proxyClient(t *testing.T, target string, rule dialroute.ProxyFunc, opts ...Option) *grpc.ClientConn {
 	t.Helper()
 	cfg := mustConfig(t, opts...)
 	rt := newClientRuntime(&cfg)
@@ -369,22 +359,6 @@ func TestProxyOffWithNoProxyOrDialFunc(t *testing.T) {
 	}
 }
 
-func TestWithDefaultPort(t *testing.T) {
-	for in, want := range map[string]string{
-		"host": "host:443", "host:80": "host:80", ":80": "localhost:80",
-		"[::1]:5": "[::1]:5", "::1": "[::1]:443", "10.0.0.1": "10.0.0.1:443",
-	} {
-		if got, err := withDefaultPort(in); got != want || err != nil {
-			t.Errorf("withDefaultPort(%q) = %q, %v; want %q", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "host:"} {
-		if _, err := withDefaultPort(in); err == nil {
-			t.Errorf("withDefaultPort(%q) succeeded", in)
-		}
-	}
-}
-
 // Without HTTPS_PROXY, DialOptions adds nothing for proxies: no rule in the
 // Dialer, no resolver of grpcguard's; a client dials exactly as before. (The
 // test only builds options: Go's rule, which caches the environment for the
@@ -398,12 +372,12 @@ func TestDialOptionsWithoutProxyEnvAddNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		proxies := newDialer(defaultConfig(), newClientRuntime(&config{})).proxy != nil
+		proxies := newDialer(defaultConfig(), newClientRuntime(&config{})).router.Proxy != nil
 		if proxies != configured || len(dopts) != 4+btoi(configured) {
 			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: proxies %v, %d dial options", env.upper, env.lower, proxies, len(dopts))
 		}
 		cfg := mustConfig(t, WithNoProxy())
-		if newDialer(cfg, newClientRuntime(&cfg)).proxy != nil {
+		if newDialer(cfg, newClientRuntime(&cfg)).router.Proxy != nil {
 			t.Errorf("HTTPS_PROXY=%q https_proxy=%q: proxies with WithNoProxy", env.upper, env.lower)
 		}
 		if dopts, _ := DialOptions(WithNoProxy()); len(dopts) != 4 {

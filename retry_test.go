@@ -57,7 +57,7 @@ func retriedCount(m *Metrics, method string, code codes.Code) int {
 
 func unprocessedCount(m *Metrics, method string) int {
 	service, name := splitMethod(method)
-	return int(testutil.ToFloat64(m.retryUnprocessd.WithLabelValues(service, name)))
+	return int(testutil.ToFloat64(m.retryUnprocessed.WithLabelValues(service, name)))
 }
 
 func TestRetryUnavailableTwiceThenSuccess(t *testing.T) {

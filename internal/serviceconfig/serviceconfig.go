@@ -77,9 +77,9 @@ type CodeSet uint32
 // Has reports whether c is in s.
 func (s CodeSet) Has(c codes.Code) bool { return c < 32 && s&(1<<c) != 0 }
 
-// add returns s with cs, which encoding/json has checked to be codes 0-16.
-func (s CodeSet) add(cs []codes.Code) CodeSet {
-	for _, c := range cs {
+// add returns s with list, which encoding/json has checked to be codes 0-16.
+func (s CodeSet) add(list []codes.Code) CodeSet {
+	for _, c := range list {
 		s |= 1 << c
 	}
 	return s

@@ -1,4 +1,4 @@
-package grpcguard
+package dialroute
 
 import (
 	"cmp"
@@ -12,38 +12,40 @@ import (
 	"google.golang.org/grpc/resolver"
 )
 
-// route is the proxy decision the "dns" resolver made for a whole target,
-// carried on each address it produced. A zero route means direct.
-type route struct{ proxy *url.URL }
+// decision is the proxy decision the "dns" resolver made for a whole
+// target, carried on each address it produced. A zero decision means direct.
+type decision struct{ proxy *url.URL }
 
-type routeKey struct{}
+type decisionKey struct{}
 
-// withRoute returns a with r attached.
-func withRoute(a resolver.Address, r route) resolver.Address {
-	a.Attributes = a.Attributes.WithValue(routeKey{}, r)
+// withDecision returns a with d attached.
+func withDecision(a resolver.Address, d decision) resolver.Address {
+	a.Attributes = a.Attributes.WithValue(decisionKey{}, d)
 	return a
 }
 
-// routeFrom returns the route the resolver attached to the address being
-// dialed; grpc puts the address attributes in the dial context.
-func routeFrom(ctx context.Context) (route, bool) {
-	r, ok := credentials.ClientHandshakeInfoFromContext(ctx).Attributes.Value(routeKey{}).(route)
-	return r, ok
+// decisionFrom returns the decision the resolver attached to the address
+// being dialed; grpc puts the address attributes in the dial context.
+func decisionFrom(ctx context.Context) (decision, bool) {
+	d, ok := credentials.ClientHandshakeInfoFromContext(ctx).Attributes.Value(decisionKey{}).(decision)
+	return d, ok
 }
 
-// proxyResolver is the "dns" resolver DialOptions installs while its Dialer
-// proxies (grpc.WithResolvers: for this ClientConn only). It decides as
+// Resolver is the "dns" resolver DialOptions installs while its Dialer
+// proxies by the rule Proxy (grpc.WithResolvers: for this ClientConn only). It decides as
 // grpc-go's delegating resolver does when no dialer is set: the target's
 // host:port (port 443 when absent) under the proxy rule. A proxied target is
 // not resolved: its one address is the name, for the proxy to resolve. A
 // target not proxied is resolved by the registered "dns" resolver, and its
 // addresses are marked direct, so that the Dialer does not proxy an address
 // of a target that NO_PROXY covers by name.
-type proxyResolver struct{ proxy proxyFunc }
+type Resolver struct{ Proxy ProxyFunc }
 
-func (proxyResolver) Scheme() string { return "dns" }
+// Scheme returns "dns": the resolver replaces the registered one.
+func (Resolver) Scheme() string { return "dns" }
 
-func (b proxyResolver) Build(t resolver.Target, cc resolver.ClientConn, opts resolver.BuildOptions) (resolver.Resolver, error) {
+// Build decides the proxy of target t and resolves it unless proxied.
+func (b Resolver) Build(t resolver.Target, cc resolver.ClientConn, opts resolver.BuildOptions) (resolver.Resolver, error) {
 	dns := resolver.Get("dns")
 	if dns == nil {
 		return nil, errors.New(`grpcguard: no "dns" resolver registered`)
@@ -52,14 +54,14 @@ func (b proxyResolver) Build(t resolver.Target, cc resolver.ClientConn, opts res
 	if err != nil {
 		return nil, fmt.Errorf("grpcguard: target %q: %w", t.Endpoint(), err)
 	}
-	p, err := b.proxy.forAddress(addr)
+	p, err := b.Proxy.forAddress(addr)
 	if err != nil {
 		return nil, fmt.Errorf("grpcguard: proxy for target %q: %w", addr, err)
 	}
 	if p == nil {
 		return dns.Build(t, directCC{cc}, opts)
 	}
-	a := withRoute(resolver.Address{Addr: addr}, route{proxy: p})
+	a := withDecision(resolver.Address{Addr: addr}, decision{proxy: p})
 	// As grpc-go's: an error here means no usable address yet, and grpc
 	// reports it; a later ResolveNow has nothing new to say.
 	cc.UpdateState(resolver.State{
@@ -113,7 +115,7 @@ func directAddrs(in []resolver.Address) []resolver.Address {
 	}
 	out := make([]resolver.Address, len(in))
 	for i, a := range in {
-		out[i] = withRoute(a, route{})
+		out[i] = withDecision(a, decision{})
 	}
 	return out
 }

@@ -1,4 +1,4 @@
-package grpcguard
+package dialroute
 
 import (
 	"bufio"
@@ -32,7 +32,7 @@ import (
 //     addresses and "localhost" never). grpc-go calls the same function.
 //   - For "dns" targets grpc-go decides once for the whole target, from its
 //     name, and does not resolve a proxied name: the proxy does. DialOptions
-//     installs the same decision as its "dns" resolver (proxy_resolver.go), and
+//     installs the same decision as its "dns" resolver (resolver.go), and
 //     passes it to the Dialer on the addresses (grpc hands a custom dialer
 //     only the address string, and the address attributes in the dial
 //     context). Other schemes' addresses get the rule one by one.
@@ -65,9 +65,9 @@ import (
 // server. The retry's proof that an attempt never left is unchanged: a byte
 // never written to the proxy never reached the server.
 
-// proxyFunc picks the proxy for a request, as http.Transport.Proxy does: nil
-// means no proxy. The Dialer passes a request for "https://host:port".
-type proxyFunc func(*http.Request) (*url.URL, error)
+// ProxyFunc picks the proxy for a request, as http.Transport.Proxy does: nil
+// means no proxy. The Router passes a request for "https://host:port".
+type ProxyFunc func(*http.Request) (*url.URL, error)
 
 // maxProxyResponseHead bounds the status line and headers of a proxy's
 // answer to CONNECT; real ones are under 200 bytes.
@@ -77,25 +77,11 @@ const maxProxyResponseHead = 16 << 10
 // client set no grpc.WithUserAgent.
 const proxyUserAgent = "grpc-go/" + grpc.Version
 
-// WithNoProxy makes DialOptions' Dialer dial every address directly, whatever
-// HTTPS_PROXY says: grpcguard's grpc.WithNoProxy. grpc's own option cannot
-// reach the Dialer, since grpc ignores it once a dialer is set. Without it,
-// DialOptions proxies as grpc-go does (see "Dialers and proxies" in the
-// README); a Dialer made with NewDialer never proxies, as grpc-go does not
-// with a custom dialer. WithDialFunc implies it: the dial function owns the
-// route.
-func WithNoProxy() ClientOption {
-	return clientOption(func(c *config) error {
-		c.noProxy = true
-		return nil
-	})
-}
-
-// proxyFromEnvironment is the rule DialOptions gives its Dialer: grpc-go's,
+// FromEnvironment is the rule DialOptions gives its Dialer: grpc-go's,
 // http.ProxyFromEnvironment. Without HTTPS_PROXY in the environment it is
 // nil, so that a client with no proxy configured dials exactly as before: no
 // rule to apply, no resolver of grpcguard's.
-func proxyFromEnvironment() proxyFunc {
+func FromEnvironment() ProxyFunc {
 	if os.Getenv("HTTPS_PROXY") == "" && os.Getenv("https_proxy") == "" {
 		return nil
 	}
@@ -104,7 +90,7 @@ func proxyFromEnvironment() proxyFunc {
 
 // forAddress returns the proxy for the TCP address host:port, nil for a
 // direct dial: grpc-go's rule, the same request to the same function.
-func (f proxyFunc) forAddress(address string) (*url.URL, error) {
+func (f ProxyFunc) forAddress(address string) (*url.URL, error) {
 	return f(&http.Request{URL: &url.URL{Scheme: "https", Host: address}})
 }
 
@@ -117,9 +103,9 @@ func proxyHostPort(u *url.URL) string {
 // returns the socket to the proxy with nothing of the tunnel read from it:
 // the probe judges what is left in the socket, so no byte of the server's
 // may wait anywhere else.
-func (d *Dialer) dialProxy(ctx context.Context, p *url.URL, address string) (net.Conn, error) {
+func (r *Router) dialProxy(ctx context.Context, p *url.URL, address string) (net.Conn, error) {
 	hp := proxyHostPort(p)
-	nc, err := d.nd.DialContext(ctx, "tcp", hp)
+	nc, err := r.Net.DialContext(ctx, "tcp", hp)
 	if err != nil {
 		return nil, fmt.Errorf("grpcguard: dial proxy %s for %s: %w", hp, address, err)
 	}
@@ -130,9 +116,9 @@ func (d *Dialer) dialProxy(ctx context.Context, p *url.URL, address string) (net
 	return nc, nil
 }
 
-// errProxyRefused is wrapped by the error of a CONNECT the proxy answered
+// ErrProxyRefused is wrapped by the error of a CONNECT the proxy answered
 // with anything but 200.
-var errProxyRefused = errors.New("proxy refused the tunnel")
+var ErrProxyRefused = errors.New("proxy refused the tunnel")
 
 // connect runs the CONNECT exchange on nc until ctx's deadline or
 // cancellation.
@@ -171,7 +157,7 @@ func exchange(nc net.Conn, req *http.Request) error {
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%w: %s", errProxyRefused, resp.Status)
+		return fmt.Errorf("%w: %s", ErrProxyRefused, resp.Status)
 	}
 	return nil
 }
