@@ -105,7 +105,7 @@ func (cs *clientState) runUnary(ctx context.Context, p *plan, canHedge bool, r *
 // us) keeps its storage: the call moves on to a new one and is not pooled.
 type unaryCall struct {
 	a         attempt
-	abandoned bool // an attempt's storage was left to grpc
+	abandoned bool  // an attempt's storage was left to grpc
 	attempts  int   // sent so far
 	delay     int64 // ns waited with no attempt in flight
 	// cover records attempts that may have reached a deduplicating server.
