@@ -92,6 +92,8 @@ type attemptSpec struct {
 	// header asks grpc for the attempt's response header: a hedge whose
 	// caller asked for it, or a call that commits at headers.
 	header bool
+	// hedge: the hedge delay started the attempt (for Hooks.OnAttempt).
+	hedge bool
 }
 
 // begin starts attempt n (1: the original) of the call planned by s.plan,
@@ -120,6 +122,9 @@ func (cs *clientState) begin(parent context.Context, a *attempt, n int, s attemp
 	}
 	a.ctx = ctx
 
+	if h := cs.cfg.hooks.OnAttempt; h != nil {
+		h(ctx, AttemptEvent{Method: s.plan.fullMethod, Attempt: n, Hedge: s.hedge, Stream: s.mode == ctxStream})
+	}
 	a.stamp(opts, s.header)
 	if n == 1 && s.plan.maxAttempts > 1 {
 		cs.budget.call(a.start) // a call that may send more attempts earns them
@@ -176,6 +181,8 @@ func (a *attempt) end() {
 // facts is what a failed attempt tells the after-failure step.
 type facts struct {
 	failure
+	attempt int   // the attempt's number
+	err     error // the attempt's
 	verdict verdict
 	trailer metadata.MD // the server's, for its pushback
 }
@@ -191,7 +198,7 @@ type facts struct {
 // and, under a retryPolicy, committed.
 func (a *attempt) failed(err error, call context.Context, p *plan, stream grpc.ClientStream, committed bool) facts {
 	code := status.Code(err)
-	o := facts{failure: failure{code: code, callerDone: expired(call), committed: committed}}
+	o := facts{failure: failure{code: code, callerDone: expired(call), committed: committed}, attempt: a.n, err: err}
 	o.attemptExpiry = !o.callerDone && a.outOfTime() && (code == codes.DeadlineExceeded || code == codes.Canceled)
 	switch {
 	case stream != nil:

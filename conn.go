@@ -222,6 +222,10 @@ func (c *conn) markDead(reason StaleReason, state int32, path time.Duration) boo
 		c.d.applyKeepAlive()
 	}
 	c.d.nextCheck.Store(0) // the horizon may have shrunk
+	if h := c.d.cfg.hooks.OnStaleConn; h != nil {
+		h(StaleConnEvent{Local: c.Conn.LocalAddr(), Remote: c.Conn.RemoteAddr(), Reason: reason, Idle: d.idle})
+	}
+	c.d.reportHorizon()
 	return true
 }
 
@@ -263,6 +267,9 @@ func (c *conn) retire(fixed bool) bool {
 	}
 	c.d.cfg.metrics.retired(fixed)
 	c.Conn.Close()
+	if h := c.d.cfg.hooks.OnConnRetired; h != nil {
+		h(ConnRetiredEvent{Local: c.Conn.LocalAddr(), Remote: c.Conn.RemoteAddr(), Learned: !fixed})
+	}
 	return true
 }
 

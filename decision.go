@@ -108,6 +108,10 @@ type decision struct {
 	// (no attempt, time or budget left) and a hedged call waits for the
 	// attempts still in flight.
 	final bool
+	// why says why a failure the call would resend is not resent: one of
+	// the Reason constants, "" when the failure is not one the call resends
+	// (its code, or the caller gave up).
+	why string
 }
 
 // afterFailure is the one step every engine takes after a failed attempt,
@@ -134,14 +138,20 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, o facts, start
 	}
 	ok, unprocessed := mayRetry(resendable, f, p.idempotent)
 	if !ok {
-		return decision{final: true}
+		d := decision{final: true}
+		if !f.callerDone && (resendable.has(f.code) || f.attemptExpiry) {
+			d.why = ReasonMayHaveRun // the only other reason mayRetry refuses
+		}
+		return cs.notResent(ctx, p, o, d)
 	}
 	pb, pushed, stop := pushback(o.trailer)
-	if stop {
-		return decision{final: true}
-	}
-	if f.committed || started >= p.maxAttempts {
-		return decision{}
+	switch {
+	case stop:
+		return cs.notResent(ctx, p, o, decision{final: true, why: ReasonServerPushback})
+	case f.committed:
+		return cs.notResent(ctx, p, o, decision{why: ReasonCommitted})
+	case started >= p.maxAttempts:
+		return cs.notResent(ctx, p, o, decision{why: ReasonAttemptsExhausted})
 	}
 	var wait time.Duration
 	switch {
@@ -153,18 +163,35 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, o facts, start
 		wait = p.backoff(ctx, started)
 	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= wait {
-		return decision{}
+		return cs.notResent(ctx, p, o, decision{why: ReasonNoTimeLeft})
 	}
 	m := cs.cfg.metrics
 	if !cs.budget.allow(extraRetry) {
 		m.retryThrottledFor(p.method)
-		return decision{}
+		return cs.notResent(ctx, p, o, decision{why: ReasonBudgetExhausted})
 	}
 	m.retried(p.method, f.code, unprocessed)
-	if f.deduplicated && !p.idempotent && !f.neverLeft {
+	why := ReasonIdempotent
+	switch {
+	case unprocessed:
+		why = ReasonNeverLeft
+	case !p.idempotent:
+		why = ReasonDeduplicated
 		m.retriedDeduplicated(p.method)
 	}
+	if h := cs.cfg.hooks.OnRetry; h != nil {
+		h(ctx, RetryEvent{Method: p.fullMethod, Attempt: o.attempt, Err: o.err, Peer: o.verdict.remote, Reason: why, Wait: wait})
+	}
 	return decision{resend: true, wait: wait}
+}
+
+// notResent reports d, a decision not to resend, to the hooks when it has a
+// reason, and returns it.
+func (cs *clientState) notResent(ctx context.Context, p *plan, o facts, d decision) decision {
+	if h := cs.cfg.hooks.OnNotResent; h != nil && d.why != "" {
+		h(ctx, NotResentEvent{Method: p.fullMethod, Attempt: o.attempt, Err: o.err, Peer: o.verdict.remote, Reason: d.why})
+	}
+	return d
 }
 
 // mayHedge decides whether the hedge delay may start another attempt of a

@@ -74,6 +74,10 @@ type Dialer struct {
 	closed    bool
 	sweepStop chan struct{} // non-nil while a sweep goroutine runs
 	sweeps    sync.WaitGroup
+
+	// What reportHorizon last told Hooks.OnIdleHorizon.
+	hookMu   sync.Mutex
+	reported IdleHorizonEvent
 }
 
 // NewDialer returns a Dialer configured by opts. Invalid options do not
@@ -92,6 +96,7 @@ func NewDialer(opts ...Option) *Dialer {
 func newDialer(cfg config, rt *clientRuntime) *Dialer {
 	d := &Dialer{cfg: cfg, horizon: newIdleHorizon(cfg.maxIdle, cfg.keepAliveIdle, cfg.metrics)}
 	d.router.DialFunc = cfg.dialFunc
+	d.reported = IdleHorizonEvent{Horizon: d.horizon.retireAge(), KeepAlive: d.horizon.keepAliveIdle()} // what hooks start from
 	if !cfg.noProxy && cfg.dialFunc == nil {
 		d.router.Proxy = rt.proxy
 	}
@@ -131,7 +136,7 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	}
 	r, err := d.router.Route(ctx, addr)
 	if err != nil {
-		return nil, err
+		return nil, d.dialFailed(addr, err)
 	}
 	if d.isClosed() {
 		return nil, ErrDialerClosed
@@ -139,7 +144,7 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	nc, err := d.router.Dial(ctx, r)
 	d.cfg.metrics.dialed(err)
 	if err != nil {
-		return nil, err
+		return nil, d.dialFailed(addr, err)
 	}
 	c := newConn(d, nc)
 	if c.prober.rc == nil {
@@ -153,6 +158,33 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 		c.path.setKeepAliveIdle(k)
 	}
 	return c, nil
+}
+
+// dialFailed tells the hooks that a dial of addr failed with err, and
+// returns err.
+func (d *Dialer) dialFailed(addr string, err error) error {
+	if h := d.cfg.hooks.OnDialError; h != nil {
+		h(DialErrorEvent{Addr: addr, Err: err})
+	}
+	return err
+}
+
+// reportHorizon tells the hooks when the idle horizon or the keepalive in
+// force changed since it last told them. It reads the horizon's published
+// values, after the horizon's lock is released.
+func (d *Dialer) reportHorizon() {
+	h := d.cfg.hooks.OnIdleHorizon
+	if h == nil {
+		return
+	}
+	e := IdleHorizonEvent{Horizon: d.horizon.retireAge(), KeepAlive: d.horizon.keepAliveIdle()}
+	d.hookMu.Lock()
+	changed := e != d.reported
+	d.reported = e
+	d.hookMu.Unlock()
+	if changed {
+		h(e)
+	}
 }
 
 // applyKeepAlive sets the keepalive the horizon asks for on every live conn.
@@ -285,6 +317,7 @@ func (d *Dialer) scan(now int64, ctx context.Context, self int64) {
 	if d.horizon.refresh(now) {
 		d.applyKeepAlive()
 	}
+	d.reportHorizon()
 	live := d.live.Load()
 	if live == nil {
 		return

@@ -135,6 +135,9 @@ func (cs *clientState) hedge(ctx context.Context, p *plan, r *unaryRPC, reply pr
 	hc.hedgeArgs = hedgeArgs{cs: cs, p: *p, ctx: ctx, unaryRPC: *r, reply: reply}
 	hc.p.hedged = true
 	err := hc.run()
+	if h := cs.cfg.hooks.OnCallEnd; h != nil {
+		h(ctx, CallEndEvent{Method: r.method, Attempts: hc.started, Retries: hc.started - 1 - hc.hedges, Hedges: hc.hedges, RetryDelay: hc.waited, Err: err})
+	}
 	reusable := hc.orig.release() && hc.first.a.finished.Load() // else grpc may still write it
 	for _, o := range r.opts {
 		switch o := o.(type) {
@@ -209,9 +212,13 @@ type hedgeCall struct {
 	// already paid for (after the server's pushback).
 	fireHedge bool
 	noHedges  bool // the budget refused a hedge: no more delay hedges for this call
-	over      bool
-	result    *hedgeAttempt // the attempt that decided the call; nil with ctxErr
-	ctxErr    error         // the caller gave up while nothing was running
+	hedges    int  // attempts the delay started
+	// waited is the time resends waited for the server's pushback with
+	// no attempt in flight.
+	waited time.Duration
+	over   bool
+	result *hedgeAttempt // the attempt that decided the call; nil with ctxErr
+	ctxErr error         // the caller gave up while nothing was running
 }
 
 // recycle clears what a call answered by its original attempt alone left
@@ -227,6 +234,7 @@ func (hc *hedgeCall) recycle() {
 	hc.attempts[0], hc.result, hc.ctxErr = nil, nil, nil
 	hc.started, hc.running, hc.fireAt = 0, 0, 0
 	hc.armed, hc.fireHedge, hc.noHedges, hc.over = false, false, false, false
+	hc.hedges, hc.waited = 0, 0
 }
 
 // hedgeAttempt is one attempt and everything it writes. Only the goroutine
@@ -240,8 +248,9 @@ type hedgeAttempt struct {
 	settled bool // it returned and its outcome was taken (under mu)
 	reply   proto.Message
 	err     error
-	out     facts // of a failure
-	end     int64 // when it returned, for the adaptive delay
+	out     facts  // of a failure
+	why     string // why its failure was not resent
+	end     int64  // when it returned, for the adaptive delay
 	// optBuf holds the caller's options this attempt keeps.
 	optBuf [7]grpc.CallOption
 }
@@ -249,7 +258,7 @@ type hedgeAttempt struct {
 // clear drops what the original attempt of a call held (see recycle).
 func (at *hedgeAttempt) clear() {
 	at.a.clear()
-	at.reply, at.err, at.out = nil, nil, facts{}
+	at.reply, at.err, at.out, at.why = nil, nil, facts{}, ""
 	at.settled = false
 }
 
@@ -259,7 +268,7 @@ func (hc *hedgeCall) run() error {
 	hc.chooseDelay()
 	hc.orig.reset(hc.ctx)
 	hc.mu.Lock()
-	at := hc.launchLocked()
+	at := hc.launchLocked(false)
 	// The original's start is the call's: the hedge delay counts from it.
 	hc.start = at.a.start
 	hc.armHedgeLocked(hc.start)
@@ -283,14 +292,14 @@ func (hc *hedgeCall) chooseDelay() {
 	}
 }
 
-// launchLocked starts attempt number hc.started+1: its reply, its
+// launchLocked starts attempt number hc.started+1, a hedge or a resend: its reply, its
 // context, metadata and options, and its stamp. Stamping a little before the
 // invoker runs is what the hand-off allows (earlier is only more cautious).
 // The caller of launchLocked runs it.
-func (hc *hedgeCall) launchLocked() *hedgeAttempt {
+func (hc *hedgeCall) launchLocked(hedge bool) *hedgeAttempt {
 	n := hc.started + 1
 	var at *hedgeAttempt
-	spec := attemptSpec{plan: &hc.p, mode: ctxCancel}
+	spec := attemptSpec{plan: &hc.p, mode: ctxCancel, hedge: hedge}
 	parent := hc.ctx
 	if n == 1 {
 		at = &hc.first
@@ -384,9 +393,16 @@ func (hc *hedgeCall) onTimer() {
 		hc.mu.Unlock()
 		return
 	}
-	at := hc.launchLocked()
+	hedge := hc.fireHedge
+	if hedge {
+		hc.hedges++
+	}
+	at := hc.launchLocked(hedge)
 	hc.armHedgeLocked(now)
 	hc.mu.Unlock()
+	if h := hc.cs.cfg.hooks.OnHedge; h != nil && hedge {
+		h(hc.ctx, HedgeEvent{Method: hc.method, Attempt: at.a.n, Delay: hc.delay})
+	}
 	hc.runAttempts(at, verdict{})
 }
 
@@ -454,14 +470,18 @@ func (hc *hedgeCall) wonLocked(at *hedgeAttempt) {
 // left that could still succeed: no attempt running and no resend pending.
 func (hc *hedgeCall) failedLocked(at *hedgeAttempt) *hedgeAttempt {
 	d := hc.cs.afterFailure(hc.ctx, &hc.p, at.out, hc.started)
+	at.why = d.why
 	switch {
 	case d.final:
 		hc.endLocked(at)
 	case d.resend && d.wait <= 0:
-		next := hc.launchLocked()
+		next := hc.launchLocked(false)
 		hc.armHedgeLocked(nanotime())
 		return next
 	case d.resend:
+		if hc.running == 0 {
+			hc.waited += d.wait
+		}
 		hc.armLocked(nanotime(), d.wait, false) // the server's pushback: the resend waits for it
 	case hc.running == 0 && (hc.fireAt == 0 || hc.fireHedge):
 		hc.endLocked(at) // nothing left but hedges, which could not have more luck
@@ -530,7 +550,10 @@ func (hc *hedgeCall) finish() error {
 		}
 		hc.copyOut(at)
 	}
-	return at.err
+	if at.err != nil {
+		return notResentError(at.err, at.why)
+	}
+	return nil
 }
 
 // copyOut gives the caller's header, trailer and peer options the values of

@@ -160,6 +160,8 @@ type config struct {
 	requestIDsAll bool         // WithRequestIDs(true): an id on every call
 	serverDedup   *methodSet   // WithServerDedup: declared by hand
 	dedupStatus   *DedupStatus // WithDedupStatus: what DialOptions learns into; nil: its own
+
+	hooks Hooks // WithHooks
 }
 
 // callSettings are the settings a CallOption changes: per client as

@@ -105,7 +105,9 @@ func (cs *clientState) runUnary(ctx context.Context, p *plan, canHedge bool, r *
 // us) keeps its storage: the call moves on to a new one and is not pooled.
 type unaryCall struct {
 	a         attempt
-	abandoned bool // an attempt's storage was left to grpc
+	abandoned bool  // an attempt's storage was left to grpc
+	attempts  int   // sent so far
+	delay     int64 // ns waited with no attempt in flight
 	// cover records attempts that may have reached a deduplicating server.
 	cover dedupCover
 }
@@ -120,10 +122,19 @@ func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
 	defer func() {
 		if !c.abandoned {
 			c.a.clear() // drop every reference to this call
-			c.cover = dedupCover{}
+			c.cover, c.attempts, c.delay = dedupCover{}, 0, 0
 			unaryCalls.Put(c)
 		}
 	}()
+	err := cs.retryAttempts(ctx, p, r, c)
+	if h := cs.cfg.hooks.OnCallEnd; h != nil {
+		h(ctx, CallEndEvent{Method: p.fullMethod, Attempts: c.attempts, Retries: c.attempts - 1, RetryDelay: time.Duration(c.delay), Err: err})
+	}
+	return err
+}
+
+// retryAttempts sends the attempts of a retried call, with c's storage.
+func (cs *clientState) retryAttempts(ctx context.Context, p *plan, r *unaryRPC, c *unaryCall) error {
 	// grpc fills the caller's own Header and Trailer options too, at each
 	// attempt, so they end up holding the final attempt's values.
 	spec := attemptSpec{plan: p, mode: ctxShared, header: p.commitAtHeaders}
@@ -145,6 +156,7 @@ func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
 			parent, resend = c.cover.resendAttempt(ctx, opts)
 		}
 		cs.begin(parent, a, n, spec, opts)
+		c.attempts = n
 		aopts := a.opts
 		if resend != nil {
 			aopts = append(aopts, resend) // last, so that grpc applies it
@@ -167,13 +179,15 @@ func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
 		}
 		d := cs.afterFailure(ctx, p, o, n)
 		if !d.resend {
-			return err
+			return notResentError(err, d.why)
 		}
 		lastErr = err
+		waited := nanotime()
 		if err := sleep(ctx, d.wait); err != nil {
 			return err
 		}
 		o.verdict.awaitRelease(ctx)
+		c.delay += nanotime() - waited
 	}
 }
 

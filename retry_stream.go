@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -113,6 +114,7 @@ type retryStream struct {
 	buf       []any // sent messages kept for replay, until commit
 	bufBytes  int
 	closeSent bool
+	waited    time.Duration // with no attempt in flight, before resends
 	done      bool
 	finalErr  error
 }
@@ -178,8 +180,8 @@ func (s *retryStream) start() (*streamAttempt, error) {
 // error to return. Called with mu held.
 func (s *retryStream) retryLocked(sa *streamAttempt, err error) (ok bool, lastErr error) {
 	for {
-		if !s.resendLocked(sa, err) {
-			return false, err
+		if resend, why := s.resendLocked(sa, err); !resend {
+			return false, notResentError(err, why)
 		}
 		next, cerr := s.start()
 		if cerr == nil {
@@ -191,20 +193,23 @@ func (s *retryStream) retryLocked(sa *streamAttempt, err error) (ok bool, lastEr
 }
 
 // resendLocked takes the after-failure step for the failure of sa and waits
-// before the resend it allows. It ends sa whatever it decides.
-func (s *retryStream) resendLocked(sa *streamAttempt, err error) bool {
+// before the resend it allows; why says why it allows none. It ends sa
+// whatever it decides.
+func (s *retryStream) resendLocked(sa *streamAttempt, err error) (resend bool, why string) {
 	defer sa.a.end()
 	o := sa.a.failed(err, s.ctx, &s.p, sa.stream, s.committed)
 	d := s.cs.afterFailure(s.ctx, &s.p, o, s.n)
 	if !d.resend {
-		return false
+		return false, d.why
 	}
 	sa.a.end()
+	waited := nanotime()
+	defer func() { s.waited += time.Duration(nanotime() - waited) }()
 	if sleep(s.ctx, d.wait) != nil {
-		return false
+		return false, ""
 	}
 	o.verdict.awaitRelease(s.ctx)
-	return true
+	return true, ""
 }
 
 // attemptResultLocked feeds the final attempt's outcome to the budget: err is
@@ -240,6 +245,12 @@ func (s *retryStream) finishLocked(err error) {
 	}
 	s.cancelStable()
 	s.cancelCall()
+	if h := s.cs.cfg.hooks.OnCallEnd; h != nil {
+		if err == io.EOF {
+			err = nil
+		}
+		h(s.ctx, CallEndEvent{Method: s.method, Attempts: s.n, Retries: s.n - 1, RetryDelay: s.waited, Err: err})
+	}
 }
 
 // SendMsg sends m on the current attempt and keeps it for replay until the
