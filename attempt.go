@@ -123,7 +123,7 @@ func (cs *clientState) begin(parent context.Context, a *attempt, n int, s attemp
 	a.ctx = ctx
 
 	if h := cs.cfg.hooks.OnAttempt; h != nil {
-		h(ctx, AttemptEvent{Method: s.plan.fullMethod, Attempt: n, Hedge: s.hedge, Stream: s.mode == ctxStream})
+		h(ctx, AttemptEvent{Method: s.plan.fullMethod, MethodLabel: s.plan.method.label, Attempt: n, Hedge: s.hedge, Stream: s.mode == ctxStream})
 	}
 	a.stamp(opts, s.header)
 	if n == 1 && s.plan.maxAttempts > 1 {

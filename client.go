@@ -35,7 +35,7 @@ type clientState struct {
 func newClientState(cfg config, rt *clientRuntime) *clientState {
 	state := &clientState{cfg: cfg, rt: rt, budget: newBudget(cfg.budget)}
 	state.methods.cs = state
-	state.methods.other.service, state.methods.other.method = otherLabel, otherLabel
+	state.methods.other.service, state.methods.other.method, state.methods.other.label = otherLabel, otherLabel, otherLabel
 	return state
 }
 

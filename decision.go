@@ -180,7 +180,7 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, o facts, start
 		m.retriedDeduplicated(p.method)
 	}
 	if h := cs.cfg.hooks.OnRetry; h != nil {
-		h(ctx, RetryEvent{Method: p.fullMethod, Attempt: o.attempt, Err: o.err, Peer: o.verdict.remote, Reason: why, Wait: wait})
+		h(ctx, RetryEvent{Method: p.fullMethod, MethodLabel: p.method.label, Attempt: o.attempt, Err: o.err, Peer: o.verdict.remote, Reason: why, Wait: wait})
 	}
 	return decision{resend: true, wait: wait}
 }
@@ -189,7 +189,7 @@ func (cs *clientState) afterFailure(ctx context.Context, p *plan, o facts, start
 // reason, and returns it.
 func (cs *clientState) notResent(ctx context.Context, p *plan, o facts, d decision) decision {
 	if h := cs.cfg.hooks.OnNotResent; h != nil && d.why != "" {
-		h(ctx, NotResentEvent{Method: p.fullMethod, Attempt: o.attempt, Err: o.err, Peer: o.verdict.remote, Reason: d.why})
+		h(ctx, NotResentEvent{Method: p.fullMethod, MethodLabel: p.method.label, Attempt: o.attempt, Err: o.err, Peer: o.verdict.remote, Reason: d.why})
 	}
 	return d
 }

@@ -136,7 +136,7 @@ func (cs *clientState) hedge(ctx context.Context, p *plan, r *unaryRPC, reply pr
 	hc.p.hedged = true
 	err := hc.run()
 	if h := cs.cfg.hooks.OnCallEnd; h != nil {
-		h(ctx, CallEndEvent{Method: r.method, Attempts: hc.started, Retries: hc.started - 1 - hc.hedges, Hedges: hc.hedges, RetryDelay: hc.waited, Err: err})
+		h(ctx, CallEndEvent{Method: r.method, MethodLabel: p.method.label, Attempts: hc.started, Retries: hc.started - 1 - hc.hedges, Hedges: hc.hedges, RetryDelay: hc.waited, Err: err})
 	}
 	reusable := hc.orig.release() && hc.first.a.finished.Load() // else grpc may still write it
 	for _, o := range r.opts {
@@ -401,7 +401,7 @@ func (hc *hedgeCall) onTimer() {
 	hc.armHedgeLocked(now)
 	hc.mu.Unlock()
 	if h := hc.cs.cfg.hooks.OnHedge; h != nil && hedge {
-		h(hc.ctx, HedgeEvent{Method: hc.method, Attempt: at.a.n, Delay: hc.delay})
+		h(hc.ctx, HedgeEvent{Method: hc.method, MethodLabel: hc.p.method.label, Attempt: at.a.n, Delay: hc.delay})
 	}
 	hc.runAttempts(at, verdict{})
 }

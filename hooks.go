@@ -84,45 +84,54 @@ const (
 
 // AttemptEvent is an attempt starting.
 type AttemptEvent struct {
-	Method  string // the full method, /service/method
-	Attempt int    // 1 for the original
-	Hedge   bool   // started by the hedge delay
-	Stream  bool
+	Method string // the full method, /service/method
+	// MethodLabel is Method where grpcguard knows the method (registered,
+	// called with grpc.StaticMethod, or named in an option or the service
+	// config), "other" otherwise: a label that cannot grow without bound,
+	// as gRFC A66's grpc.method. The same in every event.
+	MethodLabel string
+	Attempt     int  // 1 for the original
+	Hedge       bool // started by the hedge delay
+	Stream      bool
 }
 
 // RetryEvent is a failed attempt to be sent again.
 type RetryEvent struct {
-	Method  string
-	Attempt int   // the failed attempt's number
-	Err     error // the failed attempt's error
-	Peer    net.Addr
-	Reason  string        // ReasonNeverLeft, ReasonIdempotent or ReasonDeduplicated
-	Wait    time.Duration // before the next attempt
+	Method      string
+	MethodLabel string
+	Attempt     int   // the failed attempt's number
+	Err         error // the failed attempt's error
+	Peer        net.Addr
+	Reason      string        // ReasonNeverLeft, ReasonIdempotent or ReasonDeduplicated
+	Wait        time.Duration // before the next attempt
 }
 
 // HedgeEvent is a hedge started by the delay.
 type HedgeEvent struct {
-	Method  string
-	Attempt int           // the hedge's number: 2 for the first hedge
-	Delay   time.Duration // the hedge delay in force
+	Method      string
+	MethodLabel string
+	Attempt     int           // the hedge's number: 2 for the first hedge
+	Delay       time.Duration // the hedge delay in force
 }
 
 // NotResentEvent is a failed attempt that is not sent again.
 type NotResentEvent struct {
-	Method  string
-	Attempt int
-	Err     error
-	Peer    net.Addr // the server the attempt reached, nil when unknown
-	Reason  string   // one of the Reason constants for it
+	Method      string
+	MethodLabel string
+	Attempt     int
+	Err         error
+	Peer        net.Addr // the server the attempt reached, nil when unknown
+	Reason      string   // one of the Reason constants for it
 }
 
 // CallEndEvent sums up a call that grpcguard sent attempts for (gRFC A96's
 // per-call values).
 type CallEndEvent struct {
-	Method   string
-	Attempts int // sent, the original included
-	Retries  int // attempts sent after a failure
-	Hedges   int // attempts started by the hedge delay
+	Method      string
+	MethodLabel string
+	Attempts    int // sent, the original included
+	Retries     int // attempts sent after a failure
+	Hedges      int // attempts started by the hedge delay
 	// RetryDelay is the time the call waited with no attempt in flight.
 	RetryDelay time.Duration
 	Err        error // the call's result

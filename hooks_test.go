@@ -10,6 +10,7 @@ import (
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // recorder is a Hooks that keeps every event, for tests.
@@ -76,7 +77,7 @@ func TestNotResentMayHaveRun(t *testing.T) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	if len(rec.notResent) != 1 || rec.notResent[0].Reason != ReasonMayHaveRun || rec.notResent[0].Peer == nil ||
-		rec.notResent[0].Method != testsvc.Echo || rec.notResent[0].Attempt != 1 {
+		rec.notResent[0].Method != testsvc.Echo || rec.notResent[0].MethodLabel != testsvc.Echo || rec.notResent[0].Attempt != 1 {
 		t.Errorf("OnNotResent: %+v, want one MAY_HAVE_RUN with the peer", rec.notResent)
 	}
 	if len(rec.retries) != 0 || len(rec.ends) != 1 || rec.ends[0].Attempts != 1 || rec.ends[0].Err == nil {
@@ -176,6 +177,23 @@ func TestHooksStaleConn(t *testing.T) {
 	defer rec.mu.Unlock()
 	if len(rec.dialErrors) != 1 || rec.dialErrors[0].Addr != "127.0.0.1:1" || rec.dialErrors[0].Err == nil {
 		t.Errorf("OnDialError: %+v", rec.dialErrors)
+	}
+}
+
+// TestHooksMethodLabelBounded: a method grpcguard does not know is labelled
+// "other" in events, whatever its name.
+func TestHooksMethodLabelBounded(t *testing.T) {
+	var rec recorder
+	dopts, err := DialOptions(WithHooks(rec.hooks()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := newClient(t, startServer(t, &testsvc.Server{}), dopts...)
+	cc.Invoke(ctxTimeout(t, 5*time.Second), "/unknown.Service/Nope", wrapperspb.String("x"), new(wrapperspb.StringValue))
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.ends) != 1 || rec.ends[0].MethodLabel != otherLabel || rec.ends[0].Method != "/unknown.Service/Nope" {
+		t.Errorf("OnCallEnd: %+v, want the method labelled %q", rec.ends, otherLabel)
 	}
 }
 

@@ -36,6 +36,10 @@ const otherLabel = "other"
 // adaptive hedge delay. It is immutable once built, but for the window.
 type methodInfo struct {
 	service, method string // metric labels
+	// label is the method as telemetry may name it without growing
+	// without bound: the full method when known, "other" otherwise (gRFC
+	// A66's grpc.method).
+	label string
 	base            plan   // unused for the methods that share "other"
 	// window holds the method's recent latencies once it is hedged with
 	// the adaptive delay (2 KiB, so only then).
@@ -107,7 +111,7 @@ func (t *methodTable) add(fullMethod string, static bool) *methodInfo {
 			return mi // added meanwhile
 		}
 	}
-	mi := &methodInfo{service: service, method: method}
+	mi := &methodInfo{service: service, method: method, label: fullMethod}
 	t.cs.basePlan(&mi.base, mi, fullMethod, idempotent)
 	next := map[string]*methodInfo{}
 	if old != nil {

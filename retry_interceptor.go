@@ -128,7 +128,7 @@ func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
 	}()
 	err := cs.retryAttempts(ctx, p, r, c)
 	if h := cs.cfg.hooks.OnCallEnd; h != nil {
-		h(ctx, CallEndEvent{Method: p.fullMethod, Attempts: c.attempts, Retries: c.attempts - 1, RetryDelay: time.Duration(c.delay), Err: err})
+		h(ctx, CallEndEvent{Method: p.fullMethod, MethodLabel: p.method.label, Attempts: c.attempts, Retries: c.attempts - 1, RetryDelay: time.Duration(c.delay), Err: err})
 	}
 	return err
 }

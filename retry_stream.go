@@ -249,7 +249,7 @@ func (s *retryStream) finishLocked(err error) {
 		if err == io.EOF {
 			err = nil
 		}
-		h(s.ctx, CallEndEvent{Method: s.method, Attempts: s.n, Retries: s.n - 1, RetryDelay: s.waited, Err: err})
+		h(s.ctx, CallEndEvent{Method: s.method, MethodLabel: s.p.method.label, Attempts: s.n, Retries: s.n - 1, RetryDelay: s.waited, Err: err})
 	}
 }
 
