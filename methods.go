@@ -40,7 +40,7 @@ type methodInfo struct {
 	// without bound: the full method when known, "other" otherwise (gRFC
 	// A66's grpc.method).
 	label string
-	base            plan   // unused for the methods that share "other"
+	base  plan // unused for the methods that share "other"
 	// window holds the method's recent latencies once it is hedged with
 	// the adaptive delay (2 KiB, so only then).
 	window atomic.Pointer[latencyWindow]
