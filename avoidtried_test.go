@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -33,10 +36,20 @@ type scenarioKey struct{}
 // after grpcguard's).
 func avoidClient(t *testing.T, b *backends, opts []Option, after ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
+	var addrs []string
+	for _, p := range b.proxies {
+		addrs = append(addrs, p.Addr())
+	}
+	return avoidClientOf(t, addrs, opts, after...)
+}
+
+// avoidClientOf is avoidClient for any addresses.
+func avoidClientOf(t *testing.T, targets []string, opts []Option, after ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
 	r := manual.NewBuilderWithScheme("grpcguard-avoid")
 	var addrs []resolver.Address
-	for _, p := range b.proxies {
-		addrs = append(addrs, resolver.Address{Addr: p.Addr()})
+	for _, a := range targets {
+		addrs = append(addrs, resolver.Address{Addr: a})
 	}
 	r.InitialState(resolver.State{Addresses: addrs})
 	dopts, err := DialOptions(opts...)
@@ -190,4 +203,78 @@ func TestAvoidTriedBackends(t *testing.T) {
 			}
 		}
 	})
+}
+
+// With client-side health checking, a replacement pick goes only where the
+// child policy would go: never to a backend whose health service says
+// NOT_SERVING, though its connection is READY.
+func TestAvoidTriedBackendsHealth(t *testing.T) {
+	const calls = 6
+	var (
+		mu     sync.Mutex
+		landed = map[string][]int{}
+		addrs  []string
+	)
+	for i := range 3 {
+		srv := &testsvc.Server{Unary: func(ctx context.Context, _, req string) (string, error) {
+			mu.Lock()
+			landed[req] = append(landed[req], i)
+			mu.Unlock()
+			if strings.HasPrefix(req, "retry-") && previousAttempts(ctx) < 2 {
+				return "", status.Error(codes.Unavailable, "try another backend")
+			}
+			return req, nil
+		}}
+		gs := grpc.NewServer()
+		srv.Register(gs)
+		hs := health.NewServer()
+		if i == 2 {
+			hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		}
+		healthpb.RegisterHealthServer(gs, hs)
+		addrs = append(addrs, serveLoopback(t, gs))
+	}
+	sc := `{"loadBalancingConfig": [{"` + AvoidTriedBackendsPolicy + `": {}}], "healthCheckConfig": {"serviceName": ""}}`
+	var cc *grpc.ClientConn
+	cc = avoidClientOf(t, addrs, []Option{WithMaxAttempts(3), WithBackoff(time.Millisecond, time.Millisecond, 1),
+		WithAvoidTriedBackends(), WithHooks(fillers(&cc))}, grpc.WithDefaultServiceConfig(sc))
+	// Until both healthy backends have served: both are then ready.
+	for i := 0; ; i++ {
+		req := fmt.Sprintf("warm-%d", i)
+		if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, req, grpc.WaitForReady(true)); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		seen := [3]bool{}
+		for r, w := range landed {
+			if strings.HasPrefix(r, "warm-") {
+				for _, b := range w {
+					seen[b] = true
+				}
+			}
+		}
+		mu.Unlock()
+		if seen[2] {
+			t.Fatal("a call ran on the NOT_SERVING backend")
+		}
+		if seen[0] && seen[1] {
+			break
+		}
+		if i == 100 {
+			t.Fatal("100 calls did not reach both healthy backends")
+		}
+	}
+	for i := range calls {
+		req := fmt.Sprintf("retry-health-%d", i)
+		ctx := context.WithValue(ctxTimeout(t, 10*time.Second), scenarioKey{}, true)
+		if _, err := testsvc.Call(ctx, cc, testsvc.Get, req, grpc.WaitForReady(true)); err != nil {
+			t.Fatalf("%s: %v", req, err)
+		}
+		mu.Lock()
+		w := slices.Clone(landed[req])
+		mu.Unlock()
+		if slices.Contains(w, 2) || len(w) != 3 || w[0] == w[1] {
+			t.Errorf("%s: attempts ran on backends %v; want 3 attempts, the first two on 0 and 1, none on 2 (NOT_SERVING)", req, w)
+		}
+	}
 }

@@ -730,10 +730,11 @@ const AvoidTriedBackendsPolicy = avoidtried.Name
 // WithServiceConfig configures the interceptors only and does not interfere.
 // With pick_first as the child (or any policy with one subchannel) there is
 // nothing to choose from: every attempt goes to the one connected backend,
-// as without this option. Which subchannels are READY is their connection's
-// state: client-side health checking (healthCheckConfig) is not consulted
-// for the replacement pick. Built without DialOptions, the interceptors carry
-// the tried set with this option, and the service config is the user's.
+// as without this option. The replacement goes only to a subchannel the
+// child policy counts as ready: connected and, under client-side health
+// checking (healthCheckConfig), healthy. Built without DialOptions, the
+// interceptors carry the tried set with this option, and the service config
+// is the user's.
 func WithAvoidTriedBackends() ClientOption {
 	return clientOption(func(c *config) error {
 		c.avoidTried = true

@@ -8,10 +8,15 @@
 // lets the child pick. Only when the call's context carries a tried set
 // (NewContext: grpcguard's retry and hedging put one there for each call when
 // WithAvoidTriedBackends is on) and the child picked the address of a backend
-// the call already tried does it pick instead, round robin, a READY
-// subchannel whose address the call has not tried. When every ready backend
-// has been tried, the child's pick stands (A6 leaves that case to the
-// policy). A call without a tried set is the child's alone.
+// the call already tried does it pick instead, round robin, a ready
+// subchannel whose address the call has not tried: ready as the child counts
+// it (connected, and healthy when the child watches its health). When every
+// ready backend has been tried, the child's pick stands (A6 leaves that case
+// to the policy). A call without a tried set is the child's alone.
+//
+// To see readiness and health as the child does, the policy hands the child
+// subchannels of its own (subConn) that wrap grpc's, and unwraps them in
+// every pick and every call back into grpc.
 //
 // The policy registers itself with grpc under Name when this package is
 // linked in (balancer.Register in init): that is grpc's own mechanism, and
@@ -114,7 +119,7 @@ type builder struct{}
 func (builder) Name() string { return Name }
 
 func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
-	return &avoidBalancer{cc: cc, opts: opts, subConns: make(map[balancer.SubConn]*subConnState)}
+	return &avoidBalancer{cc: cc, opts: opts, subConns: make(map[*subConn]struct{})}
 }
 
 // ParseConfig reads {"childPolicy": [{"<name>": {<config>}}, ...]}: the
@@ -166,17 +171,49 @@ type avoidBalancer struct {
 	child     balancer.Balancer
 	childName string
 
-	// mu guards subConns: the child's subchannels, their address and
-	// whether they are READY. grpc calls the balancer and the listeners
-	// from one goroutine; the lock only keeps that assumption out of the
-	// argument.
+	// mu guards subConns, the child's subchannels, and their state. grpc
+	// calls the balancer and the listeners from one goroutine; the lock
+	// only keeps that assumption out of the argument.
 	mu       sync.Mutex
-	subConns map[balancer.SubConn]*subConnState
+	subConns map[*subConn]struct{}
 }
 
-type subConnState struct {
-	addr  string
-	ready bool
+// subConn is a subchannel as the child policy sees it: grpc's, with its
+// address and readiness recorded on the way. The picker hands grpc the
+// embedded SubConn, never this one.
+type subConn struct {
+	balancer.SubConn // grpc's
+	b                *avoidBalancer
+
+	// Guarded by b.mu.
+	addr      string
+	connected bool // its connection is READY
+	// health: the child watches its health (a health listener), and
+	// healthy is the last word of it; the child counts it ready only then.
+	health, healthy bool
+}
+
+// readyLocked reports whether the child would count the subchannel as ready.
+func (sc *subConn) readyLocked() bool { return sc.connected && (!sc.health || sc.healthy) }
+
+// RegisterHealthListener records the health the child is told of, so that a
+// replacement pick never goes where the child would not (client-side health
+// checking, outlier detection).
+func (sc *subConn) RegisterHealthListener(listener func(balancer.SubConnState)) {
+	b := sc.b
+	b.mu.Lock()
+	sc.health, sc.healthy = listener != nil, false
+	b.mu.Unlock()
+	if listener == nil {
+		sc.SubConn.RegisterHealthListener(nil)
+		return
+	}
+	sc.SubConn.RegisterHealthListener(func(s balancer.SubConnState) {
+		b.mu.Lock()
+		sc.healthy = s.ConnectivityState == connectivity.Ready
+		b.mu.Unlock()
+		listener(s)
+	})
 }
 
 func (b *avoidBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
@@ -232,19 +269,20 @@ type childCC struct {
 }
 
 func (c *childCC) NewSubConn(addrs []resolver.Address, o balancer.NewSubConnOptions) (balancer.SubConn, error) {
-	st := &subConnState{}
-	if len(addrs) > 0 {
-		st.addr = addrs[0].Addr
-	}
 	b, listener := c.b, o.StateListener
-	var sc balancer.SubConn
-	// grpc calls the listener only after Connect, so after sc is set.
+	sc := &subConn{b: b}
+	if len(addrs) > 0 {
+		sc.addr = addrs[0].Addr
+	}
+	// grpc calls the listener only after Connect, so after sc.SubConn is set.
 	o.StateListener = func(s balancer.SubConnState) {
 		b.mu.Lock()
 		if s.ConnectivityState == connectivity.Shutdown {
 			delete(b.subConns, sc)
-		} else {
-			st.ready = s.ConnectivityState == connectivity.Ready
+		}
+		sc.connected = s.ConnectivityState == connectivity.Ready
+		if !sc.connected {
+			sc.health, sc.healthy = false, false // grpc drops the health listener
 		}
 		b.mu.Unlock()
 		if listener != nil {
@@ -253,37 +291,51 @@ func (c *childCC) NewSubConn(addrs []resolver.Address, o balancer.NewSubConnOpti
 			b.child.UpdateSubConnState(sc, s) // a child still on the deprecated path
 		}
 	}
-	var err error
-	if sc, err = c.ClientConn.NewSubConn(addrs, o); err != nil {
+	inner, err := c.ClientConn.NewSubConn(addrs, o)
+	if err != nil {
 		return nil, err
 	}
+	sc.SubConn = inner
 	b.mu.Lock()
-	b.subConns[sc] = st
+	b.subConns[sc] = struct{}{}
 	b.mu.Unlock()
 	return sc, nil
 }
 
+// RemoveSubConn hands grpc its own subchannel.
+func (c *childCC) RemoveSubConn(sc balancer.SubConn) {
+	c.ClientConn.RemoveSubConn(grpcSubConn(sc)) //nolint:staticcheck // forwarded for a child that still uses it
+}
+
 func (c *childCC) UpdateAddresses(sc balancer.SubConn, addrs []resolver.Address) {
-	c.b.mu.Lock()
-	if st := c.b.subConns[sc]; st != nil && len(addrs) > 0 {
-		st.addr = addrs[0].Addr
+	if w, ok := sc.(*subConn); ok && len(addrs) > 0 {
+		c.b.mu.Lock()
+		w.addr = addrs[0].Addr
+		c.b.mu.Unlock()
 	}
-	c.b.mu.Unlock()
-	c.ClientConn.UpdateAddresses(sc, addrs) //nolint:staticcheck // forwarded for a child that still uses it
+	c.ClientConn.UpdateAddresses(grpcSubConn(sc), addrs) //nolint:staticcheck // forwarded for a child that still uses it
+}
+
+// grpcSubConn returns grpc's subchannel behind what the child holds.
+func grpcSubConn(sc balancer.SubConn) balancer.SubConn {
+	if w, ok := sc.(*subConn); ok {
+		return w.SubConn
+	}
+	return sc
 }
 
 // UpdateState publishes the child's state with its picker wrapped. The
 // subchannels' addresses and readiness are read now: the child publishes a
-// picker after every change of a subchannel's state, which our listener has
-// recorded before passing it on.
+// picker after every change of a subchannel's state or health, which the
+// listeners have recorded before passing it on.
 func (c *childCC) UpdateState(s balancer.State) {
 	if s.Picker != nil {
 		p := &picker{child: s.Picker, addrOf: make(map[balancer.SubConn]string)}
 		c.b.mu.Lock()
-		for sc, st := range c.b.subConns {
-			p.addrOf[sc] = st.addr
-			if st.ready {
-				p.ready = append(p.ready, readySubConn{sc, st.addr})
+		for sc := range c.b.subConns {
+			p.addrOf[sc] = sc.addr
+			if sc.readyLocked() {
+				p.ready = append(p.ready, readySubConn{sc.SubConn, sc.addr})
 			}
 		}
 		c.b.mu.Unlock()
@@ -306,9 +358,9 @@ var errReplaced = errors.New(Name + ": pick replaced by an untried backend")
 // child published it. It is immutable but for next.
 type picker struct {
 	child  balancer.Picker
-	addrOf map[balancer.SubConn]string
-	ready  []readySubConn // sorted by address
-	next   atomic.Uint32  // where the round robin over ready starts
+	addrOf map[balancer.SubConn]string // by the child's subchannel (*subConn)
+	ready  []readySubConn              // grpc's subchannels, sorted by address
+	next   atomic.Uint32               // where the round robin over ready starts
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
@@ -316,12 +368,10 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if err != nil {
 		return res, err
 	}
+	addr, known := p.addrOf[res.SubConn]
+	res.SubConn = grpcSubConn(res.SubConn) // grpc takes only its own
 	t := fromContext(info.Ctx)
-	if t == nil {
-		return res, nil
-	}
-	addr, ok := p.addrOf[res.SubConn]
-	if !ok {
+	if t == nil || !known {
 		return res, nil
 	}
 	t.mu.Lock()
