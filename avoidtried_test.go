@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // These tests prove WithAvoidTriedBackends over three real backends: resends
@@ -275,6 +276,80 @@ func TestAvoidTriedBackendsHealth(t *testing.T) {
 		mu.Unlock()
 		if slices.Contains(w, 2) || len(w) != 3 || w[0] == w[1] {
 			t.Errorf("%s: attempts ran on backends %v; want 3 attempts, the first two on 0 and 1, none on 2 (NOT_SERVING)", req, w)
+		}
+	}
+}
+
+// A stream's retries, too, go to backends the call has not tried: every
+// attempt of a Watch fails before its first message but the third.
+func TestAvoidTriedBackendsStream(t *testing.T) {
+	const calls = 5
+	var (
+		mu     sync.Mutex
+		landed = map[string][]string{}
+		addrs  []string
+	)
+	for i := range 3 {
+		srv := &testsvc.Server{Watch: func(ctx context.Context, req string, send func(string) error) error {
+			mu.Lock()
+			landed[req] = append(landed[req], fmt.Sprintf("b%d/a%d", i, previousAttempts(ctx)))
+			mu.Unlock()
+			if strings.HasPrefix(req, "watch-") && previousAttempts(ctx) < 2 {
+				return status.Error(codes.Unavailable, "try another backend")
+			}
+			return send(req)
+		}}
+		addrs = append(addrs, startServer(t, srv))
+	}
+	var cc *grpc.ClientConn
+	cc = avoidClientOf(t, addrs, []Option{WithMaxAttempts(3), WithBackoff(time.Millisecond, time.Millisecond, 1),
+		WithAvoidTriedBackends(), WithHooks(fillers(&cc))})
+	watch := func(ctx context.Context, req string) (string, error) {
+		s, err := cc.NewStream(ctx, testsvc.WatchDesc, testsvc.Watch, grpc.WaitForReady(true))
+		if err != nil {
+			return "", err
+		}
+		if err := s.SendMsg(wrapperspb.String(req)); err != nil {
+			return "", err
+		}
+		if err := s.CloseSend(); err != nil {
+			return "", err
+		}
+		out := new(wrapperspb.StringValue)
+		err = s.RecvMsg(out)
+		return out.GetValue(), err
+	}
+	// Until every backend has served a Watch: all are then ready.
+	for i := 0; ; i++ {
+		if _, err := watch(ctxTimeout(t, 5*time.Second), fmt.Sprintf("warm-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		seen := map[string]bool{}
+		for r, w := range landed {
+			for _, x := range w {
+				seen[x[:2]] = seen[x[:2]] || strings.HasPrefix(r, "warm-")
+			}
+		}
+		mu.Unlock()
+		if len(seen) == 3 {
+			break
+		}
+		if i == 100 {
+			t.Fatal("100 streams did not reach every backend")
+		}
+	}
+	for i := range calls {
+		req := fmt.Sprintf("watch-%d", i)
+		ctx := context.WithValue(ctxTimeout(t, 10*time.Second), scenarioKey{}, true)
+		if got, err := watch(ctx, req); err != nil || got != req {
+			t.Fatalf("%s: %q, %v", req, got, err)
+		}
+		mu.Lock()
+		w := backendsOf(slices.Clone(landed[req]))
+		mu.Unlock()
+		if len(w) != 3 || !distinct(w) {
+			t.Errorf("%s: attempts ran on %v, want three backends", req, w)
 		}
 	}
 }
