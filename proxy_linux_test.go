@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/netns"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -486,3 +487,23 @@ func TestProxyPeerCloseFoundThroughTinyproxy(t *testing.T) {
 		t.Fatalf("Write after the server's close = %d, %v; want 0 and a peer_closed StaleConnError from write", n2, err)
 	}
 }
+
+// The helpers below keep this file (issue 13), which builds its own pair of
+// namespaces, on the plumbing of internal/netns.
+
+// ipCmd runs ip with args and returns its output in the error if it fails.
+func ipCmd(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// inNetns runs fn on an OS thread in the namespace ns (see netns.Namespace.Do).
+func inNetns(ns string, fn func()) error {
+	return netns.Namespace(ns).Do(func() error { fn(); return nil })
+}
+
+// nsDialer wraps dial so that its sockets are created in the namespace ns.
+func nsDialer(ns string, dial dialFunc) dialFunc { return netns.Namespace(ns).Wrap(dial) }

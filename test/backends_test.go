@@ -1,4 +1,4 @@
-package grpcguard
+package test
 
 import (
 	"context"
@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
@@ -42,14 +44,14 @@ func startBackends(t *testing.T, unary func(i int, ctx context.Context, method, 
 	for i := range b.srvs {
 		b.srvs[i] = &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 			b.mu.Lock()
-			b.landed[req] = append(b.landed[req], fmt.Sprintf("b%d/a%d", i, previousAttempts(ctx)))
+			b.landed[req] = append(b.landed[req], fmt.Sprintf("b%d/a%d", i, testutil.PreviousAttempts(ctx)))
 			b.mu.Unlock()
 			if unary == nil {
 				return req, nil
 			}
 			return unary(i, ctx, method, req)
 		}}
-		b.proxies[i] = startProxy(t, startServer(t, b.srvs[i]), faultproxy.Config{})
+		b.proxies[i] = testutil.StartProxy(t, testutil.StartServer(t, b.srvs[i]), faultproxy.Config{})
 	}
 	return b
 }
@@ -70,8 +72,10 @@ func (b *backends) where(req string) []string {
 }
 
 // client dials every backend through a manual resolver with the load
-// balancing serviceConfig and grpcguard's DialOptions(opts...).
-func (b *backends) client(t *testing.T, serviceConfig string, opts ...Option) *grpc.ClientConn {
+// balancing serviceConfig, and with grpcguard's DialOptions(opts...) unless
+// opts is nil (plain grpc-go). Its metrics are read from the returned
+// registry (nil for plain grpc-go).
+func (b *backends) client(t *testing.T, serviceConfig string, opts ...grpcguard.Option) (*grpc.ClientConn, *testutil.Registry) {
 	t.Helper()
 	r := manual.NewBuilderWithScheme("grpcguard-backends")
 	var addrs []resolver.Address
@@ -81,11 +85,10 @@ func (b *backends) client(t *testing.T, serviceConfig string, opts ...Option) *g
 	r.InitialState(resolver.State{Addresses: addrs})
 	dopts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(serviceConfig)}
+	var reg *testutil.Registry
 	if opts != nil {
-		extra, err := DialOptions(opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var extra []grpc.DialOption
+		extra, reg = guardOptions(t, opts...)
 		dopts = append(dopts, extra...)
 	}
 	cc, err := grpc.NewClient(r.Scheme()+":///backends", dopts...)
@@ -93,7 +96,7 @@ func (b *backends) client(t *testing.T, serviceConfig string, opts ...Option) *g
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return cc
+	return cc, reg
 }
 
 // warmAll makes calls until every backend has served one since the call.
@@ -132,8 +135,8 @@ func (b *backends) warmAll(t *testing.T, cc *grpc.ClientConn, tag string) {
 //   - the probe before the pick works per subchannel: right after one
 //     backend's idle connection was closed, non-idempotent calls succeed,
 //     where plain grpc-go fails some;
-//   - where hedges land (logged): with round_robin on another backend, with
-//     pick_first on the same one.
+//   - where hedges land: with round_robin on another backend (every time),
+//     with pick_first on the same one (every time).
 func TestManyBackends(t *testing.T) {
 	t.Run("KillUnderLoad", testKillUnderLoad)
 	t.Run("ProbePerSubchannel", testProbePerSubchannel)
@@ -146,8 +149,7 @@ func testKillUnderLoad(t *testing.T) {
 		kills   = 20
 	)
 	b := startBackends(t, nil)
-	m := NewMetrics()
-	cc := b.client(t, roundRobinConfig, WithMetrics(m), WithProbeAfterIdle(5*time.Millisecond))
+	cc, reg := b.client(t, roundRobinConfig, grpcguard.WithProbeAfterIdle(5*time.Millisecond))
 	b.warmAll(t, cc, "load")
 
 	var (
@@ -207,7 +209,7 @@ func testKillUnderLoad(t *testing.T) {
 	}
 	t.Logf("round_robin, %d kills (%d conns closed) under %d callers: %d RPCs, idempotent failed %d, Echo failed %d of %d, Echo run twice %d; retries %v (unprocessed %v), stale conns %d; calls per backend %d/%d/%d",
 		kills, closed, callers, calls.Load(), idemFailed.Load(), echoFailed.Load(), echos.Load(), dup,
-		metricSum(t, m, "grpcguard_retries_total"), metricSum(t, m, "grpcguard_retries_unprocessed_total"), staleTotal(m),
+		metric(t, reg, "grpcguard_retries_total", nil), metric(t, reg, "grpcguard_retries_unprocessed_total", nil), stale(t, reg, ""),
 		b.srvs[0].Calls(), b.srvs[1].Calls(), b.srvs[2].Calls())
 	if closed < kills/2 {
 		t.Errorf("only %d conns closed in %d kills: the scenario did not happen", closed, kills)
@@ -251,11 +253,12 @@ func testProbePerSubchannel(t *testing.T) {
 		}
 		return ok, n
 	}
-	plainOK, n := run(b.client(t, roundRobinConfig), "plain")
-	m := NewMetrics()
-	guardedOK, _ := run(b.client(t, roundRobinConfig, WithMetrics(m), WithProbeAfterIdle(quiet/4)), "guarded")
+	plain, _ := b.client(t, roundRobinConfig)
+	plainOK, n := run(plain, "plain")
+	guarded, reg := b.client(t, roundRobinConfig, grpcguard.WithProbeAfterIdle(quiet/4))
+	guardedOK, _ := run(guarded, "guarded")
 	t.Logf("round_robin over 3 backends, Echo right after one backend's idle conn was closed: plain grpc-go %d/%d succeeded, grpcguard %d/%d (stale counted %d)",
-		plainOK, n, guardedOK, n, staleTotal(m))
+		plainOK, n, guardedOK, n, stale(t, reg, ""))
 	if guardedOK*100 < n*99 {
 		t.Errorf("grpcguard: %d/%d succeeded, want at least 99%%", guardedOK, n)
 	}
@@ -270,18 +273,18 @@ func testHedgeLanding(t *testing.T) {
 	const calls = 6
 	// The first attempt of every "slow-" request hangs; hedges answer at once.
 	b := startBackends(t, func(_ int, ctx context.Context, method, req string) (string, error) {
-		if strings.HasPrefix(req, "slow-") && previousAttempts(ctx) == 0 {
-			if err := sleep(ctx, 2*time.Second); err != nil {
+		if strings.HasPrefix(req, "slow-") && testutil.PreviousAttempts(ctx) == 0 {
+			if err := slowFor(ctx, 2*time.Second); err != nil {
 				return "", err
 			}
 		}
 		return req, nil
 	})
 	for _, lb := range []struct{ name, config string }{{"round_robin", roundRobinConfig}, {"pick_first", pickFirstConfig}} {
-		cc := b.client(t, lb.config, WithHedgeDelay(20*time.Millisecond), WithMaxAttempts(2))
+		cc, _ := b.client(t, lb.config, grpcguard.WithHedgeDelay(20*time.Millisecond), grpcguard.WithMaxAttempts(2))
 		if lb.name == "round_robin" {
 			b.warmAll(t, cc, lb.name)
-		} else if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm-pf", grpc.WaitForReady(true)); err != nil {
+		} else if _, err := testsvc.Call(testutil.CtxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm-pf", grpc.WaitForReady(true)); err != nil {
 			t.Fatal(err)
 		}
 		elsewhere := 0
@@ -289,14 +292,14 @@ func testHedgeLanding(t *testing.T) {
 		for i := range calls {
 			req := fmt.Sprintf("slow-%s-%d", lb.name, i)
 			start := time.Now()
-			if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, req); err != nil {
+			if _, err := testsvc.Call(testutil.CtxTimeout(t, 5*time.Second), cc, testsvc.Get, req); err != nil {
 				t.Fatalf("%s: %s: %v", lb.name, req, err)
 			}
 			if el := time.Since(start); el > time.Second {
 				t.Errorf("%s: %s took %v: the hedge did not answer", lb.name, req, el)
 			}
 			// The original attempt has been cancelled; its record is there.
-			waitFor(t, 5*time.Second, "both attempts to reach a server", func() bool { return len(b.where(req)) == 2 })
+			testutil.WaitFor(t, 5*time.Second, "both attempts to reach a server", func() bool { return len(b.where(req)) == 2 })
 			w := b.where(req)
 			slices.SortFunc(w, func(x, y string) int { return strings.Compare(x[3:], y[3:]) })
 			if w[0][:2] != w[1][:2] {
@@ -305,5 +308,9 @@ func testHedgeLanding(t *testing.T) {
 			where = append(where, strings.Join(w, ","))
 		}
 		t.Logf("%s: the hedge ran on another backend than the original in %d of %d calls: %v", lb.name, elsewhere, calls, where)
+		// round_robin's next pick is the next backend; pick_first has one.
+		if want := map[string]int{"round_robin": calls, "pick_first": 0}[lb.name]; elsewhere != want {
+			t.Errorf("%s: the hedge ran on another backend in %d of %d calls, want %d", lb.name, elsewhere, calls, want)
+		}
 	}
 }
