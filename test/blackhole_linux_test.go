@@ -39,11 +39,7 @@ func newBlackholeNet(t *testing.T, srv *testsvc.Server) (*netns.Net, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
-	srv.Register(gs)
-	served := make(chan struct{})
-	go func() { defer close(served); gs.Serve(ln) }()
-	t.Cleanup(func() { gs.Stop(); <-served })
+	testutil.ServeOn(t, srv, ln)
 	return n, ln.Addr().String()
 }
 

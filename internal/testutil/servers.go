@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"context"
+	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -22,6 +23,15 @@ func StartServer(t testing.TB, srv *testsvc.Server, opts ...grpc.ServerOption) s
 	}
 	t.Cleanup(stop)
 	return addr
+}
+
+// ServeOn serves srv on ln until the test ends.
+func ServeOn(t testing.TB, srv *testsvc.Server, ln net.Listener) {
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
 }
 
 // StartProxy puts a fault proxy in front of target until the test ends.
