@@ -15,6 +15,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// One of the root package and test/ at a time (see LockPackage).
+	if err := testutil.LockPackage(); err != nil {
+		panic(err)
+	}
 	goleak.VerifyTestMain(m)
 }
 

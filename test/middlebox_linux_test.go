@@ -103,10 +103,11 @@ func checkGuardKeptPromise(t *testing.T, res []netns.Result) {
 //     fails no call and runs none twice, and counted the closes as stale
 //     connections.
 //   - conntrack-5s: the firewall forgets flows after 5 s and calls come
-//     after 6-9 s (issue 17). The first reset shortens keepalive below 5 s,
-//     which keeps the flows alive from then on: grpcguard fails nothing,
-//     runs nothing twice, and dials at most 2 conns per client for the 15
-//     calls (plain grpc-go must fail some, or the firewall did nothing).
+//     after 6-9 s (issue 17). The first reset shortens keepalive below 5 s
+//     (grpcguard_keepalive_seconds), which keeps the flows alive from then
+//     on: grpcguard fails nothing, runs nothing twice, and dials at most 2
+//     conns per client for the 15 calls (plain grpc-go must fail some, or
+//     the firewall did nothing).
 func TestMiddlebox(t *testing.T) {
 	skipUnlessNetns(t)
 	scenarios := []netns.Scenario{{Middlebox: netns.Conntrack}, {Middlebox: netns.HAProxyFIN}, {Middlebox: netns.HAProxyRST}, {Middlebox: netns.Conntrack}}
@@ -171,6 +172,9 @@ func TestMiddlebox(t *testing.T) {
 				for _, r := range results[i] {
 					if r.Guard != nil && r.Guard.Dials > 2 {
 						t.Errorf("%s dialed %d conns for %d calls; want at most 2: keepalive should keep the flow alive after the first reset", r.Client, r.Guard.Dials, r.Calls)
+					}
+					if r.Guard != nil && (r.Guard.KeepAlive <= 0 || r.Guard.KeepAlive >= s.Idle) {
+						t.Errorf("%s: keepalive %v after the first reset, want it shortened below the firewall's %v", r.Client, r.Guard.KeepAlive, s.Idle)
 					}
 				}
 			}
