@@ -9,17 +9,12 @@ import (
 	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"github.com/grpcguard/grpcguard/internal/testutil"
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
 func TestMain(m *testing.M) {
-	// One of the root package and test/ at a time (see LockPackage).
-	if err := testutil.LockPackage(); err != nil {
-		panic(err)
-	}
-	goleak.VerifyTestMain(m)
+	testutil.Main(m) // one of the root package and test/ at a time
 }
 
 // Helpers shared with the end-to-end tests in test/.

@@ -13,17 +13,12 @@ import (
 
 	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/testutil"
-	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
 func TestMain(m *testing.M) {
-	// One of the root package and test/ at a time (see LockPackage).
-	if err := testutil.LockPackage(); err != nil {
-		panic(err)
-	}
-	goleak.VerifyTestMain(m)
+	testutil.Main(m) // one of the root package and test/ at a time
 }
 
 // dial connects to target ("host:port", passthrough) with opts and insecure

@@ -2,5 +2,5 @@
 
 package testutil
 
-// LockPackage does nothing here: see the unix version.
-func LockPackage() error { return nil }
+// lockPackage does nothing here: see the unix version.
+func lockPackage() error { return nil }

@@ -13,15 +13,15 @@ import (
 // are covered by their parent's lock.
 const lockedEnv = "GRPCGUARD_TEST_LOCKED"
 
-// LockPackage blocks until this test binary holds the lock that every
-// grpcguard test binary calling it takes in TestMain, and keeps it until the
+// lockPackage blocks until this test binary holds the lock that every
+// grpcguard test binary takes in TestMain (Main), and keeps it until the
 // process exits. go test ./... runs packages in parallel; the root
 // package's tests and the end-to-end tests in test/ each load both cores
 // under -race and measure behaviour that depends on timing (a call 0.97 of
 // an idle timeout after the last), so run together they starve each other
 // into failures that are not grpcguard's. Serialized, the two take about as
 // long as the root package alone did before test/ existed.
-func LockPackage() error {
+func lockPackage() error {
 	if os.Getenv(lockedEnv) != "" {
 		return nil
 	}
