@@ -18,9 +18,10 @@ const lockedEnv = "GRPCGUARD_TEST_LOCKED"
 // process exits. go test ./... runs packages in parallel; the root
 // package's tests and the end-to-end tests in test/ each load both cores
 // under -race and measure behaviour that depends on timing (a call 0.97 of
-// an idle timeout after the last), so run together they starve each other
-// into failures that are not grpcguard's. Serialized, the two take about as
-// long as the root package alone did before test/ existed.
+// an idle timeout after the last): run together, each starves the other's
+// schedules (TestDedupSoakEveryIDRunsOnce and TestE2EIdleRace failed so).
+// Serialized, the two take about as long as the root package alone did
+// before test/ existed.
 func lockPackage() error {
 	if os.Getenv(lockedEnv) != "" {
 		return nil
