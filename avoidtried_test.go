@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -35,10 +36,10 @@ type scenarioKey struct{}
 // avoidClient dials the backends through a manual resolver with
 // DialOptions(opts...), then the dial options after (a user's own, given
 // after grpcguard's).
-func avoidClient(t *testing.T, b *backends, opts []Option, after ...grpc.DialOption) *grpc.ClientConn {
+func avoidClient(t *testing.T, b *testutil.Backends, opts []Option, after ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	var addrs []string
-	for _, p := range b.proxies {
+	for _, p := range b.Proxies {
 		addrs = append(addrs, p.Addr())
 	}
 	return avoidClientOf(t, addrs, opts, after...)
@@ -101,8 +102,8 @@ func distinct(backends []string) bool {
 
 // Every attempt of a "retry-" request fails with Unavailable but the third;
 // the original of a "hedge-" request straggles, its hedge answers.
-func avoidBackends(t *testing.T) *backends {
-	return startBackends(t, func(_ int, ctx context.Context, _, req string) (string, error) {
+func avoidBackends(t *testing.T) *testutil.Backends {
+	return testutil.StartBackends(t, func(_ int, ctx context.Context, _, req string) (string, error) {
 		switch {
 		case strings.HasPrefix(req, "retry-") && previousAttempts(ctx) < 2:
 			return "", status.Error(codes.Unavailable, "try another backend")
@@ -117,7 +118,7 @@ func avoidBackends(t *testing.T) *backends {
 
 // runScenario makes calls scenario calls of kind ("retry" or "hedge") and
 // returns, per call, the backends its attempts ran on.
-func runScenario(t *testing.T, b *backends, cc *grpc.ClientConn, kind, tag string, calls int) [][]string {
+func runScenario(t *testing.T, b *testutil.Backends, cc *grpc.ClientConn, kind, tag string, calls int) [][]string {
 	t.Helper()
 	want := 3
 	if kind == "hedge" {
@@ -132,8 +133,8 @@ func runScenario(t *testing.T, b *backends, cc *grpc.ClientConn, kind, tag strin
 		}
 		// A hedged call returns once its straggler is cancelled; its
 		// record is there by then, or soon.
-		waitFor(t, 5*time.Second, req+"'s attempts to reach a server", func() bool { return len(b.where(req)) == want })
-		out = append(out, backendsOf(b.where(req)))
+		waitFor(t, 5*time.Second, req+"'s attempts to reach a server", func() bool { return len(b.Where(req)) == want })
+		out = append(out, backendsOf(b.Where(req)))
 	}
 	return out
 }
@@ -153,7 +154,7 @@ func TestAvoidTriedBackends(t *testing.T) {
 		t.Run(k.kind, func(t *testing.T) {
 			var cc *grpc.ClientConn
 			cc = avoidClient(t, b, append(slices.Clone(k.opts), WithAvoidTriedBackends(), WithHooks(fillers(&cc))))
-			b.warmAll(t, cc, k.kind)
+			b.WarmAll(t, cc, k.kind)
 			for _, w := range runScenario(t, b, cc, k.kind, "avoid", calls) {
 				if !distinct(w) {
 					t.Errorf("a call's attempts ran on %v: a %s went to a backend the call had used", w, k.kind)
@@ -169,8 +170,8 @@ func TestAvoidTriedBackends(t *testing.T) {
 		var all [][]string
 		for _, k := range kinds {
 			var cc *grpc.ClientConn
-			cc = avoidClient(t, b, append(slices.Clone(k.opts), WithHooks(fillers(&cc))), grpc.WithDefaultServiceConfig(roundRobinConfig))
-			b.warmAll(t, cc, "baseline-"+k.kind)
+			cc = avoidClient(t, b, append(slices.Clone(k.opts), WithHooks(fillers(&cc))), grpc.WithDefaultServiceConfig(testutil.RoundRobinConfig))
+			b.WarmAll(t, cc, "baseline-"+k.kind)
 			w := runScenario(t, b, cc, k.kind, "baseline", calls)
 			for _, c := range w {
 				if !distinct(c) {
@@ -191,7 +192,7 @@ func TestAvoidTriedBackends(t *testing.T) {
 	t.Run("PickFirst", func(t *testing.T) {
 		for _, sc := range []string{
 			`{"loadBalancingConfig": [{"` + AvoidTriedBackendsPolicy + `": {"childPolicy": [{"pick_first": {}}]}}]}`,
-			pickFirstConfig,
+			testutil.PickFirstConfig,
 		} {
 			cc := avoidClient(t, b, append(common, WithAvoidTriedBackends()), grpc.WithDefaultServiceConfig(sc))
 			if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm-pf", grpc.WaitForReady(true)); err != nil {
