@@ -59,6 +59,10 @@ type lookupResult struct {
 	answered bool   // the outcome was found: the call is done, with err
 	err      error  // the call's result when answered
 	fence    string // resend with this fence token (hex)
+	// unconfirmed: the lookup could not confirm that the server
+	// deduplicates the call (no dedup service, or no answer): the call ends
+	// with the failure it had, not resent.
+	unconfirmed bool
 }
 
 // lookupBeforeResend asks the dedup service, through invoker (the chain
@@ -70,11 +74,11 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 	rm, ok1 := req.(proto.Message)
 	out, ok2 := reply.(proto.Message)
 	if !ok1 || !ok2 {
-		return lookupResult{answered: true, err: failure}
+		return lookupResult{answered: true, err: failure, unconfirmed: true}
 	}
 	fp, err := wire.FingerprintOf(wire.PrefixOf(method), rm)
 	if err != nil {
-		return lookupResult{answered: true, err: failure}
+		return lookupResult{answered: true, err: failure, unconfirmed: true}
 	}
 	if cover.fence == "" {
 		// The client picks the fence's token, so that a lookup whose reply
@@ -102,7 +106,7 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 		case codes.Unimplemented:
 			// The replica reached has no dedup service: it may be the one
 			// the resend would reach, and would run the call again.
-			return lookupResult{answered: true, err: failure}
+			return lookupResult{answered: true, err: failure, unconfirmed: true}
 		case codes.Unavailable:
 			// The lookup changes nothing but the fence, which it re-issues:
 			// it may be asked again, on a new connection once grpc has let
@@ -112,11 +116,11 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 				if v.connDied {
 					v.awaitRelease(ctx)
 				} else if sleep(ctx, time.Duration(try)*lookupPause) != nil {
-					return lookupResult{answered: true, err: failure}
+					return lookupResult{answered: true, err: failure, unconfirmed: true}
 				}
 				continue
 			}
-			return lookupResult{answered: true, err: failure}
+			return lookupResult{answered: true, err: failure, unconfirmed: true}
 		}
 		return lookupResult{answered: true, err: err} // refused: the clear answer
 	}
@@ -127,7 +131,7 @@ func (cover *dedupCover) lookupBeforeResend(ctx context.Context, method string, 
 	case ok && r.Outcome != nil:
 		return lookupResult{answered: true, err: replayOutcome(r.Outcome, fp, out, opts, failure)}
 	}
-	return lookupResult{answered: true, err: failure}
+	return lookupResult{answered: true, err: failure, unconfirmed: true}
 }
 
 // replayOutcome returns, to the caller, the stored outcome b of the call

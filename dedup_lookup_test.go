@@ -73,6 +73,9 @@ func TestDedupResendNeverRunsOnReplicaWithoutDedup(t *testing.T) {
 	if err == nil {
 		t.Fatal("the call succeeded: its reply was lost")
 	}
+	if why, _ := NotResentReason(err); why != ReasonDedupUnconfirmed {
+		t.Errorf("NotResentReason = %q, want %s: the caller should see why it was not resent", why, ReasonDedupUnconfirmed)
+	}
 }
 
 // TestDedupLookupAnswersLostReply: A and B share one store and both have

@@ -80,6 +80,11 @@ const (
 	// ReasonServerPushback: the server asked not to retry
 	// (grpc-retry-pushback-ms).
 	ReasonServerPushback = "SERVER_PUSHBACK"
+	// ReasonDedupUnconfirmed: a resend would rely on the server's
+	// deduplication, which the client learned from the server's responses,
+	// and the dedup service did not confirm it for the call (the replica
+	// reached has none, or did not answer): the call may have run.
+	ReasonDedupUnconfirmed = "DEDUP_UNCONFIRMED"
 )
 
 // AttemptEvent is an attempt starting.

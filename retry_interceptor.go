@@ -146,12 +146,17 @@ func (cs *clientState) retryAttempts(ctx context.Context, p *plan, r *unaryRPC, 
 	p.dedup = &c.cover
 	a := &c.a
 	var lastErr error
+	var last facts // of the last failed attempt
 	for n := 1; ; n++ {
 		opts := r.opts
 		var resend grpc.CallOption
 		if n > 1 && c.cover.used { // the resend relies on the server's deduplication
 			if c.cover.scope != "" { // learned, not declared: ask the store first
 				lr := c.cover.lookupBeforeResend(ctx, r.method, r.req, r.reply, r.cc, cs.viaPick(r.invoker), opts, lastErr)
+				if lr.answered && lr.unconfirmed {
+					cs.notResent(ctx, p, last, decision{why: ReasonDedupUnconfirmed})
+					return notResentError(lr.err, ReasonDedupUnconfirmed)
+				}
 				if lr.answered {
 					return lr.err
 				}
@@ -185,7 +190,7 @@ func (cs *clientState) retryAttempts(ctx context.Context, p *plan, r *unaryRPC, 
 		if !d.resend {
 			return notResentError(err, d.why)
 		}
-		lastErr = err
+		lastErr, last = err, o
 		waited := nanotime()
 		if err := sleep(ctx, d.wait); err != nil {
 			return err

@@ -8,13 +8,15 @@ import (
 
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
-	"go.uber.org/goleak"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
+// TestMain shares the lock of the root package and test/ (testutil.Main):
+// the soak here counts on its schedule as they do on theirs.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	testutil.Main(m)
 }
 
 // startServer serves srv on 127.0.0.1 until the test ends.

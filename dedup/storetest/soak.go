@@ -142,7 +142,8 @@ func Soak(t *testing.T, newStore func(t *testing.T) dedup.Store, cfg SoakConfig)
 				req, method := fmt.Sprintf("c%d-%d", c, i), methods[(c+i)%3]
 				if out, err := testsvc.Call(ctx, cc, method, req); err != nil || out != req {
 					failed.Add(1)
-					t.Errorf("%s %s: %q, %v", method, req, out, err)
+					why, _ := grpcguard.NotResentReason(err)
+					t.Errorf("%s %s: %q, %v (not resent: %q)", method, req, out, err, why)
 				}
 				if r.IntN(8) == 0 { // now and then a quiet time, so idle faults fire
 					time.Sleep(idle + time.Duration(r.IntN(int(idle))))

@@ -14,7 +14,8 @@ import (
 const lockedEnv = "GRPCGUARD_TEST_LOCKED"
 
 // lockPackage blocks until this test binary holds the lock that every
-// grpcguard test binary takes in TestMain (Main), and keeps it until the
+// grpcguard test binary (the root package, test/ and dedup) takes in
+// TestMain (Main), and keeps it until the
 // process exits. go test ./... runs packages in parallel; the root
 // package's tests and the end-to-end tests in test/ each load both cores
 // under -race and measure behaviour that depends on timing (a call 0.97 of
