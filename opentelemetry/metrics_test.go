@@ -117,7 +117,7 @@ func TestNotResentCounted(t *testing.T) {
 // how they died, and as grpcguard's stale connections with their idle age.
 func TestDisconnections(t *testing.T) {
 	for _, tc := range []struct {
-		rst              bool
+		rst             bool
 		disconnect, why string
 	}{
 		{false, "unknown", "peer_closed"},
