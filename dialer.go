@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,7 +137,7 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	}
 	r, err := d.router.Route(ctx, addr)
 	if err != nil {
-		return nil, d.dialFailed(addr, err)
+		return nil, d.dialFailed(addr, nil, err)
 	}
 	if d.isClosed() {
 		return nil, ErrDialerClosed
@@ -144,7 +145,7 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	nc, err := d.router.Dial(ctx, r)
 	d.cfg.metrics.dialed(err)
 	if err != nil {
-		return nil, d.dialFailed(addr, err)
+		return nil, d.dialFailed(addr, r.Proxy, err)
 	}
 	c := newConn(d, nc)
 	if c.prober.rc == nil {
@@ -160,11 +161,15 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	return c, nil
 }
 
-// dialFailed tells the hooks that a dial of addr failed with err, and
-// returns err.
-func (d *Dialer) dialFailed(addr string, err error) error {
+// dialFailed tells the hooks that a dial of addr, through proxy when it is
+// not nil, failed with err, and returns err.
+func (d *Dialer) dialFailed(addr string, proxy *url.URL, err error) error {
 	if h := d.cfg.hooks.OnDialError; h != nil {
-		h(DialErrorEvent{Addr: addr, Err: err})
+		e := DialErrorEvent{Addr: addr, Err: err}
+		if proxy != nil {
+			e.Proxy = proxy.Host // never its User
+		}
+		h(e)
 	}
 	return err
 }

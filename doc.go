@@ -97,6 +97,13 @@
 //     grpc.WithNoProxy does not reach a custom dialer.
 //   - WithMetrics(m), none: count into m; without it nothing is counted and
 //     nothing costs.
+//   - WithLogger(l), none: log to a *slog.Logger: a warning for a call not
+//     resent because it may have run and for a proxy that failed, debug
+//     records per attempt only when enabled (the levels are on WithLogger).
+//   - WithHooks(h), none: call h's functions on each attempt, resend, hedge,
+//     call not resent (and why: NotResentReason reads it from the error),
+//     stale or retired connection; several add up. WithLogger is built on
+//     them.
 //
 // ClientOption, retry, hedging and budget:
 //

@@ -164,7 +164,12 @@ type IdleHorizonEvent struct {
 // DialErrorEvent is a connection the Dialer could not open.
 type DialErrorEvent struct {
 	Addr string
-	Err  error
+	// Proxy is the host of the HTTP CONNECT proxy the dial went through,
+	// as its URL gives it (host or host:port), "" for a direct dial: when set, Err is the proxy's (it
+	// could not be reached, or did not open the tunnel). It never holds the
+	// proxy URL's credentials.
+	Proxy string
+	Err   error
 }
 
 // WithHooks adds hooks to the client's. Several WithHooks add up: each

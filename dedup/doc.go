@@ -37,7 +37,9 @@
 //
 // Metrics (NewMetrics, WithMetrics) count executions, answers from the
 // store, waits, conflicts, refused resends, releases, evictions and store
-// errors; see Metrics for the series.
+// errors; see Metrics for the series. WithHooks calls your functions at the
+// same points (OnOutcome, OnStoreError), and WithLogger, built on them, logs
+// store errors and calls run without deduplication under WithFailOpen.
 //
 // Streams are not deduplicated: a stream's outcome is a sequence of
 // messages, each possibly acted on by the client before a failure.

@@ -103,26 +103,28 @@ func (d *deduper) lookup(ctx context.Context, in *wrapperspb.BytesValue) (*wrapp
 	for range maxClaimRounds {
 		existing, scope, err := d.store.Claim(ctx, key, fence, d.cfg.ttl)
 		if err != nil {
-			d.cfg.metrics.storeErr(opClaim)
+			d.storeFailed(ctx, LookupMethod, opClaim, err, false)
 			return nil, status.Errorf(codes.Unavailable, "grpcguard: dedup store: %v", err)
 		}
 		if string(existing) == string(fence) { // an earlier lookup's, whose answer was lost
 			return &wrapperspb.BytesValue{Value: wire.LookupFencedReply(fence)}, nil
 		}
 		if existing == nil {
-			if code, why := d.refusal(ctx, p, scope); why != "" {
-				d.release(ctx, key, fence, false)
+			if code, why := d.refusal(ctx, LookupMethod, p, scope); why != "" {
+				d.release(ctx, LookupMethod, key, fence, false)
 				d.cfg.metrics.refuse()
+				d.outcome(ctx, LookupMethod, OutcomeRefused)
 				return nil, status.Errorf(code, "grpcguard: resend of request id refused: %s", why)
 			}
 			return &wrapperspb.BytesValue{Value: wire.LookupFencedReply(fence)}, nil
 		}
-		rec, raw, _, err := d.awaitOutcome(ctx, key, existing, fp)
+		rec, raw, _, err := d.awaitOutcome(ctx, LookupMethod, key, existing, fp)
 		if err != nil {
 			return nil, err
 		}
 		if rec.Done {
 			d.cfg.metrics.answer()
+			d.outcome(ctx, LookupMethod, OutcomeAnswered)
 			return &wrapperspb.BytesValue{Value: wire.LookupOutcomeReply(raw)}, nil
 		}
 		// released or expired: claim it again

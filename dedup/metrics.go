@@ -35,7 +35,7 @@ const (
 )
 
 func (o storeOp) String() string {
-	return [...]string{"claim", "wait", "finish", "release"}[o]
+	return [...]string{StoreOpClaim, StoreOpWait, StoreOpFinish, StoreOpRelease}[o]
 }
 
 // MetricsOption configures NewMetrics.

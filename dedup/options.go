@@ -31,6 +31,7 @@ type config struct {
 	key      func(ctx context.Context, id string) (string, error)
 	failOpen bool
 	metrics  *Metrics
+	hooks    Hooks // WithHooks, WithLogger
 }
 
 // WithTTL sets how long ids and outcomes are kept. Default 5 minutes

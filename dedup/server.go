@@ -192,6 +192,7 @@ type deduper struct {
 
 // methodState is what a deduper keeps of one method.
 type methodState struct {
+	name   string // the full method
 	prefix wire.MethodPrefix
 	reply  atomic.Pointer[replyType] // once known
 	// idField is the request's id field (WithIDField), looked up on
@@ -253,7 +254,7 @@ func (d *deduper) method(name string) *methodState {
 	if old != nil {
 		maps.Copy(next, *old)
 	}
-	ms := &methodState{prefix: wire.PrefixOf(name)}
+	ms := &methodState{name: name, prefix: wire.PrefixOf(name)}
 	next[name] = ms
 	d.methods.Store(&next)
 	return ms
@@ -342,7 +343,7 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	for range maxClaimRounds {
 		existing, scope, err := d.store.Claim(ctx, key, claim, d.cfg.ttl)
 		if err != nil {
-			d.cfg.metrics.storeErr(opClaim)
+			d.storeFailed(ctx, ms.name, opClaim, err, d.cfg.failOpen)
 			if d.cfg.failOpen {
 				return handler(ctx, req)
 			}
@@ -357,15 +358,16 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 		}
 		if existing == nil {
 			if p.Resend {
-				if code, why := d.refusal(ctx, p, scope); why != "" {
-					d.release(ctx, key, claim, false)
+				if code, why := d.refusal(ctx, ms.name, p, scope); why != "" {
+					d.release(ctx, ms.name, key, claim, false)
 					d.cfg.metrics.refuse()
+					d.outcome(ctx, ms.name, OutcomeRefused)
 					return nil, status.Errorf(code, "grpcguard: resend of request id refused: %s", why)
 				}
 			}
 			return d.run(ctx, req, ms, handler, key, c, fp, scope, p.Advertise)
 		}
-		rec, _, w, err := d.awaitOutcome(ctx, key, existing, fp)
+		rec, _, w, err := d.awaitOutcome(ctx, ms.name, key, existing, fp)
 		waited = waited || w
 		switch {
 		case err != nil:
@@ -374,8 +376,10 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			continue // released or expired: claim it again
 		case waited:
 			d.cfg.metrics.wait()
+			d.outcome(ctx, ms.name, OutcomeWaited)
 		default:
 			d.cfg.metrics.answer()
+			d.outcome(ctx, ms.name, OutcomeAnswered)
 		}
 		return d.replay(ctx, info.FullMethod, ms, rec, scope, p.Advertise)
 	}
@@ -388,7 +392,7 @@ func (d *deduper) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 // expired (claim again). waited reports whether it had to wait. A record of
 // another request under the same id is refused with AlreadyExists. The
 // interceptor and the lookup service both answer from it.
-func (d *deduper) awaitOutcome(ctx context.Context, key string, existing []byte, fp wire.Fingerprint) (rec wire.Record, raw []byte, waited bool, err error) {
+func (d *deduper) awaitOutcome(ctx context.Context, method, key string, existing []byte, fp wire.Fingerprint) (rec wire.Record, raw []byte, waited bool, err error) {
 	for existing != nil {
 		rec, err := wire.DecodeRecord(existing)
 		if err != nil {
@@ -396,6 +400,7 @@ func (d *deduper) awaitOutcome(ctx context.Context, key string, existing []byte,
 		}
 		if rec.FP != fp {
 			d.cfg.metrics.conflict()
+			d.outcome(ctx, method, OutcomeConflict)
 			return wire.Record{}, nil, waited, status.Errorf(codes.AlreadyExists, "grpcguard: request id already used with a different request (method or message)")
 		}
 		if rec.Done {
@@ -407,7 +412,7 @@ func (d *deduper) awaitOutcome(ctx context.Context, key string, existing []byte,
 			return wire.Record{}, nil, waited, status.FromContextError(ctx.Err()).Err()
 		}
 		if err != nil {
-			d.cfg.metrics.storeErr(opWait)
+			d.storeFailed(ctx, method, opWait, err, false)
 			return wire.Record{}, nil, waited, status.Errorf(codes.Unavailable, "grpcguard: dedup store: waiting for the running request id: %v", err)
 		}
 	}
@@ -416,7 +421,7 @@ func (d *deduper) awaitOutcome(ctx context.Context, key string, existing []byte,
 
 // refusal says why a resend of an id this store did not know must not run,
 // and with which code, or "" when it may.
-func (d *deduper) refusal(ctx context.Context, r wire.Params, scope string) (codes.Code, string) {
+func (d *deduper) refusal(ctx context.Context, method string, r wire.Params, scope string) (codes.Code, string) {
 	if r.Scope != "" && r.Scope != scope {
 		return codes.FailedPrecondition, fmt.Sprintf("its first attempt may have run under dedup store scope %q, this server's is %q", r.Scope, scope)
 	}
@@ -429,7 +434,7 @@ func (d *deduper) refusal(ctx context.Context, r wire.Params, scope string) (cod
 	if rc, ok := d.store.(RetentionChecker); ok {
 		keep, err := rc.CheckRetention(ctx, d.cfg.ttl)
 		if err != nil {
-			d.cfg.metrics.storeErr(opClaim)
+			d.storeFailed(ctx, method, opClaim, err, false)
 			return codes.Unavailable, fmt.Sprintf("cannot check whether the dedup store lost ids: %v", err)
 		}
 		if r.Age >= keep {
@@ -443,6 +448,7 @@ func (d *deduper) refusal(ctx context.Context, r wire.Params, scope string) (cod
 func (d *deduper) run(ctx context.Context, req any, ms *methodState, handler grpc.UnaryHandler,
 	key string, c *dedupCall, fp wire.Fingerprint, scope string, advertise bool) (resp any, err error) {
 	d.cfg.metrics.executed()
+	d.outcome(ctx, ms.name, OutcomeExecuted)
 	if advertise {
 		d.advertise(ctx, scope)
 	}
@@ -454,13 +460,13 @@ func (d *deduper) run(ctx context.Context, req any, ms *methodState, handler grp
 	returned := false
 	defer func() {
 		if !returned { // the handler panicked: nothing is known, let a resend run
-			d.release(ctx, key, claim, true)
+			d.release(ctx, ms.name, key, claim, true)
 		}
 	}()
 	resp, err = handler(ctx, req)
 	returned = true
 	if ne, ok := errors.AsType[*notExecutedError](err); ok {
-		d.release(ctx, key, claim, true)
+		d.release(ctx, ms.name, key, claim, true)
 		return resp, ne.err
 	}
 	o := wire.Outcome{Header: rec.header, Trailer: rec.trailer}
@@ -484,7 +490,7 @@ func (d *deduper) run(ctx context.Context, req any, ms *methodState, handler grp
 	if encErr != nil {
 		// The reply still goes to its caller; a resend waits until the claim
 		// expires, then runs.
-		d.cfg.metrics.storeErr(opFinish)
+		d.storeFailed(ctx, ms.name, opFinish, encErr, false)
 	}
 	return resp, err
 }
@@ -557,12 +563,13 @@ func replyTypeOf(method string, ms *methodState) (protoreflect.MessageType, erro
 }
 
 // release drops the claim so that a resend runs again.
-func (d *deduper) release(ctx context.Context, key string, claim []byte, count bool) {
+func (d *deduper) release(ctx context.Context, method, key string, claim []byte, count bool) {
 	if count {
 		d.cfg.metrics.release()
+		d.outcome(ctx, method, OutcomeReleased)
 	}
 	if err := d.store.Release(ctx, key, claim); err != nil {
-		d.cfg.metrics.storeErr(opRelease)
+		d.storeFailed(ctx, method, opRelease, err, false)
 	}
 }
 
