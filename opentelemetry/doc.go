@@ -78,6 +78,10 @@
 //     grpcguard.reason (MAY_HAVE_RUN, ATTEMPTS_EXHAUSTED, ...): failed
 //     attempts the call would resend that were not sent again.
 //
+// The server half (package dedup) has its own hooks: DedupHooks records
+// grpcguard.dedup.outcomes and grpcguard.dedup.store_errors, for
+// dedup.WithHooks.
+//
 // The Prometheus collector's path checks (verification_duration_seconds)
 // have no OpenTelemetry twin: grpcguard.Hooks has no event for them.
 //
