@@ -71,9 +71,12 @@
 //     at WithMaxIdle);
 //   - grpcguard.client.idle_horizon (s) and grpcguard.client.keepalive (s),
 //     gauges: the idle age at which connections are retired (0: never) and
-//     the TCP keepalive idle in force, set each time either changes;
+//     the TCP keepalive idle in force, set each time either changes (the
+//     Dialer reports changes only: until the first, its configured
+//     WithMaxIdle and WithKeepAlive hold, and the gauges have no value);
 //   - grpcguard.client.dial_errors {dial}: connections the Dialer could
-//     not open;
+//     not open, by grpcguard.via_proxy (true: the HTTP CONNECT proxy
+//     failed or refused the tunnel);
 //   - grpcguard.client.call.not_resent {call}, by grpc.method and
 //     grpcguard.reason (MAY_HAVE_RUN, ATTEMPTS_EXHAUSTED, ...): failed
 //     attempts the call would resend that were not sent again.

@@ -35,6 +35,7 @@ const (
 	reasonKey          = attribute.Key("grpcguard.reason")
 	staleReasonKey     = attribute.Key("grpcguard.stale_reason")
 	retiredAtKey       = attribute.Key("grpcguard.retired_at")
+	viaProxyKey        = attribute.Key("grpcguard.via_proxy")
 )
 
 // countBounds are A96's recommended buckets for retries and hedges per call.
@@ -76,6 +77,7 @@ type metrics struct {
 	onTarget                                  metric.MeasurementOption
 	staleBy, disconnectBy                     [len(staleReasons)]metric.MeasurementOption
 	retiredLearned, retiredAtMaxIdle          metric.MeasurementOption
+	dialDirect, dialViaProxy                  metric.MeasurementOption
 
 	byMethod       sync.Map // MethodLabel → metric.MeasurementOption
 	byMethodReason sync.Map // methodReason → metric.MeasurementOption
@@ -144,6 +146,8 @@ func newMetrics(mp metric.MeterProvider, target string) (*metrics, error) {
 	}
 	m.retiredLearned = m.with(retiredAtKey.String("learned"))
 	m.retiredAtMaxIdle = m.with(retiredAtKey.String("max_idle"))
+	m.dialDirect = m.with(viaProxyKey.Bool(false))
+	m.dialViaProxy = m.with(viaProxyKey.Bool(true))
 	return m, nil
 }
 
@@ -242,6 +246,10 @@ func (m *metrics) idleHorizon(e grpcguard.IdleHorizonEvent) {
 	m.keepAlive.Record(ctx, e.KeepAlive.Seconds(), m.onTarget)
 }
 
-func (m *metrics) dialError(grpcguard.DialErrorEvent) {
-	m.dialErrors.Add(context.Background(), 1, m.onTarget)
+func (m *metrics) dialError(e grpcguard.DialErrorEvent) {
+	via := m.dialDirect
+	if e.Proxy != "" {
+		via = m.dialViaProxy
+	}
+	m.dialErrors.Add(context.Background(), 1, via)
 }

@@ -173,3 +173,53 @@ func TestNoProviders(t *testing.T) {
 		}
 	}
 }
+
+// TestDialErrors: a dial that fails is counted, as a direct one.
+func TestDialErrors(t *testing.T) {
+	mp, reader := newMeter(t)
+	h, err := opentelemetry.Hooks(opentelemetry.Options{MeterProvider: mp, Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := grpcguard.NewDialer(grpcguard.WithHooks(h), grpcguard.WithNoProxy())
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := d.DialContext(ctx, "127.0.0.1:1"); err == nil {
+		c.Close()
+		t.Fatal("dialed port 1")
+	}
+	got := collect(t, reader)
+	if by := counter(t, got, "grpcguard.client.dial_errors", "grpcguard.via_proxy"); by["false"] != 1 || len(by) != 1 {
+		t.Errorf("dial_errors by via_proxy: %v, want one direct", by)
+	}
+}
+
+// TestHorizonGauges: a change of the idle horizon or keepalive sets both
+// gauges, in seconds. The Dialer reports changes only (its configured values
+// hold until the first), so the event is given to the hook directly.
+func TestHorizonGauges(t *testing.T) {
+	mp, reader := newMeter(t)
+	h, err := opentelemetry.Hooks(opentelemetry.Options{MeterProvider: mp, Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.OnIdleHorizon(grpcguard.IdleHorizonEvent{Horizon: 48 * time.Second, KeepAlive: 15 * time.Second})
+	got := collect(t, reader)
+	gauge := func(name string) float64 {
+		g, ok := got[name].Data.(metricdata.Gauge[float64])
+		if !ok || len(g.DataPoints) != 1 {
+			t.Fatalf("%s: %#v, want one gauge point; have %v", name, got[name].Data, names(got))
+		}
+		if v, _ := g.DataPoints[0].Attributes.Value("grpc.target"); v.AsString() != target {
+			t.Errorf("%s grpc.target = %q", name, v.AsString())
+		}
+		return g.DataPoints[0].Value
+	}
+	if v := gauge("grpcguard.client.idle_horizon"); v != 48 {
+		t.Errorf("idle_horizon = %vs, want 48", v)
+	}
+	if v := gauge("grpcguard.client.keepalive"); v != 15 {
+		t.Errorf("keepalive = %vs, want 15", v)
+	}
+}
