@@ -73,7 +73,7 @@ type failure struct {
 //     store keeps ids. The resend carries the same id and says which store
 //     the first attempt met and how old it is when it leaves; the server
 //     answers it from the first outcome, or refuses it, and never runs it
-//     twice (UnaryServerDedup). When the deduplication was learned, not
+//     twice (dedup.UnaryServerInterceptor). When the deduplication was learned, not
 //     declared, the resend is sent only after the dedup service answered
 //     for the id (lookupBeforeResend): the replica it reaches may not be the
 //     one that advertised. Streams are not deduplicated.

@@ -188,7 +188,7 @@ type dedupCover struct {
 // dedupScope says under which store a call of method that reached the
 // replica at peer is deduplicated, as known at now: the scope and retention
 // that very replica advertised and has not denied since, or, for a method
-// declared with WithServerDedup, scope "" and DefaultDedupTTL. ok is false
+// declared with WithServerDedup, scope "" and dedup.DefaultTTL. ok is false
 // when nothing says the server deduplicates the call, and always without
 // request ids.
 //

@@ -17,7 +17,7 @@ import (
 // its stack, sorts it and estimates the quantile, and the delay published
 // (with an atomic store) is the median of the last hedgeRecent estimates. So
 // memory is bounded (2 KiB per hedged method), readers never lock, and the
-// sort (a few microseconds for 256 values) is paid once per 16 calls, by a
+// sort of 256 values is paid once per 16 calls, by a
 // call that skips it if another is at it.
 //
 // The ring forgets: after hedgeWindow calls the estimate reflects only the

@@ -266,7 +266,7 @@ func callOption(f func(callSettings) (callSettings, error)) CallOption {
 // for idleness: load balancers, NATs and proxies time out idle connections
 // after seconds to hours, so 100ms catches every such close with a wide margin,
 // while a busy connection is never probed and a quiet one at most ten times a
-// second (a probe costs about one microsecond). 0 probes before every RPC and
+// second (a probe is one non-blocking recv syscall). 0 probes before every RPC and
 // every Write. A negative value is invalid.
 func WithProbeAfterIdle(d time.Duration) ClientOption {
 	return clientOption(func(c *config) error {
@@ -382,8 +382,9 @@ func WithKeepAlive(idle, interval time.Duration, count int) ClientOption {
 // stays unacknowledged this long is dropped with ETIMEDOUT instead of
 // retransmitting for the kernel's default of about 15 minutes. The default,
 // 20s, equals grpc-go's default keepalive timeout, which grpc would set itself
-// on an unwrapped connection when keepalive is on; through a real blackhole a
-// call in flight then failed with Unavailable after 21.3s. 0 leaves the
+// on an unwrapped connection when keepalive is on; through a blackhole a call
+// in flight then fails with Unavailable after about that long (TestBlackhole).
+// 0 leaves the
 // kernel default. The value is rounded up to whole milliseconds and may be at
 // most 2^31-1 ms (about 24 days); a negative value is invalid. Ignored on
 // other platforms.

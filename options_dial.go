@@ -43,8 +43,8 @@ func WithDialFunc(f func(ctx context.Context, addr string) (net.Conn, error)) Cl
 // WithNoProxy makes DialOptions' Dialer dial every address directly, whatever
 // HTTPS_PROXY says: grpcguard's grpc.WithNoProxy. grpc's own option cannot
 // reach the Dialer, since grpc ignores it once a dialer is set. Without it,
-// DialOptions proxies as grpc-go does (see "Dialers and proxies" in the
-// README); a Dialer made with NewDialer never proxies, as grpc-go does not
+// DialOptions proxies as grpc-go does (see docs/proxies.md); a Dialer made
+// with NewDialer never proxies, as grpc-go does not
 // with a custom dialer. WithDialFunc implies it: the dial function owns the
 // route.
 func WithNoProxy() ClientOption {

@@ -19,8 +19,8 @@ import (
 
 // idsPerBatch ids are drawn from crypto/rand at once and hex-encoded into one
 // string that the ids slice: one read of the system's generator and one
-// allocation per 64 calls instead of per call (crypto/rand.Read of 16 bytes
-// costs about 180 ns here, as much as the rest of the id).
+// allocation per 64 calls instead of per call (a crypto/rand.Read of 16
+// bytes costs as much as the rest of the id).
 const idsPerBatch = 64
 
 type idBatch struct {
