@@ -188,7 +188,7 @@ func startProxy(t *testing.T, backend string) *closingProxy {
 	}
 	p := &closingProxy{ln: ln, backend: backend}
 	go p.accept()
-	t.Cleanup(func() { ln.Close(); p.closeAll(false) })
+	t.Cleanup(func() { ln.Close(); p.closeAll(true) })
 	return p
 }
 
@@ -230,8 +230,9 @@ func pipe(dst, src net.Conn) {
 	src.Close()
 }
 
-// closeAll closes every client-side connection, with a reset when rst, and
-// reports how many it closed.
+// closeAll closes every client-side connection, with a reset when rst,
+// else with a FIN (a half close, so that whatever the client still sends is
+// read, not answered with a reset), and reports how many it closed.
 func (p *closingProxy) closeAll(rst bool) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -239,8 +240,10 @@ func (p *closingProxy) closeAll(rst bool) int {
 	for _, c := range p.conns {
 		if rst {
 			c.SetLinger(0)
+			c.Close()
+		} else {
+			c.CloseWrite()
 		}
-		c.Close()
 	}
 	p.conns = nil
 	return n

@@ -140,7 +140,7 @@ func TestDisconnections(t *testing.T) {
 			var got map[string]metricdata.Metrics
 			waitFor(t, 5*time.Second, "a disconnection counted", func() bool {
 				got = collect(t, reader)
-				_, ok := got["grpc.subchannel.disconnections"]
+				_, ok := got["grpcguard.client.connection.stale_idle"] // the hook's last record
 				return ok
 			})
 			if by := counter(t, got, "grpc.subchannel.disconnections", "grpc.disconnect_error"); by[tc.disconnect] != 1 || len(by) != 1 {
