@@ -51,6 +51,15 @@ func (s *healthServer) Check(ctx context.Context, _ *healthpb.HealthCheckRequest
 	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
 }
 
+// Watch fails its first failFirst streams with Unavailable before sending
+// anything, then sends SERVING and ends.
+func (s *healthServer) Watch(_ *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	if s.calls.Add(1) <= s.failFirst {
+		return status.Error(codes.Unavailable, "not yet")
+	}
+	return stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING})
+}
+
 // startServer serves srv on 127.0.0.1 until the test ends.
 func startServer(t *testing.T, srv healthpb.HealthServer) string {
 	t.Helper()

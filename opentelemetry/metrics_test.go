@@ -2,6 +2,7 @@ package opentelemetry_test
 
 import (
 	"context"
+	"io"
 	"reflect"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/grpcguard/grpcguard/opentelemetry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 const target = "dns:///checks.example:443"
@@ -63,6 +65,41 @@ func TestA96RetriedTwice(t *testing.T) {
 		t.Errorf("retry_delay: count %d sum %v, want one call's wait", delay.Count, delay.Sum)
 	}
 	wantCallLabels(t, "retry_delay", delay.Attributes)
+}
+
+// TestA96StreamRetriedTwice: a server stream that fails twice before its
+// first message is retried twice by grpcguard, and recorded as a call.
+func TestA96StreamRetriedTwice(t *testing.T) {
+	mp, reader := newMeter(t)
+	h, err := opentelemetry.Hooks(opentelemetry.Options{MeterProvider: mp, Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const watch = "/grpc.health.v1.Health/Watch"
+	cc := newClient(t, startServer(t, &healthServer{failFirst: 2}), nil, nil, grpcguard.WithHooks(h), grpcguard.WithIdempotentMethods(watch))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := healthpb.NewHealthClient(cc).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("stream end: %v, want EOF", err)
+	}
+	waitFor(t, 5*time.Second, "the stream's end recorded", func() bool {
+		_, ok := collect(t, reader)["grpc.client.call.retries"]
+		return ok
+	})
+	retries := histogram[int64](t, collect(t, reader), "grpc.client.call.retries")
+	if retries.Count != 1 || retries.Sum != 2 {
+		t.Errorf("retries: count %d sum %d, want one stream with 2", retries.Count, retries.Sum)
+	}
+	if v, _ := retries.Attributes.Value("grpc.method"); v.AsString() != "grpc.health.v1.Health/Watch" {
+		t.Errorf("grpc.method = %q", v.AsString())
+	}
 }
 
 // TestA96HedgedOnce: a call whose first attempt stalls and that one hedge
