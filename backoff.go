@@ -32,8 +32,9 @@ func backoffCap(initial, max time.Duration, multiplier float64, n int) time.Dura
 	return time.Duration(f)
 }
 
-// fullJitter returns a wait drawn uniformly from [0, cap] (gRFC A6, and AWS's
-// "full jitter": contending clients spread out instead of retrying in step).
+// fullJitter returns a wait drawn uniformly from [0, cap] (AWS's "full
+// jitter": contending clients spread out instead of retrying in step). It is
+// WithBackoff's, and what gRFC A6 specified before its amendment.
 // draw returns a uniform value in [0, n); it is rand.Int64N outside tests.
 func fullJitter(cap time.Duration, draw func(n int64) int64) time.Duration {
 	if cap <= 0 {
@@ -42,13 +43,33 @@ func fullJitter(cap time.Duration, draw func(n int64) int64) time.Duration {
 	return time.Duration(draw(int64(min(cap, math.MaxInt64-1)) + 1)) // +1 must not overflow
 }
 
+// a6Jitter returns cap times a factor drawn uniformly from [0.8, 1.2): the
+// jitter of gRFC A6 as amended (grpc/proposal#452, grpc-go#7514, grpc-go
+// stream.go since v1.69), for a service config's retryPolicy. The wait may
+// exceed maxBackoff by up to 20%, as in grpc-go. draw returns a uniform value
+// in [0, 1); it is rand.Float64 outside tests.
+func a6Jitter(cap time.Duration, draw func() float64) time.Duration {
+	f := float64(cap) * (0.8 + 0.4*draw())
+	if !(f < math.MaxInt64) { // 1.2 times a saturated maxBackoff; float64(MaxInt64) is 2^63
+		return math.MaxInt64
+	}
+	return max(time.Duration(f), 0)
+}
+
 // backoff returns the wait before retry n (n = 1 before the first retry) of a
-// failure the server returned, from the user's BackoffFunc if set.
+// failure the server returned: from the user's BackoffFunc if set, else
+// min(initial*multiplier^(n-1), max) jittered, as the backoff's source says
+// (a6Jitter for a service config's retryPolicy, fullJitter for WithBackoff
+// and the defaults).
 func (c *callSettings) backoff(ctx context.Context, n int) time.Duration {
 	if c.backoffFunc != nil {
 		return max(c.backoffFunc(ctx, uint(n)), 0)
 	}
-	return fullJitter(backoffCap(c.initialBackoff, c.maxBackoff, c.backoffMultiplier, n), rand.Int64N)
+	cap := backoffCap(c.initialBackoff, c.maxBackoff, c.backoffMultiplier, n)
+	if c.a6Jitter {
+		return a6Jitter(cap, rand.Float64)
+	}
+	return fullJitter(cap, rand.Int64N)
 }
 
 // pushback reads the server's retry pushback from an attempt's trailer. found

@@ -2,9 +2,11 @@ package grpcguard
 
 import (
 	"context"
+	"math"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -82,5 +84,63 @@ func TestPushbackParsing(t *testing.T) {
 		if wait != tc.wait || found != tc.found || stop != tc.stop {
 			t.Errorf("pushback(%v) = %v %v %v, want %v %v %v", tc.md, wait, found, stop, tc.wait, tc.found, tc.stop)
 		}
+	}
+}
+
+// A service config's retryPolicy backs off as amended gRFC A6 says (grpc-go
+// stream.go since grpc-go#7514): min(initial*multiplier^(n-1), max) times a
+// factor in [0.8, 1.2); WithBackoff, also given to one call, keeps full
+// jitter, [0, cap].
+func TestBackoffServiceConfigA6Jitter(t *testing.T) {
+	if got := a6Jitter(100*time.Millisecond, func() float64 { return 0 }); got != 80*time.Millisecond {
+		t.Errorf("lowest draw = %v, want 80ms", got)
+	}
+	if got := a6Jitter(100*time.Millisecond, func() float64 { return 0.5 }); got != 100*time.Millisecond {
+		t.Errorf("middle draw = %v, want 100ms", got)
+	}
+	if got := a6Jitter(math.MaxInt64, func() float64 { return 0.999 }); got != math.MaxInt64 {
+		t.Errorf("1.2 times a saturated cap = %v, want MaxInt64", got)
+	}
+
+	// echoRetry: 0.1s doubling to 1s, so retry 5 is capped at 1s.
+	cs := newClientState(mustConfig(t, WithServiceConfig(echoRetry)), &clientRuntime{})
+	const m = "/grpc.testing.Echo/Echo"
+	var p plan
+	if err := cs.planFor(&p, m, nil); err != nil {
+		t.Fatal(err)
+	}
+	const samples = 2000
+	for n := 1; n <= 5; n++ {
+		capd := backoffCap(p.initialBackoff, p.maxBackoff, p.backoffMultiplier, n)
+		lo, hi := time.Duration(math.MaxInt64), time.Duration(0)
+		for range samples {
+			d := p.backoff(context.Background(), n)
+			lo, hi = min(lo, d), max(hi, d)
+		}
+		if float64(lo) < 0.8*float64(capd) || float64(hi) >= 1.2*float64(capd) {
+			t.Errorf("retry %d: waits in [%v, %v], want within [0.8, 1.2) x %v", n, lo, hi, capd)
+		}
+		// 2000 uniform draws reach within 2% of both ends but with a
+		// probability of about 1e-17.
+		if float64(lo) > 0.82*float64(capd) || float64(hi) < 1.18*float64(capd) {
+			t.Errorf("retry %d: waits in [%v, %v] do not spread over [0.8, 1.2) x %v", n, lo, hi, capd)
+		}
+	}
+
+	// WithBackoff given to the call: full jitter again, reaching well below
+	// 0.8 x the cap.
+	if err := cs.planFor(&p, m, []grpc.CallOption{WithBackoff(100*time.Millisecond, time.Second, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	lo := time.Duration(math.MaxInt64)
+	for range samples {
+		d := p.backoff(context.Background(), 1)
+		if d < 0 || d > 100*time.Millisecond {
+			t.Fatalf("WithBackoff: wait %v outside [0, 100ms]", d)
+		}
+		lo = min(lo, d)
+	}
+	if lo > 10*time.Millisecond {
+		t.Errorf("WithBackoff: the shortest of %d waits is %v: not full jitter", samples, lo)
 	}
 }

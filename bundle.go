@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 
+	"github.com/grpcguard/grpcguard/internal/avoidtried"
 	"github.com/grpcguard/grpcguard/internal/dialroute"
 	"google.golang.org/grpc"
 )
@@ -28,6 +29,8 @@ type dialFunc = func(context.Context, string) (net.Conn, error)
 //     beneath interceptors, does not multiply attempts. grpc-go's transparent
 //     retry of streams that never reached the server stays on: it is not
 //     affected by WithDisableRetry;
+//   - with WithAvoidTriedBackends, grpc.WithDefaultServiceConfig selecting
+//     AvoidTriedBackendsPolicy over round_robin;
 //   - unless WithNoProxy or WithDialFunc is given, HTTP CONNECT proxies from
 //     HTTPS_PROXY and NO_PROXY as grpc-go uses them without a custom dialer:
 //     the Dialer tunnels through the proxy, and a "dns" resolver
@@ -108,6 +111,12 @@ func assemble(cfg config, rt *clientRuntime, wrapDial func(dialFunc) dialFunc) [
 	}
 	if p := d.router.Proxy; p != nil {
 		dopts = append(dopts, grpc.WithResolvers(dialroute.Resolver{Proxy: p}))
+	}
+	if cfg.avoidTried {
+		// A default: a resolver's service config, or the caller's own
+		// WithDefaultServiceConfig after these options, replaces it (see
+		// WithAvoidTriedBackends).
+		dopts = append(dopts, grpc.WithDefaultServiceConfig(avoidtried.DefaultServiceConfig))
 	}
 	return dopts
 }

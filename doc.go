@@ -144,8 +144,9 @@
 //     server could not take the call.
 //   - WithNonFatalCodes(codes...), Unavailable: codes after which a hedged
 //     call sends its next attempt at once (gRFC A6).
-//   - WithBackoff(initial, max, multiplier), 50ms, 5s, 2: gRFC A6 full
-//     jitter; failures of a stale connection are resent at once.
+//   - WithBackoff(initial, max, multiplier), 50ms, 5s, 2: full jitter (a
+//     service config retryPolicy: gRFC A6's ±20%); failures of a stale
+//     connection are resent at once.
 //   - WithBackoffFunc(f), none: a go-grpc-middleware/v2 retry.BackoffFunc.
 //   - WithHedgeDelay(d), none: hedge idempotent calls d after the last
 //     attempt; 0 selects the adaptive delay; turns hedging on.

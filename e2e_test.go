@@ -7,6 +7,7 @@ import (
 
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -18,6 +19,17 @@ var idleGaps = []time.Duration{0, 20 * time.Millisecond, 90 * time.Millisecond, 
 
 const proxyIdle = 60 * time.Millisecond
 
+// staleConns reads grpcguard_stale_connections_total from reg, as a user's
+// dashboard does: for one reason, or for all with reason "".
+func staleConns(t *testing.T, reg *testutil.Registry, reason string) int64 {
+	t.Helper()
+	var labels map[string]string
+	if reason != "" {
+		labels = map[string]string{"reason": reason}
+	}
+	return int64(testutil.MetricValue(t, reg, "grpcguard_stale_connections_total", labels))
+}
+
 // TestE2EIdleCloses: behind a proxy that closes idle connections, every RPC
 // succeeds and every close the proxy made is counted.
 func TestE2EIdleCloses(t *testing.T) {
@@ -25,6 +37,7 @@ func TestE2EIdleCloses(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			p := startProxy(t, startServer(t, &testsvc.Server{}), faultproxy.Config{Mode: mode, Idle: proxyIdle})
 			m := NewMetrics()
+			reg := testutil.NewRegistry(t, m)
 			cc, _ := guardedClient(t, p.Addr(), WithMetrics(m), WithProbeAfterIdle(10*time.Millisecond))
 			for round := range 2 {
 				for i, gap := range idleGaps {
@@ -39,16 +52,16 @@ func TestE2EIdleCloses(t *testing.T) {
 			if st.Closes() == 0 {
 				t.Fatal("the proxy closed nothing: the scenario did not happen")
 			}
-			waitFor(t, 5*time.Second, "every proxy close to be counted", func() bool { return int64(staleTotal(m)) >= st.Closes() })
-			if got := int64(staleTotal(m)); got != st.Closes() {
+			waitFor(t, 5*time.Second, "every proxy close to be counted", func() bool { return staleConns(t, reg, "") >= st.Closes() })
+			if got := staleConns(t, reg, ""); got != st.Closes() {
 				t.Fatalf("stale_connections_total = %d, proxy closed %d", got, st.Closes())
 			}
-			want := PeerClosed
+			want := "peer_closed"
 			if mode == faultproxy.RSTAfterIdle {
-				want = Reset
+				want = "reset"
 			}
-			if got := int64(staleCount(m, want)); got != st.Closes() {
-				t.Fatalf("stale_connections_total{reason=%v} = %d, want %d", want, got, st.Closes())
+			if got := staleConns(t, reg, want); got != st.Closes() {
+				t.Fatalf("stale_connections_total{reason=%q} = %d, want %d", want, got, st.Closes())
 			}
 			t.Logf("%v: %d RPCs, proxy closes %+v, all counted as %v", mode, 2*len(idleGaps), st, want)
 		})
@@ -63,6 +76,7 @@ func TestE2EIdleCloses(t *testing.T) {
 func TestE2EResetFirstBytesWithoutRetry(t *testing.T) {
 	p := startProxy(t, startServer(t, &testsvc.Server{}), faultproxy.Config{Mode: faultproxy.ResetFirstBytesAfterIdle, Idle: proxyIdle})
 	m := NewMetrics()
+	reg := testutil.NewRegistry(t, m)
 	cc, _ := guardedClient(t, p.Addr(), WithMetrics(m), WithProbeAfterIdle(10*time.Millisecond))
 	failed := 0
 	for _, gap := range idleGaps {
@@ -76,14 +90,14 @@ func TestE2EResetFirstBytesWithoutRetry(t *testing.T) {
 	}
 	st := p.Stats()
 	t.Logf("reset-first-bytes-after-idle, dialer only: %d of %d RPCs failed; proxy %+v; stale counted %d",
-		failed, len(idleGaps), st, staleTotal(m))
+		failed, len(idleGaps), st, staleConns(t, reg, ""))
 	if st.RSTs == 0 {
 		t.Fatal("the proxy reset nothing: the scenario did not happen")
 	}
 	if int64(failed) != st.RSTs {
 		t.Errorf("%d calls failed for %d resets: want one failure per reset, no other", failed, st.RSTs)
 	}
-	waitFor(t, 5*time.Second, "every reset conn to be counted", func() bool { return int64(staleTotal(m)) >= st.RSTs })
+	waitFor(t, 5*time.Second, "every reset conn to be counted", func() bool { return staleConns(t, reg, "") >= st.RSTs })
 }
 
 // TestE2EWindowAfterPeerClose: RPCs issued right after the peer closed the
@@ -110,13 +124,17 @@ func TestE2EWindowAfterPeerClose(t *testing.T) {
 
 			guardedProxy := startProxy(t, target, faultproxy.Config{})
 			m := NewMetrics()
+			reg := testutil.NewRegistry(t, m)
 			guarded, _ := guardedClient(t, guardedProxy.Addr(), WithMetrics(m), WithProbeAfterIdle(quiet/4))
 			guardedOK := windowRun(t, guarded, guardedProxy, rst, rpcs, quiet)
 
 			t.Logf("%s: RPCs issued right after the peer closed the conn that succeeded: plain grpc-go %d/%d, grpcguard %d/%d (stale counted %d)",
-				name, plainOK, rpcs, guardedOK, rpcs, staleTotal(m))
+				name, plainOK, rpcs, guardedOK, rpcs, staleConns(t, reg, ""))
 			if guardedOK*100 < rpcs*99 {
 				t.Fatalf("grpcguard: %d/%d succeeded, want at least 99%%", guardedOK, rpcs)
+			}
+			if plainOK == rpcs {
+				t.Fatalf("plain grpc-go: %d/%d succeeded: the window after the close did not happen", plainOK, rpcs)
 			}
 		})
 	}

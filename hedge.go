@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/avoidtried"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -131,6 +132,9 @@ func (cs *clientState) unaryHedge(ctx context.Context, method string, req, reply
 // hedge runs one hedged call and reports its result to the caller's
 // grpc.OnFinish options, once.
 func (cs *clientState) hedge(ctx context.Context, p *plan, r *unaryRPC, reply proto.Message) error {
+	if cs.cfg.avoidTried {
+		ctx = avoidtried.NewContext(ctx) // the call's attempts avoid each other's backends
+	}
 	hc := hedgeCalls.Get().(*hedgeCall)
 	hc.hedgeArgs = hedgeArgs{cs: cs, p: *p, ctx: ctx, unaryRPC: *r, reply: reply}
 	hc.p.hedged = true

@@ -2,45 +2,29 @@ package grpcguard
 
 import (
 	"context"
-	"google.golang.org/grpc/metadata"
 	"net"
-	"strconv"
+	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
-	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/goleak"
+	"github.com/grpcguard/grpcguard/internal/testutil"
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	testutil.Main(m) // one of the root package and test/ at a time
 }
 
-// startServer serves srv on 127.0.0.1 until the test ends.
-func startServer(t testing.TB, srv *testsvc.Server, opts ...grpc.ServerOption) string {
-	t.Helper()
-	addr, stop, err := testsvc.Serve(srv, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
-	return addr
-}
-
-// startProxy puts a fault proxy in front of target until the test ends.
-func startProxy(t testing.TB, target string, cfg faultproxy.Config) *faultproxy.Proxy {
-	t.Helper()
-	p, err := faultproxy.Start(target, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
+// Helpers shared with the end-to-end tests in test/.
+var (
+	startServer      = testutil.StartServer
+	startProxy       = testutil.StartProxy
+	ctxTimeout       = testutil.CtxTimeout
+	waitFor          = testutil.WaitFor
+	previousAttempts = testutil.PreviousAttempts
+)
 
 // newClient dials target with grpc.NewClient; it is closed when the test ends.
 func newClient(t testing.TB, target string, opts ...grpc.DialOption) *grpc.ClientConn {
@@ -66,26 +50,8 @@ func guardedClient(t testing.TB, target string, opts ...Option) (*grpc.ClientCon
 	return cc, d
 }
 
-func ctxTimeout(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func staleCount(m *Metrics, r StaleReason) int {
-	return int(testutil.ToFloat64(m.staleBy[r]))
+	return int(promtestutil.ToFloat64(m.staleBy[r]))
 }
 
 func staleTotal(m *Metrics) int {
@@ -135,17 +101,6 @@ func newClientTarget(t testing.TB, target string, d *Dialer) *grpc.ClientConn {
 	return cc
 }
 
-// previousAttempts reads grpc-previous-rpc-attempts in a server handler: 0
-// for an original attempt.
-func previousAttempts(ctx context.Context) int {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("grpc-previous-rpc-attempts"); len(v) > 0 {
-		n, _ := strconv.Atoi(v[0])
-		return n
-	}
-	return 0
-}
-
 // loopbackPair dials a fresh 127.0.0.1 listener with dial and returns the
 // client conn and the accepted server conn, both closed when the test ends.
 func loopbackPair(t testing.TB, dial func(context.Context, string) (net.Conn, error)) (net.Conn, *net.TCPConn) {
@@ -177,4 +132,24 @@ func dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 func splitMethod(fullMethod string) (service, method string) {
 	service, method, _ = parseMethod(fullMethod)
 	return service, method
+}
+
+// spyDialOptions is DialOptions(opts...) with a handle on its Dialer, taken
+// from the first conn it dials.
+func spyDialOptions(t *testing.T, opts ...Option) ([]grpc.DialOption, *atomic.Pointer[Dialer]) {
+	t.Helper()
+	var d atomic.Pointer[Dialer]
+	dopts, err := dialOptions(opts, func(dial dialFunc) dialFunc {
+		return func(ctx context.Context, addr string) (net.Conn, error) {
+			c, err := dial(ctx, addr)
+			if gc, ok := c.(*conn); ok {
+				d.Store(gc.d)
+			}
+			return c, err
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dopts, &d
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/retry"
+	"github.com/grpcguard/grpcguard/internal/avoidtried"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 )
@@ -162,6 +163,10 @@ type config struct {
 	dedupStatus   *DedupStatus // WithDedupStatus: what DialOptions learns into; nil: its own
 
 	hooks Hooks // WithHooks
+
+	// avoidTried: each call carries a tried set for the
+	// grpcguard_avoid_tried_backends policy (WithAvoidTriedBackends).
+	avoidTried bool
 }
 
 // callSettings are the settings a CallOption changes: per client as
@@ -182,7 +187,10 @@ type callSettings struct {
 	maxBackoff        time.Duration
 	backoffMultiplier float64
 	backoffFunc       retry.BackoffFunc
-	retryBufferBytes  int
+	// a6Jitter: the backoff comes from a service config's retryPolicy and
+	// is jittered as amended gRFC A6 says (±20%); otherwise full jitter.
+	a6Jitter         bool
+	retryBufferBytes int
 }
 
 // budgetConfig selects and sizes the budget of extra attempts.
@@ -471,10 +479,14 @@ func WithRetryableCodes(retryable ...codes.Code) CallOption {
 
 // WithBackoff sets the exponential backoff between retries of failures that
 // the server returned: before retry n the wait is random in
-// [0, min(initial*multiplier^(n-1), max)] (gRFC A6 full jitter). Defaults 50ms,
-// 5s and 2. Failures of a stale connection are retried at once, without
-// backoff, and so are a hedged call's resends (gRFC A6). initial and max must
-// be positive, initial <= max, multiplier >= 1.
+// [0, min(initial*multiplier^(n-1), max)], uniformly ("full jitter": of the
+// usual jitters, the one that spreads contending clients most). Defaults
+// 50ms, 5s and 2. A service config's retryPolicy (WithServiceConfig) instead
+// jitters its own backoff by ±20%, as gRFC A6 now specifies; WithBackoff
+// given to a call brings full jitter back for that call. Failures of a stale
+// connection are retried at once, without backoff, and so are a hedged call's
+// resends (gRFC A6). initial and max must be positive, initial <= max,
+// multiplier >= 1.
 func WithBackoff(initial, max time.Duration, multiplier float64) CallOption {
 	return callOption(func(c callSettings) (callSettings, error) {
 		switch {
@@ -486,7 +498,7 @@ func WithBackoff(initial, max time.Duration, multiplier float64) CallOption {
 			return c, invalid("WithBackoff", multiplier, "multiplier must be a finite number >= 1")
 		}
 		c.initialBackoff, c.maxBackoff, c.backoffMultiplier = initial, max, multiplier
-		c.backoffFunc = nil
+		c.backoffFunc, c.a6Jitter = nil, false
 		return c, nil
 	})
 }
@@ -684,3 +696,49 @@ func newCodeSet(option string, list []codes.Code) (codeSet, error) {
 }
 
 func (s codeSet) has(c codes.Code) bool { return c < 32 && s&(1<<c) != 0 }
+
+// AvoidTriedBackendsPolicy is the name of the load balancing policy that
+// WithAvoidTriedBackends selects, for a service config of one's own:
+//
+//	{"loadBalancingConfig": [{"grpcguard_avoid_tried_backends": {"childPolicy": [{"round_robin": {}}]}}]}
+//
+// childPolicy lists policies as loadBalancingConfig does (the first one
+// registered is used; absent: round_robin). grpcguard registers the policy
+// with grpc (balancer.Register, grpc's own process-wide registry) when the
+// package is linked in.
+const AvoidTriedBackendsPolicy = avoidtried.Name
+
+// WithAvoidTriedBackends sends each resend and each hedge of a call to a
+// backend that no earlier attempt of the same call used, when one is ready,
+// as Envoy's previous_hosts retry predicate does and gRFC A6 asks of hedges:
+// a backend that just failed or straggles is the one most worth avoiding.
+// When every ready backend has been tried, the load balancer's own pick
+// stands. Off by default: it changes the load balancing policy.
+//
+// How: DialOptions then adds grpc.WithDefaultServiceConfig selecting the
+// AvoidTriedBackendsPolicy over round_robin, so the client connects to every
+// address the resolver returns (grpc-go's default, pick_first, uses one), and
+// each call that may make more than one attempt carries a tried set in its
+// context (one allocation per such call; nothing without this option). The
+// policy lets round_robin pick, and replaces a pick of an address the call
+// already tried by a READY subchannel it has not tried, in turn.
+//
+// What it does not override: a service config from the resolver replaces
+// grpc's default service config, and with it this policy; so does a
+// grpc.WithDefaultServiceConfig given after DialOptions' options (the last
+// one wins). To keep it there, name AvoidTriedBackendsPolicy in that config's
+// loadBalancingConfig, with your policy as its childPolicy. grpcguard's own
+// WithServiceConfig configures the interceptors only and does not interfere.
+// With pick_first as the child (or any policy with one subchannel) there is
+// nothing to choose from: every attempt goes to the one connected backend,
+// as without this option. The replacement goes only to a subchannel the
+// child policy counts as ready: connected and, under client-side health
+// checking (healthCheckConfig), healthy. Built without DialOptions, the
+// interceptors carry the tried set with this option, and the service config
+// is the user's.
+func WithAvoidTriedBackends() ClientOption {
+	return clientOption(func(c *config) error {
+		c.avoidTried = true
+		return nil
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/avoidtried"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -118,6 +119,9 @@ var unaryCalls = sync.Pool{New: func() any { return new(unaryCall) }}
 // retry sends the call until it succeeds or the after-failure step says
 // stop.
 func (cs *clientState) retry(ctx context.Context, p *plan, r *unaryRPC) error {
+	if cs.cfg.avoidTried {
+		ctx = avoidtried.NewContext(ctx) // the call's attempts avoid each other's backends
+	}
 	c := unaryCalls.Get().(*unaryCall)
 	defer func() {
 		if !c.abandoned {

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/grpcguard/grpcguard/internal/avoidtried"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -61,6 +62,9 @@ func (cs *clientState) streamRetry(ctx context.Context, desc *grpc.StreamDesc, c
 			return cs.newStream(ctx, desc, cc, method, streamer, opts)
 		}
 		p.maxAttempts = 1 // only the call timeout applies
+	}
+	if cs.cfg.avoidTried && p.retries() {
+		ctx = avoidtried.NewContext(ctx) // the call's attempts avoid each other's backends
 	}
 	s := &retryStream{cs: cs, p: p, method: method, desc: desc, cc: cc, streamer: streamer, opts: opts}
 	s.ctx, s.cancelCall = ctx, func() {}

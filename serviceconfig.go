@@ -42,7 +42,11 @@ func (pol *methodPolicy) applyTo(p *plan) (retryable bool) {
 	if r := pol.Retry; r != nil {
 		p.maxAttempts = r.MaxAttempts
 		p.initialBackoff, p.maxBackoff, p.backoffMultiplier = r.InitialBackoff, r.MaxBackoff, r.Multiplier
-		p.backoffFunc = nil
+		p.backoffFunc, p.a6Jitter = nil, true
+		if r.PerAttemptRecvTimeout > 0 {
+			// Its meaning is WithPerAttemptTimeout's: see WithServiceConfig.
+			p.perAttemptTimeout = r.PerAttemptRecvTimeout
+		}
 		p.retryable = codeSet(r.Retryable)
 		p.commitAtHeaders = true
 		p.hedgeDisabled = true // A6: a method has a retry or a hedging policy, not both

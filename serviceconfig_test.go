@@ -5,10 +5,12 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/grpcguard/grpcguard/internal/serviceconfig"
+	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 )
@@ -115,6 +117,7 @@ func TestServiceConfigApplied(t *testing.T) {
 	want.maxAttempts = 5 // clamped
 	want.initialBackoff, want.maxBackoff, want.backoffMultiplier = 200*time.Millisecond, 3*time.Second, 1.5
 	want.backoffFunc = nil // the policy's backoff replaces WithBackoffFunc
+	want.a6Jitter = true   // and is jittered as gRFC A6 says
 	want.retryable = codeSetOf(codes.Unavailable, codes.ResourceExhausted, codes.OK)
 	want.idempotent = true
 	want.commitAtHeaders = true
@@ -206,5 +209,46 @@ func TestServiceConfigPlanPerCall(t *testing.T) {
 	opts := []grpc.CallOption{WithMaxAttempts(2), grpc.WaitForReady(true)}
 	if n := testing.AllocsPerRun(100, func() { cs.planFor(&p, m, opts) }); n != 0 {
 		t.Errorf("planFor allocates %v times per call in the steady state", n)
+	}
+}
+
+// perAttemptRecvTimeout becomes the method's per-attempt timeout: an attempt
+// that has not answered in time is cancelled and resent, whatever the
+// retryable codes; without the field the options' WithPerAttemptTimeout
+// stays, and a call's own WithPerAttemptTimeout overrides it.
+func TestServiceConfigPerAttemptRecvTimeout(t *testing.T) {
+	js := `{"methodConfig": [
+		{"name": [{"service": "grpcguard.testing.Echo"}], "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.001s",
+			"maxBackoff": "0.001s", "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"], "perAttemptRecvTimeout": "0.1s"}},
+		{"name": [{"service": "other"}], "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s",
+			"maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]}}]}`
+	planOf := basePlans(t, WithPerAttemptTimeout(time.Second), WithServiceConfig(js))
+	if p := planOf(testsvc.Echo); p.perAttemptTimeout != 100*time.Millisecond {
+		t.Errorf("with perAttemptRecvTimeout: per-attempt timeout %v, want 100ms", p.perAttemptTimeout)
+	}
+	if p := planOf("/other/M"); p.perAttemptTimeout != time.Second {
+		t.Errorf("without it: per-attempt timeout %v, want the options' 1s", p.perAttemptTimeout)
+	}
+
+	var calls atomic.Int32
+	srv := &testsvc.Server{Unary: func(ctx context.Context, _, req string) (string, error) {
+		if calls.Add(1) == 1 {
+			<-ctx.Done() // the first attempt never answers
+			return "", ctx.Err()
+		}
+		return req, nil
+	}}
+	dopts, err := DialOptions(WithServiceConfig(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := newClient(t, startServer(t, srv), dopts...)
+	start := time.Now()
+	// Echo is not idempotent; the retryPolicy declares it safe to retry.
+	if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Echo, "a"); err != nil {
+		t.Fatalf("err = %v, want success on the second attempt", err)
+	}
+	if n, el := calls.Load(), time.Since(start); n != 2 || el < 100*time.Millisecond || el > 2*time.Second {
+		t.Errorf("server saw %d attempts in %v, want 2, the first cut after 100ms", n, el)
 	}
 }

@@ -1,9 +1,11 @@
 // Package serviceconfig parses a gRFC A6 service config, the JSON that
 // grpc.WithDefaultServiceConfig takes, into per-method retry and hedging
 // policies. It accepts and rejects a config exactly as grpc-go v1.85 does,
-// with one addition: grpc-go ignores hedgingPolicy, while Parse validates it
-// by gRFC A6. grpcguard's WithServiceConfig applies the result to the plans
-// of calls; what each policy means for a call is documented there.
+// with two additions, fields grpc-go ignores: Parse validates hedgingPolicy
+// by gRFC A6, and retryPolicy.perAttemptRecvTimeout as grpc-core does (a
+// protobuf Duration greater than 0). grpcguard's WithServiceConfig applies the
+// result to the plans of calls; what each policy means for a call is
+// documented there.
 package serviceconfig
 
 import (
@@ -55,6 +57,10 @@ type RetryPolicy struct {
 	// Retryable may hold OK: grpc-go accepts it, and it is never consulted
 	// for a successful call.
 	Retryable CodeSet
+	// PerAttemptRecvTimeout is perAttemptRecvTimeout, greater than 0 when
+	// given; 0 when absent. grpc-go ignores the field; grpc-core and
+	// grpc-java time out each attempt with it.
+	PerAttemptRecvTimeout time.Duration
 }
 
 // HedgingPolicy is a validated hedgingPolicy.
@@ -145,11 +151,15 @@ type throttlingJSON struct {
 	TokenRatio float64
 }
 
-// hedgingOnlyJSON reads the hedgingPolicy that grpc-go ignores. It is decoded
-// in a second pass so that the first pass stays exactly grpc-go's; both
-// passes decode the same methodConfig array, so entries align by index.
-type hedgingOnlyJSON struct {
-	MethodConfig *[]struct{ HedgingPolicy *hedgingJSON }
+// extensionsJSON reads what grpc-go ignores: hedgingPolicy and
+// retryPolicy.perAttemptRecvTimeout. It is decoded in a second pass so that
+// the first pass stays exactly grpc-go's; both passes decode the same
+// methodConfig array, so entries align by index.
+type extensionsJSON struct {
+	MethodConfig *[]struct {
+		HedgingPolicy *hedgingJSON
+		RetryPolicy   *struct{ PerAttemptRecvTimeout *pbDuration }
+	}
 }
 
 type hedgingJSON struct {
@@ -158,11 +168,11 @@ type hedgingJSON struct {
 	NonFatalStatusCodes []codes.Code
 }
 
-// parseConfig is Parse, whose hedging false accepts exactly what grpc-go v1.85
-// accepts (its parseServiceConfig with the default 5 maximum attempts) and
-// ignores hedgingPolicy, as grpc-go does: the tests compare that mode with
-// grpc-go's own parser.
-func parseConfig(js string, hedging bool) (*Config, error) {
+// parseConfig is Parse, whose extensions false accepts exactly what grpc-go
+// v1.85 accepts (its parseServiceConfig with the default 5 maximum attempts)
+// and ignores hedgingPolicy and perAttemptRecvTimeout, as grpc-go does: the
+// tests compare that mode with grpc-go's own parser.
+func parseConfig(js string, extensions bool) (*Config, error) {
 	if js == "" {
 		return nil, scError("", errors.New("empty service config"))
 	}
@@ -225,8 +235,8 @@ func parseConfig(js string, hedging bool) (*Config, error) {
 		// is ignored: it has no meaning to give it.
 		psc.Throttling = &Throttling{MaxTokens: t.MaxTokens, TokenRatio: t.TokenRatio}
 	}
-	if hedging {
-		if err := parseHedging(data, mcs, entries); err != nil {
+	if extensions {
+		if err := parseExtensions(data, mcs, entries); err != nil {
 			return nil, err
 		}
 	}
@@ -271,23 +281,35 @@ func convertRetry(r *retryJSON, path string) (*RetryPolicy, error) {
 	}, nil
 }
 
-// parseHedging decodes and validates the hedgingPolicy of every named
-// methodConfig (gRFC A6; grpc-java's checks) and attaches it to entries, the
-// policies built from mcs (nil for an entry without a name).
-func parseHedging(data []byte, mcs []mcJSON, entries []*MethodPolicy) error {
-	var hj hedgingOnlyJSON
-	if err := json.Unmarshal(data, &hj); err != nil {
-		return decodeError(data, reflect.TypeFor[hedgingOnlyJSON](), err)
+// parseExtensions decodes and validates what grpc-go ignores in every named
+// methodConfig: its retryPolicy's perAttemptRecvTimeout (grpc-core's check:
+// greater than 0) and its hedgingPolicy (gRFC A6; grpc-java's checks), and
+// attaches them to entries, the policies built from mcs (nil for an entry
+// without a name).
+func parseExtensions(data []byte, mcs []mcJSON, entries []*MethodPolicy) error {
+	var ej extensionsJSON
+	if err := json.Unmarshal(data, &ej); err != nil {
+		return decodeError(data, reflect.TypeFor[extensionsJSON](), err)
 	}
-	if hj.MethodConfig == nil {
+	if ej.MethodConfig == nil {
 		return nil
 	}
-	for i, m := range *hj.MethodConfig {
-		h := m.HedgingPolicy
-		if h == nil || i >= len(entries) || entries[i] == nil {
+	for i, m := range *ej.MethodConfig {
+		if i >= len(entries) || entries[i] == nil {
 			continue
 		}
 		path := fmt.Sprintf("methodConfig[%d]", i)
+		if r := m.RetryPolicy; r != nil && r.PerAttemptRecvTimeout != nil && entries[i].Retry != nil {
+			d := time.Duration(*r.PerAttemptRecvTimeout)
+			if d <= 0 {
+				return scError(path+".retryPolicy.perAttemptRecvTimeout", fmt.Errorf("must be greater than 0, got %v", d))
+			}
+			entries[i].Retry.PerAttemptRecvTimeout = d
+		}
+		h := m.HedgingPolicy
+		if h == nil {
+			continue
+		}
 		if mcs[i].RetryPolicy != nil {
 			return scError(path, errors.New("retryPolicy and hedgingPolicy are mutually exclusive"))
 		}

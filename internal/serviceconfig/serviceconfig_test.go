@@ -53,9 +53,10 @@ func (nopResolver) ResolveNow(resolver.ResolveNowOptions) {}
 func (nopResolver) Close()                                {}
 
 // checkAgainstGRPC asserts the differential property for one config: our
-// grpc-go mode (hedging ignored) accepts exactly what grpc-go accepts and
+// grpc-go mode (extensions ignored) accepts exactly what grpc-go accepts and
 // parses it to the same meaning; our full mode differs only by rejecting
-// invalid hedgingPolicy. It returns our full-mode result.
+// an invalid hedgingPolicy or perAttemptRecvTimeout. It returns our full-mode
+// result.
 func checkAgainstGRPC(t testing.TB, parse func(string) *grpcsc.ParseResult, js string) (*Config, error) {
 	t.Helper()
 	pr := parse(js)
@@ -66,19 +67,24 @@ func checkAgainstGRPC(t testing.TB, parse func(string) *grpcsc.ParseResult, js s
 	full, fullErr := parseConfig(js, true)
 	if err != nil {
 		if fullErr == nil {
-			t.Fatalf("config %s: rejected without hedging (%v) but accepted with it", js, err)
+			t.Fatalf("config %s: rejected without extensions (%v) but accepted with them", js, err)
 		}
 		return full, fullErr
 	}
-	if fullErr != nil && !strings.Contains(fullErr.Error(), "hedgingPolicy") {
-		t.Fatalf("config %s: grpc-go accepts it, we reject it for a reason other than hedgingPolicy: %v", js, fullErr)
+	if fullErr != nil && !strings.Contains(fullErr.Error(), "hedgingPolicy") && !strings.Contains(fullErr.Error(), "perAttemptRecvTimeout") {
+		t.Fatalf("config %s: grpc-go accepts it, we reject it for a reason other than an extension: %v", js, fullErr)
 	}
 	sameMeaning(t, js, pr.Config.(*grpc.ServiceConfig), ours)
 	if fullErr == nil {
-		// Hedging only adds to the policies.
+		// The extensions only add to the policies.
 		for k, p := range full.Methods {
 			q := *p
 			q.Hedge = nil
+			if q.Retry != nil {
+				r := *q.Retry
+				r.PerAttemptRecvTimeout = 0
+				q.Retry = &r
+			}
 			if !reflect.DeepEqual(&q, ours.Methods[k]) {
 				t.Fatalf("config %s: key %q: full parse %+v differs from grpc-go mode %+v beyond hedging", js, k, q, ours.Methods[k])
 			}
@@ -115,7 +121,7 @@ func sameMeaning(t testing.TB, js string, sc *grpc.ServiceConfig, ours *Config) 
 			}
 		}
 		got := *p.Retry
-		want := RetryPolicy{rp.MaxAttempts, rp.InitialBackoff, rp.MaxBackoff, rp.BackoffMultiplier, set}
+		want := RetryPolicy{MaxAttempts: rp.MaxAttempts, InitialBackoff: rp.InitialBackoff, MaxBackoff: rp.MaxBackoff, Multiplier: rp.BackoffMultiplier, Retryable: set}
 		if got != want {
 			t.Fatalf("config %s: key %q: retry policy grpc-go %+v, ours %+v", js, k, want, got)
 		}
@@ -189,7 +195,8 @@ const okRetry = `{"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", 
 // serviceConfigCases are accepted (err "") or rejected with exactly err
 // (which WithServiceConfig prefixes with "grpcguard: invalid option:
 // WithServiceConfig: "). divergent marks
-// configs grpc-go accepts because it ignores hedgingPolicy.
+// configs grpc-go accepts because it ignores hedgingPolicy and
+// perAttemptRecvTimeout.
 var serviceConfigCases = []struct {
 	name, js, err string
 	divergent     bool
@@ -225,6 +232,9 @@ var serviceConfigCases = []struct {
 	{name: "hedging defaults", js: hedgeJS(`{"maxAttempts": 2}`)},
 	{name: "retry and hedging in different entries", js: `{"methodConfig": [{"name": [{"service": "a"}], "retryPolicy": ` + okRetry + `}, {"name": [{"service": "b"}], "hedgingPolicy": {"maxAttempts": 3}}]}`},
 	{name: "null hedgingPolicy", js: `{"methodConfig": [{"name": [{}], "retryPolicy": ` + okRetry + `, "hedgingPolicy": null}]}`},
+	{name: "perAttemptRecvTimeout", js: retryJS(`{"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14], "perAttemptRecvTimeout": "0.25s"}`)},
+	{name: "perAttemptRecvTimeout null", js: retryJS(`{"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14], "perAttemptRecvTimeout": null}`)},
+	{name: "perAttemptRecvTimeout of a nameless entry", js: `{"methodConfig": [{"retryPolicy": {"perAttemptRecvTimeout": "-1s"}}]}`},
 
 	// Rejected by grpc-go and by us.
 	{name: "empty string", js: ``, err: `empty service config`},
@@ -272,6 +282,12 @@ var serviceConfigCases = []struct {
 	{name: "nonFatal OK", js: hedgeJS(`{"maxAttempts": 2, "nonFatalStatusCodes": ["UNAVAILABLE", "OK"]}`), err: `methodConfig[0].hedgingPolicy.nonFatalStatusCodes[1]: must not be OK`, divergent: true},
 	{name: "nonFatal unknown", js: hedgeJS(`{"maxAttempts": 2, "nonFatalStatusCodes": ["NOPE"]}`), err: `methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]: invalid code: "\"NOPE\""`, divergent: true},
 	{name: "hedgingPolicy not object", js: hedgeJS(`5`), err: `methodConfig[0].hedgingPolicy: must be a JSON object, got 5`, divergent: true},
+
+	// Accepted by grpc-go, which ignores perAttemptRecvTimeout; rejected as
+	// grpc-core rejects it.
+	{name: "perAttemptRecvTimeout zero", js: retryJS(`{"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14], "perAttemptRecvTimeout": "0s"}`), err: `methodConfig[0].retryPolicy.perAttemptRecvTimeout: must be greater than 0, got 0s`, divergent: true},
+	{name: "perAttemptRecvTimeout negative", js: retryJS(`{"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14], "perAttemptRecvTimeout": "-2s"}`), err: `methodConfig[0].retryPolicy.perAttemptRecvTimeout: must be greater than 0, got -2s`, divergent: true},
+	{name: "perAttemptRecvTimeout malformed", js: retryJS(`{"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14], "perAttemptRecvTimeout": 1}`), err: `methodConfig[0].retryPolicy.perAttemptRecvTimeout: must be an integer in range, got 1`, divergent: true},
 	{name: "both policies", js: `{"methodConfig": [{"name": [{}], "retryPolicy": ` + okRetry + `, "hedgingPolicy": {"maxAttempts": 2}}]}`, err: `methodConfig[0]: retryPolicy and hedgingPolicy are mutually exclusive`, divergent: true},
 }
 
@@ -354,9 +370,13 @@ func serviceConfigJSON(p *Config) string {
 			fmt.Fprintf(&b, `, "timeout": %s`, formatDuration(m.Timeout))
 		}
 		if r := m.Retry; r != nil {
-			fmt.Fprintf(&b, `, "retryPolicy": {"maxAttempts": %d, "initialBackoff": %s, "maxBackoff": %s, "backoffMultiplier": %s, "retryableStatusCodes": %s}`,
+			fmt.Fprintf(&b, `, "retryPolicy": {"maxAttempts": %d, "initialBackoff": %s, "maxBackoff": %s, "backoffMultiplier": %s, "retryableStatusCodes": %s`,
 				r.MaxAttempts, formatDuration(r.InitialBackoff), formatDuration(r.MaxBackoff),
 				strconv.FormatFloat(r.Multiplier, 'g', -1, 64), codesJSON(r.Retryable))
+			if r.PerAttemptRecvTimeout > 0 {
+				fmt.Fprintf(&b, `, "perAttemptRecvTimeout": %s`, formatDuration(r.PerAttemptRecvTimeout))
+			}
+			b.WriteString("}")
 		}
 		if h := m.Hedge; h != nil {
 			fmt.Fprintf(&b, `, "hedgingPolicy": {"maxAttempts": %d, "hedgingDelay": %s, "nonFatalStatusCodes": %s}`,
@@ -441,5 +461,25 @@ func TestLookupPrecedence(t *testing.T) {
 	}
 	if p := c.Lookup("/pkg.Else/M"); p != nil {
 		t.Errorf("unmatched method: %+v", p)
+	}
+}
+
+// perAttemptRecvTimeout is read into the policy of every name of its entry;
+// grpc-go's mode leaves it out.
+func TestPerAttemptRecvTimeoutParsed(t *testing.T) {
+	js := `{"methodConfig": [{"name": [{"service": "a"}, {"service": "b"}], "retryPolicy": {"maxAttempts": 2,
+		"initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14], "perAttemptRecvTimeout": "0.25s"}}]}`
+	c, err := Parse(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"/a/M", "/b/M"} {
+		if got := c.Lookup(m).Retry.PerAttemptRecvTimeout; got != 250*time.Millisecond {
+			t.Errorf("%s: perAttemptRecvTimeout %v, want 250ms", m, got)
+		}
+	}
+	g, err := parseConfig(js, false)
+	if err != nil || g.Lookup("/a/M").Retry.PerAttemptRecvTimeout != 0 {
+		t.Errorf("grpc-go mode: %v, %+v", err, g)
 	}
 }

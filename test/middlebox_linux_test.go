@@ -1,6 +1,6 @@
 //go:build linux
 
-package grpcguard
+package test
 
 import (
 	"context"
@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/netns"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"google.golang.org/grpc"
 )
 
@@ -33,29 +33,30 @@ import (
 const middleboxSeed = 9
 
 // middleboxClients returns plain grpc-go and grpcguard over TCP and TLS. The
-// grpcguard clients use DialOptions with default options and their own
-// metrics; own and foreign count their conns (see nsGuardOptions).
-func middleboxClients(own, foreign *atomic.Int64) []netns.Client {
+// grpcguard clients use DialOptions with default options (nsGuardOptions)
+// and their own metrics, on the registries returned by client name.
+func middleboxClients(t *testing.T) ([]netns.Client, map[string]*testutil.Registry) {
 	var clients []netns.Client
+	regs := map[string]*testutil.Registry{}
 	for _, tls := range []bool{false, true} {
 		transport := "TCP"
 		if tls {
 			transport = "TLS"
 		}
-		m := NewMetrics()
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(m)
+		m := grpcguard.NewMetrics()
+		name := "grpcguard " + transport
+		regs[name] = testutil.NewRegistry(t, m)
 		clients = append(clients,
 			netns.Client{Name: "plain grpc-go " + transport, TLS: tls,
 				Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
 					return []grpc.DialOption{grpc.WithContextDialer(ns.DialContext)}, nil
 				}},
-			netns.Client{Name: "grpcguard " + transport, TLS: tls, Metrics: reg,
+			netns.Client{Name: name, TLS: tls, Metrics: regs[name],
 				Options: func(ns netns.Namespace) ([]grpc.DialOption, error) {
-					return nsGuardOptions(ns, own, foreign, WithMetrics(m))
+					return nsGuardOptions(ns, m, defaultSockets)
 				}})
 	}
-	return clients
+	return clients, regs
 }
 
 func formatMiddleboxResult(r netns.Result) string {
@@ -102,10 +103,11 @@ func checkGuardKeptPromise(t *testing.T, res []netns.Result) {
 //     fails no call and runs none twice, and counted the closes as stale
 //     connections.
 //   - conntrack-5s: the firewall forgets flows after 5 s and calls come
-//     after 6-9 s (issue 17). The first reset shortens keepalive below 5 s,
-//     which keeps the flows alive from then on: grpcguard fails nothing,
-//     runs nothing twice, and dials at most 2 conns per client for the 15
-//     calls (plain grpc-go must fail some, or the firewall did nothing).
+//     after 6-9 s (issue 17). The first reset shortens keepalive below 5 s
+//     (grpcguard_keepalive_seconds), which keeps the flows alive from then
+//     on: grpcguard fails nothing, runs nothing twice, and dials at most 2
+//     conns per client for the 15 calls (plain grpc-go must fail some, or
+//     the firewall did nothing).
 func TestMiddlebox(t *testing.T) {
 	skipUnlessNetns(t)
 	scenarios := []netns.Scenario{{Middlebox: netns.Conntrack}, {Middlebox: netns.HAProxyFIN}, {Middlebox: netns.HAProxyRST}, {Middlebox: netns.Conntrack}}
@@ -132,11 +134,13 @@ func TestMiddlebox(t *testing.T) {
 	if len(skipped) == 2 { // neither nft nor haproxy: say both, on one line
 		t.Skipf("skipped: %s", strings.Join(skipped, "; "))
 	}
-	var own, foreign [4]atomic.Int64
+	var regs [4]map[string]*testutil.Registry
 	start := time.Now()
 	results, errs := netns.RunAll(context.Background(), scenarios, func(s netns.Scenario) []netns.Client {
 		i := slices.IndexFunc(scenarios, func(x netns.Scenario) bool { return x.Middlebox == s.Middlebox && x.Idle == s.Idle })
-		return middleboxClients(&own[i], &foreign[i])
+		var clients []netns.Client
+		clients, regs[i] = middleboxClients(t)
+		return clients
 	})
 	took := time.Since(start)
 	for i, s := range scenarios {
@@ -152,9 +156,8 @@ func TestMiddlebox(t *testing.T) {
 			for _, r := range results[i] {
 				t.Log(formatMiddleboxResult(r))
 			}
-			if foreign[i].Load() != 0 || own[i].Load() == 0 {
-				t.Fatalf("grpcguard clients dialed %d conns of the Dialer's own and %d others: not testing grpcguard",
-					own[i].Load(), foreign[i].Load())
+			for name, reg := range regs[i] {
+				checkProbed(t, name, reg)
 			}
 			for _, r := range results[i] {
 				switch {
@@ -169,6 +172,9 @@ func TestMiddlebox(t *testing.T) {
 				for _, r := range results[i] {
 					if r.Guard != nil && r.Guard.Dials > 2 {
 						t.Errorf("%s dialed %d conns for %d calls; want at most 2: keepalive should keep the flow alive after the first reset", r.Client, r.Guard.Dials, r.Calls)
+					}
+					if r.Guard != nil && (r.Guard.KeepAlive <= 0 || r.Guard.KeepAlive >= s.Idle) {
+						t.Errorf("%s: keepalive %v after the first reset, want it shortened below the firewall's %v", r.Client, r.Guard.KeepAlive, s.Idle)
 					}
 				}
 			}

@@ -1,4 +1,4 @@
-package grpcguard
+package test
 
 import (
 	"bytes"
@@ -11,8 +11,7 @@ import (
 	"time"
 
 	"github.com/grpcguard/grpcguard/internal/testsvc"
-	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 )
 
 // startNginx runs nginx in the foreground as an HTTP/2 gRPC proxy on
@@ -84,24 +83,23 @@ func TestNginxGoAwayIdleAge(t *testing.T) {
 	if testing.Short() {
 		t.Skip("nginx: skipped in -short mode (seconds of idle)")
 	}
-	proxy := startNginx(t, startServer(t, &testsvc.Server{}), time.Second)
-	m := NewMetrics()
-	cc := bundleClient(t, proxy, WithMetrics(m))
-	mustCall(t, cc, "warm-up")
+	proxy := startNginx(t, testutil.StartServer(t, &testsvc.Server{}), time.Second)
+	cc, reg := guardClient(t, proxy)
 	const gaps = 3
-	for i := range gaps {
-		time.Sleep(1500 * time.Millisecond)
-		mustCall(t, cc, fmt.Sprint(i))
+	for i := range gaps + 1 {
+		if i > 0 {
+			time.Sleep(1500 * time.Millisecond) // the scenario: nginx closes the idle conn
+		}
+		if _, err := testsvc.Call(testutil.CtxTimeout(t, 5*time.Second), cc, testsvc.Echo, fmt.Sprint(i)); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
 	}
-	var h dto.Metric
-	if err := m.staleIdleAge.Write(&h); err != nil {
-		t.Fatal(err)
-	}
-	n, sum := h.GetHistogram().GetSampleCount(), h.GetHistogram().GetSampleSum()
+	h := testutil.Histogram(t, reg, "grpcguard_stale_connection_idle_seconds")
+	n, sum := h.GetSampleCount(), h.GetSampleSum()
 	if n < gaps-1 {
 		t.Fatalf("%d deaths in the idle-age histogram for %d closes by nginx", n, gaps)
 	}
-	for _, b := range h.GetHistogram().GetBucket() {
+	for _, b := range h.GetBucket() {
 		if b.GetUpperBound() == 0.5 && b.GetCumulativeCount() != 0 {
 			t.Errorf("%d of %d deaths recorded under 0.5s of idle (mean %.4fs); want all at nginx's 1s", b.GetCumulativeCount(), n, sum/float64(n))
 		}
@@ -112,7 +110,7 @@ func TestNginxGoAwayIdleAge(t *testing.T) {
 	if mean := sum / float64(n); mean < 0.9 || mean > 1.3 {
 		t.Errorf("mean idle age at death %.4fs, want about 1s", mean)
 	}
-	if r := testutil.ToFloat64(m.retiredBy[0]); r != 0 {
+	if r := metric(t, reg, "grpcguard_connections_retired_total", nil); r != 0 {
 		t.Errorf("%v conns retired after closes announced by GOAWAY", r)
 	}
 	t.Logf("%d deaths behind nginx, mean idle age %.4fs", n, sum/float64(n))

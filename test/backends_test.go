@@ -1,4 +1,4 @@
-package grpcguard
+package test
 
 import (
 	"context"
@@ -11,8 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grpcguard/grpcguard/internal/faultproxy"
+	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
@@ -20,72 +21,35 @@ import (
 )
 
 const (
-	roundRobinConfig = `{"loadBalancingConfig":[{"round_robin":{}}]}`
-	pickFirstConfig  = `{"loadBalancingConfig":[{"pick_first":{}}]}`
+	roundRobinConfig = testutil.RoundRobinConfig
+	pickFirstConfig  = testutil.PickFirstConfig
 )
 
-// backends is three loopback servers, each behind its own fault proxy.
-type backends struct {
-	srvs    [3]*testsvc.Server
-	proxies [3]*faultproxy.Proxy
-	// landed records, per request, where each attempt ran:
-	// "b<backend>/a<previous attempts>".
-	mu     sync.Mutex
-	landed map[string][]string
-}
+// backends is testutil.Backends, with a grpcguard client.
+type backends struct{ *testutil.Backends }
 
-// startBackends starts the servers and proxies; unary is each server's hook
-// (nil echoes), given the backend's index.
-func startBackends(t *testing.T, unary func(i int, ctx context.Context, method, req string) (string, error)) *backends {
-	t.Helper()
-	b := &backends{landed: make(map[string][]string)}
-	for i := range b.srvs {
-		b.srvs[i] = &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
-			b.mu.Lock()
-			b.landed[req] = append(b.landed[req], fmt.Sprintf("b%d/a%d", i, previousAttempts(ctx)))
-			b.mu.Unlock()
-			if unary == nil {
-				return req, nil
-			}
-			return unary(i, ctx, method, req)
-		}}
-		b.proxies[i] = startProxy(t, startServer(t, b.srvs[i]), faultproxy.Config{})
-	}
-	return b
-}
-
-// runs is how many times req of method ran on all backends together.
-func (b *backends) runs(method, req string) int {
-	n := 0
-	for _, s := range b.srvs {
-		n += s.Runs(method, req)
-	}
-	return n
-}
-
-func (b *backends) where(req string) []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return slices.Clone(b.landed[req])
+func startBackends(t *testing.T, unary func(i int, ctx context.Context, method, req string) (string, error)) backends {
+	return backends{testutil.StartBackends(t, unary)}
 }
 
 // client dials every backend through a manual resolver with the load
-// balancing serviceConfig and grpcguard's DialOptions(opts...).
-func (b *backends) client(t *testing.T, serviceConfig string, opts ...Option) *grpc.ClientConn {
+// balancing serviceConfig, and with grpcguard's DialOptions(opts...) unless
+// opts is nil (plain grpc-go). Its metrics are read from the returned
+// registry (nil for plain grpc-go).
+func (b backends) client(t *testing.T, serviceConfig string, opts ...grpcguard.Option) (*grpc.ClientConn, *testutil.Registry) {
 	t.Helper()
 	r := manual.NewBuilderWithScheme("grpcguard-backends")
 	var addrs []resolver.Address
-	for _, p := range b.proxies {
+	for _, p := range b.Proxies {
 		addrs = append(addrs, resolver.Address{Addr: p.Addr()})
 	}
 	r.InitialState(resolver.State{Addresses: addrs})
 	dopts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(serviceConfig)}
+	var reg *testutil.Registry
 	if opts != nil {
-		extra, err := DialOptions(opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var extra []grpc.DialOption
+		extra, reg = guardOptions(t, opts...)
 		dopts = append(dopts, extra...)
 	}
 	cc, err := grpc.NewClient(r.Scheme()+":///backends", dopts...)
@@ -93,34 +57,7 @@ func (b *backends) client(t *testing.T, serviceConfig string, opts ...Option) *g
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return cc
-}
-
-// warmAll makes calls until every backend has served one since the call.
-func (b *backends) warmAll(t *testing.T, cc *grpc.ClientConn, tag string) {
-	t.Helper()
-	var before [3]int
-	for i, s := range b.srvs {
-		before[i] = s.Calls()
-	}
-	for n := 0; ; n++ {
-		all := true
-		for i, s := range b.srvs {
-			all = all && s.Calls() > before[i]
-		}
-		if all {
-			return
-		}
-		if n == 100 {
-			t.Fatalf("%s: 100 calls did not reach every backend", tag)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := testsvc.Call(ctx, cc, testsvc.Get, fmt.Sprintf("warm-%s-%d", tag, n), grpc.WaitForReady(true))
-		cancel()
-		if err != nil {
-			t.Fatalf("%s: warm-up: %v", tag, err)
-		}
-	}
+	return cc, reg
 }
 
 // TestManyBackends runs grpcguard over round_robin across three backends,
@@ -132,8 +69,8 @@ func (b *backends) warmAll(t *testing.T, cc *grpc.ClientConn, tag string) {
 //   - the probe before the pick works per subchannel: right after one
 //     backend's idle connection was closed, non-idempotent calls succeed,
 //     where plain grpc-go fails some;
-//   - where hedges land (logged): with round_robin on another backend, with
-//     pick_first on the same one.
+//   - where hedges land: with round_robin on another backend (every time),
+//     with pick_first on the same one (every time).
 func TestManyBackends(t *testing.T) {
 	t.Run("KillUnderLoad", testKillUnderLoad)
 	t.Run("ProbePerSubchannel", testProbePerSubchannel)
@@ -146,9 +83,8 @@ func testKillUnderLoad(t *testing.T) {
 		kills   = 20
 	)
 	b := startBackends(t, nil)
-	m := NewMetrics()
-	cc := b.client(t, roundRobinConfig, WithMetrics(m), WithProbeAfterIdle(5*time.Millisecond))
-	b.warmAll(t, cc, "load")
+	cc, reg := b.client(t, roundRobinConfig, grpcguard.WithProbeAfterIdle(5*time.Millisecond))
+	b.WarmAll(t, cc, "load")
 
 	var (
 		stop                                 atomic.Bool
@@ -193,7 +129,7 @@ func testKillUnderLoad(t *testing.T) {
 	closed := 0
 	for k := range kills {
 		time.Sleep(25 * time.Millisecond) // the scenario: load runs between kills
-		closed += b.proxies[k%3].CloseAll(k%2 == 1)
+		closed += b.Proxies[k%3].CloseAll(k%2 == 1)
 	}
 	time.Sleep(25 * time.Millisecond)
 	stop.Store(true)
@@ -201,14 +137,14 @@ func testKillUnderLoad(t *testing.T) {
 
 	dup := 0
 	for _, req := range echoReqs {
-		if b.runs(testsvc.Echo, req) > 1 {
+		if b.Runs(testsvc.Echo, req) > 1 {
 			dup++
 		}
 	}
 	t.Logf("round_robin, %d kills (%d conns closed) under %d callers: %d RPCs, idempotent failed %d, Echo failed %d of %d, Echo run twice %d; retries %v (unprocessed %v), stale conns %d; calls per backend %d/%d/%d",
 		kills, closed, callers, calls.Load(), idemFailed.Load(), echoFailed.Load(), echos.Load(), dup,
-		metricSum(t, m, "grpcguard_retries_total"), metricSum(t, m, "grpcguard_retries_unprocessed_total"), staleTotal(m),
-		b.srvs[0].Calls(), b.srvs[1].Calls(), b.srvs[2].Calls())
+		metric(t, reg, "grpcguard_retries_total", nil), metric(t, reg, "grpcguard_retries_unprocessed_total", nil), stale(t, reg, ""),
+		b.Srvs[0].Calls(), b.Srvs[1].Calls(), b.Srvs[2].Calls())
 	if closed < kills/2 {
 		t.Errorf("only %d conns closed in %d kills: the scenario did not happen", closed, kills)
 	}
@@ -230,9 +166,9 @@ func testProbePerSubchannel(t *testing.T) {
 	run := func(cc *grpc.ClientConn, tag string) (ok, n int) {
 		defer cc.Close() // its reconnects must not disturb the next run
 		for round := range rounds {
-			b.warmAll(t, cc, fmt.Sprintf("%s-%d", tag, round))
+			b.WarmAll(t, cc, fmt.Sprintf("%s-%d", tag, round))
 			time.Sleep(quiet) // the scenario: idle connections
-			if b.proxies[round%3].CloseAll(round%2 == 1) == 0 {
+			if b.Proxies[round%3].CloseAll(round%2 == 1) == 0 {
 				t.Fatalf("%s round %d: backend %d had no conn to close", tag, round, round%3)
 			}
 			// round_robin turns to each backend in three picks: one of
@@ -251,16 +187,17 @@ func testProbePerSubchannel(t *testing.T) {
 		}
 		return ok, n
 	}
-	plainOK, n := run(b.client(t, roundRobinConfig), "plain")
-	m := NewMetrics()
-	guardedOK, _ := run(b.client(t, roundRobinConfig, WithMetrics(m), WithProbeAfterIdle(quiet/4)), "guarded")
+	plain, _ := b.client(t, roundRobinConfig)
+	plainOK, n := run(plain, "plain")
+	guarded, reg := b.client(t, roundRobinConfig, grpcguard.WithProbeAfterIdle(quiet/4))
+	guardedOK, _ := run(guarded, "guarded")
 	t.Logf("round_robin over 3 backends, Echo right after one backend's idle conn was closed: plain grpc-go %d/%d succeeded, grpcguard %d/%d (stale counted %d)",
-		plainOK, n, guardedOK, n, staleTotal(m))
+		plainOK, n, guardedOK, n, stale(t, reg, ""))
 	if guardedOK*100 < n*99 {
 		t.Errorf("grpcguard: %d/%d succeeded, want at least 99%%", guardedOK, n)
 	}
 	for _, req := range echoReqs {
-		if n := b.runs(testsvc.Echo, req); n > 1 {
+		if n := b.Runs(testsvc.Echo, req); n > 1 {
 			t.Errorf("Echo %s ran %d times", req, n)
 		}
 	}
@@ -270,18 +207,18 @@ func testHedgeLanding(t *testing.T) {
 	const calls = 6
 	// The first attempt of every "slow-" request hangs; hedges answer at once.
 	b := startBackends(t, func(_ int, ctx context.Context, method, req string) (string, error) {
-		if strings.HasPrefix(req, "slow-") && previousAttempts(ctx) == 0 {
-			if err := sleep(ctx, 2*time.Second); err != nil {
+		if strings.HasPrefix(req, "slow-") && testutil.PreviousAttempts(ctx) == 0 {
+			if err := slowFor(ctx, 2*time.Second); err != nil {
 				return "", err
 			}
 		}
 		return req, nil
 	})
 	for _, lb := range []struct{ name, config string }{{"round_robin", roundRobinConfig}, {"pick_first", pickFirstConfig}} {
-		cc := b.client(t, lb.config, WithHedgeDelay(20*time.Millisecond), WithMaxAttempts(2))
+		cc, _ := b.client(t, lb.config, grpcguard.WithHedgeDelay(20*time.Millisecond), grpcguard.WithMaxAttempts(2))
 		if lb.name == "round_robin" {
-			b.warmAll(t, cc, lb.name)
-		} else if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm-pf", grpc.WaitForReady(true)); err != nil {
+			b.WarmAll(t, cc, lb.name)
+		} else if _, err := testsvc.Call(testutil.CtxTimeout(t, 5*time.Second), cc, testsvc.Get, "warm-pf", grpc.WaitForReady(true)); err != nil {
 			t.Fatal(err)
 		}
 		elsewhere := 0
@@ -289,15 +226,15 @@ func testHedgeLanding(t *testing.T) {
 		for i := range calls {
 			req := fmt.Sprintf("slow-%s-%d", lb.name, i)
 			start := time.Now()
-			if _, err := testsvc.Call(ctxTimeout(t, 5*time.Second), cc, testsvc.Get, req); err != nil {
+			if _, err := testsvc.Call(testutil.CtxTimeout(t, 5*time.Second), cc, testsvc.Get, req); err != nil {
 				t.Fatalf("%s: %s: %v", lb.name, req, err)
 			}
 			if el := time.Since(start); el > time.Second {
 				t.Errorf("%s: %s took %v: the hedge did not answer", lb.name, req, el)
 			}
 			// The original attempt has been cancelled; its record is there.
-			waitFor(t, 5*time.Second, "both attempts to reach a server", func() bool { return len(b.where(req)) == 2 })
-			w := b.where(req)
+			testutil.WaitFor(t, 5*time.Second, "both attempts to reach a server", func() bool { return len(b.Where(req)) == 2 })
+			w := b.Where(req)
 			slices.SortFunc(w, func(x, y string) int { return strings.Compare(x[3:], y[3:]) })
 			if w[0][:2] != w[1][:2] {
 				elsewhere++
@@ -305,5 +242,9 @@ func testHedgeLanding(t *testing.T) {
 			where = append(where, strings.Join(w, ","))
 		}
 		t.Logf("%s: the hedge ran on another backend than the original in %d of %d calls: %v", lb.name, elsewhere, calls, where)
+		// round_robin's next pick is the next backend; pick_first has one.
+		if want := map[string]int{"round_robin": calls, "pick_first": 0}[lb.name]; elsewhere != want {
+			t.Errorf("%s: the hedge ran on another backend in %d of %d calls, want %d", lb.name, elsewhere, calls, want)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package grpcguard
+package test
 
 import (
 	"context"
@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -45,14 +46,14 @@ func soakFull() bool { return os.Getenv("GRPCGUARD_SOAK") == "full" }
 // By default it makes about 3,000 RPCs (seconds under -race). Set
 // GRPCGUARD_SOAK=full for the long run of at least 20,000 RPCs:
 //
-//	GRPCGUARD_SOAK=full go test -count=1 -run TestSoak -v .
+//	GRPCGUARD_SOAK=full go test -count=1 -run TestSoak -v ./test/
 func TestSoak(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 	const (
 		callers   = 64
 		idle      = 40 * time.Millisecond
 		slowEvery = 50 // one idempotent call in slowEvery is slow on the server
-		slowFor   = 15 * time.Millisecond
+		slowTime  = 15 * time.Millisecond
 	)
 	total := 3000
 	if soakFull() {
@@ -63,8 +64,8 @@ func TestSoak(t *testing.T) {
 	srv := &testsvc.Server{Unary: func(ctx context.Context, method, req string) (string, error) {
 		// The scenario: a slow tail, only on first attempts so that a
 		// hedge is fast.
-		if method != testsvc.Echo && len(req) > 0 && req[0] == 's' && previousAttempts(ctx) == 0 {
-			if err := sleep(ctx, slowFor); err != nil {
+		if method != testsvc.Echo && len(req) > 0 && req[0] == 's' && testutil.PreviousAttempts(ctx) == 0 {
+			if err := slowFor(ctx, slowTime); err != nil {
 				return "", err
 			}
 		}
@@ -89,14 +90,15 @@ func TestSoak(t *testing.T) {
 		proxies = append(proxies, p)
 	}
 
-	m := NewMetrics()
+	m := grpcguard.NewMetrics()
+	reg := testutil.NewRegistry(t, m)
 	var ccs []*grpc.ClientConn
 	for _, p := range proxies {
-		dopts, err := DialOptions(WithMetrics(m), WithProbeAfterIdle(idle/4),
+		dopts, err := grpcguard.DialOptions(grpcguard.WithMetrics(m), grpcguard.WithProbeAfterIdle(idle/4),
 			// The default budget: one for retries and hedges, with a floor,
 			// so that 32 callers failing at once early in the run can all
 			// resend.
-			WithAdaptiveHedgeDelay(0.95, 2*time.Millisecond, 100*time.Millisecond))
+			grpcguard.WithAdaptiveHedgeDelay(0.95, 2*time.Millisecond, 100*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,10 +216,10 @@ func TestSoak(t *testing.T) {
 		rpcs, callers, elapsed.Round(time.Millisecond), float64(rpcs)/elapsed.Seconds(), quiets.Load(),
 		idemFailed.Load(), echoFailed.Load(), echoCalls.Load(), srv.MaxRuns(testsvc.Echo))
 	t.Logf("soak: retries %v, unprocessed retries %v, retries throttled %v, hedges %v, hedge wins %v, hedges throttled %v, stale conns %d, probes stale %v, dials %v",
-		metricSum(t, m, "grpcguard_retries_total"), metricSum(t, m, "grpcguard_retries_unprocessed_total"),
-		metricSum(t, m, "grpcguard_retries_throttled_total"), metricSum(t, m, "grpcguard_hedges_total"),
-		metricSum(t, m, "grpcguard_hedge_wins_total"), metricSum(t, m, "grpcguard_hedges_throttled_total"),
-		staleTotal(m), metricSum(t, m, "grpcguard_probes_total", "result", "stale"), metricSum(t, m, "grpcguard_dials_total"))
+		metric(t, reg, "grpcguard_retries_total", nil), metric(t, reg, "grpcguard_retries_unprocessed_total", nil),
+		metric(t, reg, "grpcguard_retries_throttled_total", nil), metric(t, reg, "grpcguard_hedges_total", nil),
+		metric(t, reg, "grpcguard_hedge_wins_total", nil), metric(t, reg, "grpcguard_hedges_throttled_total", nil),
+		stale(t, reg, ""), metric(t, reg, "grpcguard_probes_total", map[string]string{"result": "stale"}), metric(t, reg, "grpcguard_dials_total", nil))
 	t.Logf("soak: proxy (faults) %+v; proxy (faults + 1ms delay) %+v; latency of successful calls p50 %v p99 %v max %v",
 		stats[0], stats[1], percentile(lats, 0.50), percentile(lats, 0.99), percentile(lats, 1))
 
@@ -255,43 +257,6 @@ func TestSoak(t *testing.T) {
 	if ms.HeapInuse > 64<<20 {
 		t.Errorf("heap in use after GC %d bytes, want under 64 MiB", ms.HeapInuse)
 	}
-}
-
-// metricSum sums every series of the metric family name from m, or only
-// those whose label has value when labelValue is given as label, value.
-func metricSum(t testing.TB, m *Metrics, name string, labelValue ...string) float64 {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(m); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, s := range mf.GetMetric() {
-			if len(labelValue) == 2 {
-				for _, lp := range s.GetLabel() {
-					if lp.GetName() == labelValue[0] && lp.GetValue() != labelValue[1] {
-						continue series
-					}
-				}
-			}
-			switch {
-			case s.GetCounter() != nil:
-				sum += s.GetCounter().GetValue()
-			case s.GetGauge() != nil:
-				sum += s.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
 }
 
 // percentile returns the q quantile of sorted, 0 if it is empty.
