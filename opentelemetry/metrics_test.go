@@ -176,9 +176,15 @@ func TestDisconnections(t *testing.T) {
 			}
 			var got map[string]metricdata.Metrics
 			waitFor(t, 5*time.Second, "a disconnection counted", func() bool {
+				// One collect may read an instrument before the hook records
+				// into it and the next after: wait for all three.
 				got = collect(t, reader)
-				_, ok := got["grpcguard.client.connection.stale_idle"] // the hook's last record
-				return ok
+				for _, name := range []string{"grpc.subchannel.disconnections", "grpcguard.client.connection.stale", "grpcguard.client.connection.stale_idle"} {
+					if _, ok := got[name]; !ok {
+						return false
+					}
+				}
+				return true
 			})
 			if by := counter(t, got, "grpc.subchannel.disconnections", "grpc.disconnect_error"); by[tc.disconnect] != 1 || len(by) != 1 {
 				t.Errorf("disconnections by grpc.disconnect_error: %v, want %q once", by, tc.disconnect)
