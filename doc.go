@@ -187,6 +187,18 @@
 // grpc_service="other", grpc_method="other". The server's series
 // (grpcguard_dedup_*) are in package dedup.
 //
+// # OpenTelemetry
+//
+// The module github.com/grpcguard/grpcguard/opentelemetry turns Hooks into
+// OpenTelemetry metrics (gRFC A96's grpc.client.call.retries, hedges and
+// retry_delay, A94's grpc.subchannel.disconnections, and grpcguard.*) and
+// trace events on the call's span. It is a module of its own so that this
+// package links no OpenTelemetry package (TestNoOpenTelemetryLinked). With
+// grpc-go's stats/opentelemetry, give its DialOption before DialOptions'
+// options: grpc-go then sees one call of several attempts, not one call per
+// attempt. DialOptions cannot impose that order: the caller places the
+// options.
+//
 // # Errors
 //
 // Stale connections are reported with errors matching ErrStaleConn and
