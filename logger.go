@@ -16,7 +16,9 @@ import (
 //
 //	Level  Record
 //	Warn   a failed call not sent again because it may have run and is not
-//	       idempotent (reason MAY_HAVE_RUN): the caller's error is final
+//	       idempotent (reason MAY_HAVE_RUN), or because the server's
+//	       deduplication it would rely on was not confirmed
+//	       (DEDUP_UNCONFIRMED): the caller's error is final
 //	Warn   a dial through an HTTP CONNECT proxy failed: the proxy could not
 //	       be reached or did not open the tunnel
 //	Info   a failed call not sent again because the retry budget is spent
@@ -120,6 +122,8 @@ func notResentLevel(reason string) (slog.Level, string) {
 		// The safety rule decided, and the caller's failure is final:
 		// whoever operates the client should know how often.
 		return slog.LevelWarn, "grpcguard: not resent: the call may have run"
+	case ReasonDedupUnconfirmed:
+		return slog.LevelWarn, "grpcguard: not resent: the server's deduplication was not confirmed"
 	case ReasonBudgetExhausted:
 		return slog.LevelInfo, "grpcguard: not resent: the retry budget is spent"
 	}
