@@ -20,7 +20,7 @@ const lockedEnv = "GRPCGUARD_TEST_LOCKED"
 // package's tests and the end-to-end tests in test/ each load both cores
 // under -race and measure behaviour that depends on timing (a call 0.97 of
 // an idle timeout after the last): run together, each starves the other's
-// schedules (TestDedupSoakEveryIDRunsOnce and TestE2EIdleRace failed so).
+// schedules (TestMemoryStoreSoakEveryIDRunsOnce and TestE2EIdleRace failed so).
 // Serialized, the two take about as long as the root package alone did
 // before test/ existed.
 func lockPackage() error {
