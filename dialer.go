@@ -416,16 +416,15 @@ func (d *Dialer) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 func markUsed(opts []grpc.CallOption) {
 	var pr *peer.Peer
 	for i := len(opts) - 1; i >= 0; i-- {
-		switch o := opts[i].(type) {
-		case *attempt:
-			if !o.finished.Load() {
+		if a, ok := opts[i].(*attempt); ok {
+			if !a.finished.Load() {
 				return
 			}
-			pr = &o.peer
-		case grpc.PeerCallOption:
-			if pr == nil {
-				pr = o.PeerAddr
-			}
+			pr = &a.peer
+			break
+		}
+		if po, ok := opts[i].(grpc.PeerCallOption); ok && pr == nil {
+			pr = po.PeerAddr // the user's, unless an attempt follows
 		}
 	}
 	if pr == nil {
