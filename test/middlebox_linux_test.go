@@ -26,7 +26,7 @@ import (
 // how often each id ran.
 //
 // The middleboxes run concurrently. The longest is a conntrack firewall that
-// forgets flows after 5 s, with 15 calls after gaps of 6-9 s: about 2 min in
+// forgets flows after 5 s, with 10 calls after gaps of 6-9 s: about 75 s in
 // all.
 
 // middleboxSeed draws the gaps; every client of a scenario gets the same.
@@ -106,7 +106,7 @@ func checkGuardKeptPromise(t *testing.T, res []netns.Result) {
 //     after 6-9 s (issue 17). The first reset shortens keepalive below 5 s
 //     (grpcguard_keepalive_seconds), which keeps the flows alive from then
 //     on: grpcguard fails nothing, runs nothing twice, and dials at most 2
-//     conns per client for the 15 calls (plain grpc-go must fail some, or
+//     conns per client for the 10 calls (plain grpc-go must fail some, or
 //     the firewall did nothing).
 func TestMiddlebox(t *testing.T) {
 	skipUnlessNetns(t)
@@ -117,7 +117,7 @@ func TestMiddlebox(t *testing.T) {
 		s.MinGap, s.MaxGap = 600*time.Millisecond, 1600*time.Millisecond
 	}
 	long := &scenarios[3]
-	long.Idle, long.Calls, long.MinGap, long.MaxGap = 5*time.Second, 15, 6*time.Second, 9*time.Second
+	long.Idle, long.Calls, long.MinGap, long.MaxGap = 5*time.Second, 10, 6*time.Second, 9*time.Second
 	long.CallTimeout = 10 * time.Second
 	name := func(s netns.Scenario) string {
 		if s.Idle != time.Second {
