@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/grpcguard/grpcguard/internal/testsvc"
 	"github.com/grpcguard/grpcguard/internal/testutil"
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
@@ -24,19 +23,11 @@ var (
 	ctxTimeout       = testutil.CtxTimeout
 	waitFor          = testutil.WaitFor
 	previousAttempts = testutil.PreviousAttempts
+	newClient        = testutil.NewClient
+	serveOn          = testutil.ServeOn
+	serveGRPC        = testutil.ServeGRPC
+	serveLoopback    = testutil.ServeLoopback
 )
-
-// newClient dials target with grpc.NewClient; it is closed when the test ends.
-func newClient(t testing.TB, target string, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
-	cc, err := grpc.NewClient("passthrough:///"+target, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
 
 // guardedClient dials target through a new Dialer with its interceptors.
 func guardedClient(t testing.TB, target string, opts ...Option) (*grpc.ClientConn, *Dialer) {
@@ -60,31 +51,6 @@ func staleTotal(m *Metrics) int {
 		n += staleCount(m, r)
 	}
 	return n
-}
-
-// serveOn serves srv on ln until the test ends.
-func serveOn(t testing.TB, srv *testsvc.Server, ln net.Listener) {
-	gs := grpc.NewServer()
-	srv.Register(gs)
-	serveGRPC(t, gs, ln)
-}
-
-// serveGRPC serves gs on ln until the test ends.
-func serveGRPC(t testing.TB, gs *grpc.Server, ln net.Listener) {
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-}
-
-// serveLoopback serves gs on a new 127.0.0.1 port until the test ends and
-// returns its address.
-func serveLoopback(t testing.TB, gs *grpc.Server) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveGRPC(t, gs, ln)
-	return ln.Addr().String()
 }
 
 // newClientTarget dials a full grpc target through d and its interceptors.

@@ -2,6 +2,7 @@ package grpcguard
 
 import (
 	"context"
+	"github.com/grpcguard/grpcguard/internal/hookjoin"
 	"net"
 	"time"
 
@@ -189,36 +190,16 @@ func WithHooks(h Hooks) ClientOption {
 // join returns the hooks of h and then of o.
 func (h Hooks) join(o Hooks) Hooks {
 	return Hooks{
-		OnAttempt:     joinCtx(h.OnAttempt, o.OnAttempt),
-		OnRetry:       joinCtx(h.OnRetry, o.OnRetry),
-		OnHedge:       joinCtx(h.OnHedge, o.OnHedge),
-		OnNotResent:   joinCtx(h.OnNotResent, o.OnNotResent),
-		OnCallEnd:     joinCtx(h.OnCallEnd, o.OnCallEnd),
-		OnStaleConn:   join(h.OnStaleConn, o.OnStaleConn),
-		OnConnRetired: join(h.OnConnRetired, o.OnConnRetired),
-		OnIdleHorizon: join(h.OnIdleHorizon, o.OnIdleHorizon),
-		OnDialError:   join(h.OnDialError, o.OnDialError),
+		OnAttempt:     hookjoin.Ctx(h.OnAttempt, o.OnAttempt),
+		OnRetry:       hookjoin.Ctx(h.OnRetry, o.OnRetry),
+		OnHedge:       hookjoin.Ctx(h.OnHedge, o.OnHedge),
+		OnNotResent:   hookjoin.Ctx(h.OnNotResent, o.OnNotResent),
+		OnCallEnd:     hookjoin.Ctx(h.OnCallEnd, o.OnCallEnd),
+		OnStaleConn:   hookjoin.Plain(h.OnStaleConn, o.OnStaleConn),
+		OnConnRetired: hookjoin.Plain(h.OnConnRetired, o.OnConnRetired),
+		OnIdleHorizon: hookjoin.Plain(h.OnIdleHorizon, o.OnIdleHorizon),
+		OnDialError:   hookjoin.Plain(h.OnDialError, o.OnDialError),
 	}
-}
-
-func joinCtx[E any](a, b func(context.Context, E)) func(context.Context, E) {
-	switch {
-	case a == nil:
-		return b
-	case b == nil:
-		return a
-	}
-	return func(ctx context.Context, e E) { a(ctx, e); b(ctx, e) }
-}
-
-func join[E any](a, b func(E)) func(E) {
-	switch {
-	case a == nil:
-		return b
-	case b == nil:
-		return a
-	}
-	return func(e E) { a(e); b(e) }
 }
 
 // ErrorDomain is the domain of the errdetails.ErrorInfo that grpcguard adds

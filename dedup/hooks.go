@@ -1,6 +1,10 @@
 package dedup
 
-import "context"
+import (
+	"context"
+
+	"github.com/grpcguard/grpcguard/internal/hookjoin"
+)
 
 // Hooks are functions the interceptor and the dedup service call as they
 // decide a call, so that users can wire them into their own telemetry: the
@@ -84,19 +88,9 @@ func WithHooks(h Hooks) Option {
 // join returns the hooks of h and then of o.
 func (h Hooks) join(o Hooks) Hooks {
 	return Hooks{
-		OnOutcome:    join(h.OnOutcome, o.OnOutcome),
-		OnStoreError: join(h.OnStoreError, o.OnStoreError),
+		OnOutcome:    hookjoin.Ctx(h.OnOutcome, o.OnOutcome),
+		OnStoreError: hookjoin.Ctx(h.OnStoreError, o.OnStoreError),
 	}
-}
-
-func join[E any](a, b func(context.Context, E)) func(context.Context, E) {
-	switch {
-	case a == nil:
-		return b
-	case b == nil:
-		return a
-	}
-	return func(ctx context.Context, e E) { a(ctx, e); b(ctx, e) }
 }
 
 // outcome tells the hooks that a call of method came to o. The caller

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	gtestutil "github.com/grpcguard/grpcguard/internal/testutil"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +37,7 @@ func TestRedisEvictedIDResendRefused(t *testing.T) {
 		}
 	}
 	a := startReplica(t, "A", r.store(t, Options{}), echoAs("A"))
-	cc := dial(t, "passthrough:///"+a.addr)
+	cc := gtestutil.NewClient(t, a.addr)
 	start := time.Now()
 	_, _, hdr, err := call(withID(ctx, "victim;advertise"), cc, testsvc.Echo, "pay")
 	if err != nil {
@@ -99,8 +100,8 @@ func TestRedisRestartKeepsResendsGoing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := dial(t, "passthrough:///"+p.Addr(), dopts...)
-	direct := dial(t, "passthrough:///"+a.addr)
+	cc := gtestutil.NewClient(t, p.Addr(), dopts...)
+	direct := gtestutil.NewClient(t, a.addr)
 	ctx := ctxTimeout(t, 30*time.Second)
 
 	var hdr metadata.MD

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	gtestutil "github.com/grpcguard/grpcguard/internal/testutil"
 	"net"
 	"strconv"
 	"strings"
@@ -16,10 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 )
 
@@ -51,28 +49,6 @@ func startReplica(t testing.TB, name string, store dedup.Store, handler func(ctx
 	t.Cleanup(func() { gs.Stop(); <-done })
 	r.addr = ln.Addr().String()
 	return r
-}
-
-func dial(t testing.TB, target string, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	cc, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
-
-// roundRobin dials addrs with the round_robin balancer.
-func roundRobin(t testing.TB, addrs []string, opts ...grpc.DialOption) *grpc.ClientConn {
-	rb := manual.NewBuilderWithScheme("replicas")
-	var st resolver.State
-	for _, a := range addrs {
-		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
-	}
-	rb.InitialState(st)
-	return dial(t, rb.Scheme()+":///service", append(opts, grpc.WithResolvers(rb),
-		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))...)
 }
 
 func withID(ctx context.Context, id string) context.Context {
@@ -135,7 +111,7 @@ func TestReplicasLostReplyResentOnOtherReplicaRunsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pA.Close() })
-	cc := roundRobin(t, []string{pA.Addr(), b.addr})
+	cc := gtestutil.RoundRobin(t, []string{pA.Addr(), b.addr})
 	ctx := ctxTimeout(t, 20*time.Second)
 
 	// Calls, each with its own id, until one lands on A's lost-reply
@@ -163,7 +139,7 @@ func TestReplicasLostReplyResentOnOtherReplicaRunsOnce(t *testing.T) {
 	}
 	if scope == "" {
 		// Every call so far was the lost one: learn the scope from B.
-		_, _, hdr, err := call(withID(ctx, "warm;advertise"), dial(t, "passthrough:///"+b.addr), testsvc.Echo, "warm")
+		_, _, hdr, err := call(withID(ctx, "warm;advertise"), gtestutil.NewClient(t, b.addr), testsvc.Echo, "warm")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,8 +154,8 @@ func TestReplicasLostReplyResentOnOtherReplicaRunsOnce(t *testing.T) {
 		cc   *grpc.ClientConn
 	}{
 		{"round_robin", cc},
-		{"B", dial(t, "passthrough:///"+b.addr)},
-		{"A", dial(t, "passthrough:///"+a.addr)},
+		{"B", gtestutil.NewClient(t, b.addr)},
+		{"A", gtestutil.NewClient(t, a.addr)},
 	} {
 		reply, answered, _, err := call(callCtx, c.cc, testsvc.Echo, "pay "+lostID)
 		if err != nil || reply != want {
@@ -210,13 +186,13 @@ func TestReplicasDuplicateWaitsAcrossReplicas(t *testing.T) {
 	ctx := withID(ctxTimeout(t, 20*time.Second), "wait-id")
 	first := make(chan error, 1)
 	go func() {
-		_, err := testsvc.Call(ctx, dial(t, "passthrough:///"+a.addr), testsvc.Echo, "x")
+		_, err := testsvc.Call(ctx, gtestutil.NewClient(t, a.addr), testsvc.Echo, "x")
 		first <- err
 	}()
 	<-started
 	second := make(chan string, 1)
 	go func() {
-		reply, err := testsvc.Call(ctx, dial(t, "passthrough:///"+b.addr), testsvc.Echo, "x")
+		reply, err := testsvc.Call(ctx, gtestutil.NewClient(t, b.addr), testsvc.Echo, "x")
 		if err != nil {
 			reply = err.Error()
 		}
@@ -256,10 +232,10 @@ func TestReplicasReusedIDNeverReadsAnothersReply(t *testing.T) {
 	a := startReplica(t, "A", r.store(t, Options{}), h)
 	b := startReplica(t, "B", r.store(t, Options{}), h)
 	ctx := withID(ctxTimeout(t, 10*time.Second), "reused")
-	if _, err := testsvc.Call(ctx, dial(t, "passthrough:///"+a.addr), testsvc.Echo, "alice"); err != nil {
+	if _, err := testsvc.Call(ctx, gtestutil.NewClient(t, a.addr), testsvc.Echo, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	reply, err := testsvc.Call(ctx, dial(t, "passthrough:///"+b.addr), testsvc.Echo, "mallory")
+	reply, err := testsvc.Call(ctx, gtestutil.NewClient(t, b.addr), testsvc.Echo, "mallory")
 	if status.Code(err) != codes.AlreadyExists || reply != "" || strings.Contains(err.Error(), "alice") {
 		t.Fatalf("reused id on B: %q, %v; want AlreadyExists without the first reply", reply, err)
 	}
@@ -282,11 +258,11 @@ func TestReplicasRedisDown(t *testing.T) {
 	open := startReplica(t, "open", r.store(t, Options{OpTimeout: 300 * time.Millisecond}), h, dedup.WithFailOpen())
 	ctx := ctxTimeout(t, 20*time.Second)
 
-	reply, err := testsvc.Call(withID(ctx, "k1"), dial(t, "passthrough:///"+closed.addr), testsvc.Echo, "kill")
+	reply, err := testsvc.Call(withID(ctx, "k1"), gtestutil.NewClient(t, closed.addr), testsvc.Echo, "kill")
 	if err != nil || reply != "ok kill" {
 		t.Fatalf("Redis died during the handler: %q, %v; want the reply anyway", reply, err)
 	}
-	_, err = testsvc.Call(withID(ctx, "k2"), dial(t, "passthrough:///"+closed.addr), testsvc.Echo, "x")
+	_, err = testsvc.Call(withID(ctx, "k2"), gtestutil.NewClient(t, closed.addr), testsvc.Echo, "x")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "redisstore: claim") {
 		t.Fatalf("fail closed: %v, want Unavailable naming the store", err)
 	}
@@ -294,7 +270,7 @@ func TestReplicasRedisDown(t *testing.T) {
 		t.Fatal("fail closed ran the handler")
 	}
 	var hdr metadata.MD
-	reply, err = testsvc.Call(withID(ctx, "k3;advertise"), dial(t, "passthrough:///"+open.addr), testsvc.Echo, "x", grpc.Header(&hdr))
+	reply, err = testsvc.Call(withID(ctx, "k3;advertise"), gtestutil.NewClient(t, open.addr), testsvc.Echo, "x", grpc.Header(&hdr))
 	if err != nil || reply != "ok x" || len(hdr.Get(dedup.AdvertHeader)) != 0 {
 		t.Fatalf("fail open: %q, %v, header %v; want the reply and no advert", reply, err, hdr)
 	}
@@ -323,7 +299,7 @@ func TestReplicasOutcomeStoredAfterCallerLeft(t *testing.T) {
 		<-ctx.Done() // the caller left; the work is done all the same
 		return "done anyway", nil
 	})
-	cc := dial(t, "passthrough:///"+a.addr)
+	cc := gtestutil.NewClient(t, a.addr)
 	ctx := withID(ctxTimeout(t, 10*time.Second), "left")
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()

@@ -14,25 +14,15 @@ import (
 	"github.com/grpcguard/grpcguard"
 	"github.com/grpcguard/grpcguard/internal/testutil"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 func TestMain(m *testing.M) {
 	testutil.Main(m) // one of the root package and test/ at a time
 }
 
-// dial connects to target ("host:port", passthrough) with opts and insecure
-// credentials; the conn is closed when the test ends.
-func dial(t testing.TB, target string, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	cc, err := grpc.NewClient("passthrough:///"+target, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
+// dial connects to addr ("host:port") with insecure credentials; the conn
+// is closed when the test ends.
+var dial = testutil.NewClient
 
 // guardOptions is grpcguard.DialOptions(opts...) reporting to new metrics,
 // registered on the returned registry and on no other.

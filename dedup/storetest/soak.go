@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,12 +13,10 @@ import (
 	"github.com/grpcguard/grpcguard/dedup"
 	"github.com/grpcguard/grpcguard/internal/faultproxy"
 	"github.com/grpcguard/grpcguard/internal/testsvc"
+	"github.com/grpcguard/grpcguard/internal/testutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
 )
 
 // SoakConfig shapes Soak. The zero value is one replica whose
@@ -96,7 +93,7 @@ func Soak(t *testing.T, newStore func(t *testing.T) dedup.Store, cfg SoakConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := roundRobin(t, addrs, dopts...)
+	cc := testutil.RoundRobin(t, addrs, dopts...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// A store's history may begin with its first claim (a Redis store
@@ -104,7 +101,7 @@ func Soak(t *testing.T, newStore func(t *testing.T) dedup.Store, cfg SoakConfig)
 	// of a call older than that is refused: a deployment's first call
 	// makes it; here one before the callers start.
 	warm := metadata.AppendToOutgoingContext(ctx, grpcguard.RequestIDHeader, "soak-warm-up")
-	if _, err := testsvc.Call(warm, dial(t, "passthrough:///"+direct), testsvc.Echo, "warm-up"); err != nil {
+	if _, err := testsvc.Call(warm, testutil.NewClient(t, direct), testsvc.Echo, "warm-up"); err != nil {
 		t.Fatal(err)
 	}
 	methods := []string{testsvc.Get, testsvc.Put, testsvc.Echo}
@@ -183,39 +180,10 @@ func Soak(t *testing.T, newStore func(t *testing.T) dedup.Store, cfg SoakConfig)
 // new 127.0.0.1 port until the test ends, and returns its address.
 func serve(t *testing.T, srv *testsvc.Server, sd *dedup.Server) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(sd.UnaryServerInterceptor()))
 	srv.Register(gs)
 	sd.RegisterService(gs)
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return ln.Addr().String()
-}
-
-func dial(t *testing.T, target string, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	cc, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
-
-// roundRobin dials addrs with the round_robin balancer.
-func roundRobin(t *testing.T, addrs []string, opts ...grpc.DialOption) *grpc.ClientConn {
-	rb := manual.NewBuilderWithScheme("storetest")
-	var st resolver.State
-	for _, a := range addrs {
-		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
-	}
-	rb.InitialState(st)
-	return dial(t, rb.Scheme()+":///soak", append(opts, grpc.WithResolvers(rb),
-		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))...)
+	return testutil.ServeLoopback(t, gs)
 }
 
 // waitForAdvert calls method until a response advertises deduplication.

@@ -29,9 +29,7 @@ func StartServer(t testing.TB, srv *testsvc.Server, opts ...grpc.ServerOption) s
 func ServeOn(t testing.TB, srv *testsvc.Server, ln net.Listener) {
 	gs := grpc.NewServer()
 	srv.Register(gs)
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
+	ServeGRPC(t, gs, ln)
 }
 
 // StartProxy puts a fault proxy in front of target until the test ends.
